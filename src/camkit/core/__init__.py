@@ -1,0 +1,1 @@
+"""Plumbing shared by every method: hooks, layers, targets, token grids, post-processing."""
