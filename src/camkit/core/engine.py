@@ -1,0 +1,94 @@
+"""One forward pass that captures the target layers' outputs, recording autograd only after them.
+
+Everything before the first target layer runs under ``no_grad``; a forward hook on the target
+turns its output into a leaf that requires grad and switches autograd on for the rest of the
+forward. Gradients then come from ``torch.autograd.grad`` on those outputs alone: the backward
+pass only runs through the layers after the target, no parameter gradient is computed and the
+user's ``.grad`` is never touched.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import InputError, NoGradientError
+from .outputs import to_logits
+
+
+@dataclass
+class Pass:
+    """The result of :func:`forward`: model output, its logits (if any) and the captured layer outputs."""
+
+    output: Any
+    logits: Optional[torch.Tensor]
+    acts: list[torch.Tensor]
+    names: list[str]
+
+
+def forward(
+    model: nn.Module,
+    x: torch.Tensor,
+    modules: Sequence[nn.Module],
+    names: Sequence[str],
+    record: bool = True,
+) -> Pass:
+    """Run ``model(x)`` capturing the outputs of ``modules``; with ``record`` they carry a graph to the output."""
+    captured: list[Optional[torch.Tensor]] = [None] * len(modules)
+
+    def make_hook(i: int):
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> torch.Tensor:
+            if not isinstance(out, torch.Tensor):
+                raise InputError(
+                    f"layer {names[i]!r} returns {type(out).__name__}, not a tensor; choose a layer "
+                    "whose output is a tensor (e.g. its parent or child)"
+                )
+            if record:
+                if not out.requires_grad:
+                    out = out.detach().requires_grad_(True)
+                torch.set_grad_enabled(True)  # record from here on; the outer no_grad restores it
+            captured[i] = out
+            return out.clone()  # in-place ops after the layer must not change what was captured
+
+        return hook
+
+    with ExitStack() as stack:
+        for i, m in enumerate(modules):
+            stack.callback(m.register_forward_hook(make_hook(i)).remove)
+        with torch.no_grad():
+            output = model(x)
+    missing = [n for n, a in zip(names, captured) if a is None]
+    if missing:
+        raise InputError(f"layer(s) {missing} were not called during the model's forward pass; pick layers the forward uses")
+    try:
+        logits: Optional[torch.Tensor] = to_logits(output)
+    except Exception:
+        logits = None
+    return Pass(output, logits, [a for a in captured if a is not None], list(names))
+
+
+def gradients(p: Pass, scores: torch.Tensor) -> list[torch.Tensor]:
+    """d scores[:, k] / d layer output for every k: one tensor ``(K, *layer_shape)`` per layer.
+
+    Images are independent in eval mode, so the gradient of the batch sum is each image's gradient.
+    """
+    if not scores.requires_grad:
+        raise NoGradientError(
+            f"the explained scores do not depend on layer(s) {p.names}: the output was computed without "
+            "gradient (does the forward use .detach(), numpy or torch.no_grad() after the layer?)"
+        )
+    k_total = scores.shape[1]
+    per_k: list[list[torch.Tensor]] = []
+    with torch.enable_grad():
+        for k in range(k_total):
+            gs = torch.autograd.grad(
+                scores[:, k].sum(), p.acts, retain_graph=k < k_total - 1, allow_unused=True
+            )
+            for name, g in zip(p.names, gs):
+                if g is None:
+                    raise NoGradientError(f"the explained score does not depend on layer {name!r}")
+            per_k.append(list(gs))
+    return [torch.stack([gk[i] for gk in per_k]) for i in range(len(p.acts))]

@@ -1,0 +1,112 @@
+"""Which scores to explain: ``None`` (top-1), an int, a list of ints, ``TopK``, ``BottomK`` or a callable."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+from ..errors import TargetError
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The ``k`` highest-scoring classes of each image; maps get shape ``(B, k, H, W)``."""
+
+    k: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, int) or self.k < 1:
+            raise TargetError(f"TopK needs a positive int k, got {self.k!r}")
+
+
+@dataclass(frozen=True)
+class BottomK:
+    """The ``k`` lowest-scoring classes of each image (the survey's 'least predicted class')."""
+
+    k: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, int) or self.k < 1:
+            raise TargetError(f"BottomK needs a positive int k, got {self.k!r}")
+
+
+ScoreFn = Callable[[Any], torch.Tensor]
+TargetSpec = Union[None, int, Sequence[int], torch.Tensor, TopK, BottomK, ScoreFn]
+
+
+@dataclass
+class Targets:
+    """Resolved targets: class ``indices`` ``(B, K)`` (None for a callable) and whether K is kept."""
+
+    indices: Optional[torch.Tensor]
+    keep_k: bool
+    fn: Optional[ScoreFn] = None
+
+    def scores(self, output: Any, logits: Optional[torch.Tensor]) -> torch.Tensor:
+        """The explained scores ``(B, K)``: gathered logits, or the callable's output."""
+        if self.fn is not None:
+            s = self.fn(output)
+            if not isinstance(s, torch.Tensor):
+                raise TargetError(f"target callable must return a tensor of scores, got {type(s).__name__}")
+            return s.reshape(s.shape[0], -1)
+        assert logits is not None and self.indices is not None
+        return logits.gather(1, self.indices.to(logits.device))
+
+    def repeat(self, n: int) -> "Targets":
+        """Targets for a batch where every image is repeated ``n`` times in a row."""
+        idx = None if self.indices is None else self.indices.repeat_interleave(n, dim=0)
+        return Targets(idx, self.keep_k, self.fn)
+
+
+def _check_logits(logits: Optional[torch.Tensor], batch: int) -> torch.Tensor:
+    if logits is None or logits.dim() != 2:
+        shape = None if logits is None else tuple(logits.shape)
+        raise TargetError(
+            f"class targets need a (B, num_classes) model output, got shape {shape}; "
+            "pass targets=callable(output) -> (B,) scores for other outputs"
+        )
+    if logits.shape[0] != batch:
+        raise TargetError(f"model output has batch size {logits.shape[0]} but the input has {batch}")
+    return logits
+
+
+def resolve_targets(spec: TargetSpec, logits: Optional[torch.Tensor], batch: int) -> Targets:
+    """Resolve a target spec against the model's logits ``(B, N)``."""
+    if callable(spec) and not isinstance(spec, (TopK, BottomK, torch.Tensor)):
+        return Targets(None, False, spec)
+    logits = _check_logits(logits, batch)
+    n = logits.shape[1]
+    dev = logits.device
+    if spec is None:
+        return Targets(logits.argmax(1, keepdim=True), False)
+    if isinstance(spec, (TopK, BottomK)):
+        if spec.k > n:
+            raise TargetError(f"{type(spec).__name__}({spec.k}) asks for more classes than the model has ({n})")
+        idx = logits.topk(spec.k, dim=1, largest=isinstance(spec, TopK)).indices
+        return Targets(idx, True)
+    if isinstance(spec, bool):
+        raise TargetError(f"targets must be an int class index, got {spec!r}")
+    if isinstance(spec, int):
+        idx = torch.full((batch, 1), spec, dtype=torch.long, device=dev)
+    else:
+        try:
+            idx = torch.as_tensor(list(spec) if not isinstance(spec, torch.Tensor) else spec)
+        except (TypeError, ValueError) as e:
+            raise TargetError(
+                f"targets must be None, an int, a list of B ints, TopK(k), BottomK(k) or a callable; got {spec!r}"
+            ) from e
+        if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.dim() != 1:
+            raise TargetError(f"targets must be a 1-D sequence of int class indices, got {tuple(idx.shape)} {idx.dtype}")
+        if idx.numel() != batch:
+            raise TargetError(
+                f"got {idx.numel()} targets for a batch of {batch} images; pass one class index per image "
+                "(or a single int for all)"
+            )
+        idx = idx.to(dev, torch.long).reshape(batch, 1)
+    bad = (idx < 0) | (idx >= n)
+    if bad.any():
+        raise TargetError(
+            f"class index {int(idx[bad][0])} is out of range: the model has {n} classes (valid: 0..{n - 1})"
+        )
+    return Targets(idx, False)

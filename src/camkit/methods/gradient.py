@@ -1,0 +1,218 @@
+"""The gradient CAM family. Notation: ``A`` activations ``(B, C, h, w)`` at the target layer,
+``G = dS/dA`` gradients ``(B, K, C, h, w)`` of the class score ``S`` (a logit) for K targets.
+
+Each method is one formula over ``A`` and ``G``: channel weights ``w`` with map
+``relu(sum_c w_c A_c)``, or a per-pixel weighting.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..core import engine
+from ..errors import UnsupportedModelError
+from .base import BaseCAM, Context
+from .registry import register
+
+Maps = tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]
+
+
+def weighted_sum(w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``sum_c w[b, k, c] * a[b, c, i, j]`` -> ``(B, K, h, w)``."""
+    return torch.einsum("bkc,bchw->bkhw", w, a)
+
+
+def grid_grads(ctx: Context) -> list[torch.Tensor]:
+    """``dS/dA`` per layer as ``(B, K, C, h, w)`` float tensors."""
+    out = []
+    for f, g in zip(ctx.to_grid, engine.gradients(ctx.pass_, ctx.scores)):
+        out.append(torch.stack([f(gk) for gk in g], dim=1).float())
+    return out
+
+
+class GradientCAM(BaseCAM):
+    """A method computed from ``A`` and ``G`` of each layer by :meth:`combine`."""
+
+    uses_gradients = True
+
+    def compute(self, ctx: Context) -> Maps:
+        results = [self.combine(a, g) for a, g in zip(ctx.acts, grid_grads(ctx))]
+        raw = [r for r, _ in results]
+        weights = [w for _, w in results]
+        return raw, (None if any(w is None for w in weights) else weights)  # type: ignore[return-value]
+
+    def combine(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Raw map ``(B, K, h, w)`` before ReLU and channel weights ``(B, K, C)`` or None."""
+        w = self.channel_weights(a, g)
+        return weighted_sum(w, a), w
+
+    def channel_weights(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register("gradcam")
+class GradCAM(GradientCAM):
+    """Grad-CAM (Selvaraju et al. 2017): ``w_c = 1/(hw) sum_ij dS/dA_cij``."""
+
+    def channel_weights(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return g.mean(dim=(-2, -1))
+
+
+def gradcampp_weights(a: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, d3: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ weights from (averaged) first/second/third-order terms.
+
+    ``alpha_cij = D2 / (2 D2 + sum_ab A_cab D3)`` (0 where the denominator is 0, no epsilon),
+    ``w_c = sum_ij alpha_cij relu(D1_cij)``. With ``Y = exp(S)`` and a piecewise-linear network the
+    derivatives of Y are ``exp(S) g^n``; the common factor ``exp(S)`` cancels in alpha and only scales
+    ``w`` by a positive constant per target, so ``D_n = g^n`` is used.
+    """
+    sum_a = a.sum(dim=(-2, -1), keepdim=True).unsqueeze(1)  # (B, 1, C, 1, 1)
+    denom = 2 * d2 + sum_a * d3
+    alpha = torch.where(denom != 0, d2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+    return (alpha * torch.relu(d1)).sum(dim=(-2, -1))
+
+
+@register("gradcam++")
+class GradCAMPlusPlus(GradientCAM):
+    """Grad-CAM++ (Chattopadhyay et al. 2018), closed form with the exponential score; see
+    :func:`gradcampp_weights`."""
+
+    def channel_weights(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return gradcampp_weights(a, g, g * g, g * g * g)
+
+
+@register("smoothgradcam++")
+class SmoothGradCAMPlusPlus(BaseCAM):
+    """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ with ``D1, D2, D3`` averaged over
+    ``n`` noisy copies ``x + N(0, sigma^2)``, ``sigma = noise * (max x - min x)`` per image
+    (survey: 0.15). The map is built on the clean input's activations:
+    ``alpha = mean(D2) / (2 mean(D2) + sum_ab A_ab mean(D3))``, ``w = sum_ij alpha relu(mean(D1))``.
+
+    The survey prints ``D1`` in alpha's numerator; with ``n = 1`` the method must reduce to
+    Grad-CAM++, whose numerator is the second-order term, so ``D2`` is used.
+    ``batch_size`` bounds how many noisy copies go through the model at once; ``seed`` makes the
+    noise reproducible (default: a fixed seed, so the same input gives the same map).
+    """
+
+    uses_gradients = True
+
+    def __init__(self, model, layer="auto", *, n: int = 8, noise: float = 0.15, batch_size: int = 32,
+                 seed: Optional[int] = 0, **kw) -> None:
+        super().__init__(model, layer, **kw)
+        if n < 1:
+            raise ValueError(f"n (number of noisy copies) must be >= 1, got {n}")
+        self.n, self.noise, self.batch_size, self.seed = n, noise, max(1, batch_size), seed
+
+    def compute(self, ctx: Context) -> Maps:
+        x = ctx.x
+        b = x.shape[0]
+        gen = torch.Generator(device=x.device)
+        if self.seed is not None:
+            gen.manual_seed(self.seed)
+        else:
+            gen.seed()
+        span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(b, 1, 1, 1)
+        sums: Optional[list[list[torch.Tensor]]] = None  # per layer: [sum g, sum g^2, sum g^3]
+        per_batch = max(1, self.batch_size // b)
+        done = 0
+        while done < self.n:
+            m = min(per_batch, self.n - done)
+            noise = torch.randn((b * m,) + tuple(x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
+            xn = x.repeat_interleave(m, dim=0) + noise * self.noise * span.repeat_interleave(m, dim=0)
+            p = engine.forward(self.model, xn, ctx.modules, ctx.pass_.names, record=True)
+            grads = engine.gradients(p, ctx.targets.repeat(m).scores(p.output, p.logits))
+            stats = []
+            for f, g in zip(ctx.to_grid, grads):
+                gg = torch.stack([f(gk) for gk in g], dim=1).float()
+                gg = gg.view(b, m, *gg.shape[1:])  # (b, m, K, C, h, w), copies of an image in a row
+                stats.append([gg.sum(1), (gg * gg).sum(1), (gg * gg * gg).sum(1)])
+            sums = stats if sums is None else [[u + v for u, v in zip(s0, s1)] for s0, s1 in zip(sums, stats)]
+            done += m
+        raw, weights = [], []
+        for a, (s1, s2, s3) in zip(ctx.acts, sums):  # type: ignore[arg-type]
+            w = gradcampp_weights(a, s1 / self.n, s2 / self.n, s3 / self.n)
+            raw.append(weighted_sum(w, a))
+            weights.append(w)
+        return raw, weights
+
+
+@register("xgradcam")
+class XGradCAM(GradientCAM):
+    """XGrad-CAM (Fu et al. 2020): ``w_c = sum_ij (A_cij / sum_ab A_cab) dS/dA_cij``.
+
+    Channels whose activation sum is ~0 relative to their magnitude (``|sum A| <= 1e-6 sum |A|``,
+    possible with signed activations) get weight 0 instead of a blown-up ratio.
+    """
+
+    def channel_weights(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        s = a.sum(dim=(-2, -1))  # (B, C)
+        ok = s.abs() > 1e-6 * a.abs().sum(dim=(-2, -1))
+        safe = torch.where(ok, s, torch.ones_like(s))
+        w = (a.unsqueeze(1) * g).sum(dim=(-2, -1)) / safe.unsqueeze(1)
+        return torch.where(ok.unsqueeze(1), w, torch.zeros_like(w))
+
+
+@register("layercam")
+class LayerCAM(GradientCAM):
+    """Layer-CAM (Jiang et al. 2021): ``L = relu(sum_c relu(dS/dA_c) * A_c)``, per pixel.
+
+    Pass a list of layers to fuse them: each layer's map is upsampled, normalised and fused by
+    element-wise maximum.
+    """
+
+    def combine(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return (torch.relu(g) * a.unsqueeze(1)).sum(dim=2), None
+
+
+@register("hirescam")
+class HiResCAM(GradientCAM):
+    """HiResCAM (Draelos & Carin 2020): ``L = relu(sum_c dS/dA_c * A_c)``, element-wise, no averaging."""
+
+    def combine(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return (g * a.unsqueeze(1)).sum(dim=2), None
+
+
+@register("cam")
+class CAM(BaseCAM):
+    """CAM (Zhou et al. 2016): ``L = sum_c W[class, c] A_c`` with ``W`` the weights of the linear layer
+    that follows global average pooling.
+
+    The head is verified, not assumed: the model's logits must equal ``fc(mean_ij A)`` for a linear
+    layer ``fc`` of the model with ``in_features = C``; otherwise an error says why and points to
+    Grad-CAM (which equals CAM on such heads).
+    """
+
+    uses_gradients = False
+
+    def __init__(self, model, layer="auto", *, fc: Optional[torch.nn.Linear] = None, **kw) -> None:
+        super().__init__(model, layer, **kw)
+        self.fc = fc
+
+    def compute(self, ctx: Context) -> Maps:
+        if len(ctx.acts) != 1:
+            raise UnsupportedModelError("CAM explains one layer: the one before global average pooling")
+        if ctx.targets.indices is None or ctx.pass_.logits is None:
+            raise UnsupportedModelError("CAM needs class-index targets on a (B, num_classes) output")
+        a = ctx.acts[0]
+        fc = self._head(a, ctx.pass_.logits.float())
+        w = fc.weight.detach().float()[ctx.targets.indices]  # (B, K, C)
+        return [weighted_sum(w, a)], [w]
+
+    def _head(self, a: torch.Tensor, logits: torch.Tensor) -> torch.nn.Linear:
+        candidates = [self.fc] if self.fc is not None else [
+            m for m in self.model.modules() if isinstance(m, torch.nn.Linear) and m.in_features == a.shape[1]
+        ]
+        gap = a.mean(dim=(-2, -1))
+        for fc in reversed(candidates):
+            if fc.out_features != logits.shape[1]:
+                continue
+            pred = torch.nn.functional.linear(gap, fc.weight.float(), None if fc.bias is None else fc.bias.float())
+            if torch.allclose(pred, logits, rtol=1e-3, atol=1e-3 * (1 + logits.abs().max().item())):
+                return fc
+        raise UnsupportedModelError(
+            f"CAM needs a head of global average pooling followed by one linear layer after the explained "
+            f"layer ({a.shape[1]} channels): no nn.Linear with in_features={a.shape[1]} maps the spatial mean "
+            "of its activations to the model's logits. Use 'gradcam' (identical to CAM on such heads) or "
+            "choose the layer right before global average pooling."
+        )
