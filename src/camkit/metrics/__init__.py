@@ -1,0 +1,86 @@
+"""Evaluation metrics for explanation maps, with every convention an explicit, printable parameter.
+
+* :mod:`.localization` — box from a map, IoU, MaxBoxAcc, Pointing Game, Energy-based Pointing Game
+* :mod:`.faithfulness` — Average Drop %, Increase in Confidence %, Deletion / Insertion AUC
+* :mod:`.sanity` — cascading model-parameter randomisation (Spearman ρ, SSIM)
+* :mod:`.baselines` — uniform, centre-Gaussian and random maps for every table
+* :mod:`.protocol` — the ``Protocol`` records whose ``describe()`` a report prints with each number
+"""
+from ._checks import BoxClippedWarning
+from .baselines import BASELINES, baseline_maps, center_gaussian_map, random_map, uniform_map
+from .faithfulness import (
+    ConfidenceChange,
+    ConfidenceProtocol,
+    PerturbationCurve,
+    PerturbationProtocol,
+    average_drop,
+    average_drop_from_scores,
+    confidence_change,
+    deletion_auc,
+    gaussian_blur,
+    increase_in_confidence,
+    increase_in_confidence_from_scores,
+    insertion_auc,
+)
+from .localization import (
+    DEFAULT_THRESHOLDS,
+    LocalizationProtocol,
+    MaxBoxAccResult,
+    box_from_map,
+    box_iou,
+    energy_pointing_game,
+    localization_iou,
+    max_box_acc,
+    max_box_acc_from_ious,
+    pointing_game,
+    threshold_ious,
+)
+from .protocol import Protocol
+from .sanity import (
+    RandomizationProtocol,
+    RandomizationResult,
+    default_randomization_layers,
+    randomization_test,
+    reinitialize_,
+)
+from .similarity import spearman_correlation, ssim
+
+__all__ = [
+    "BASELINES",
+    "DEFAULT_THRESHOLDS",
+    "BoxClippedWarning",
+    "ConfidenceChange",
+    "ConfidenceProtocol",
+    "LocalizationProtocol",
+    "MaxBoxAccResult",
+    "PerturbationCurve",
+    "PerturbationProtocol",
+    "Protocol",
+    "RandomizationProtocol",
+    "RandomizationResult",
+    "average_drop",
+    "average_drop_from_scores",
+    "baseline_maps",
+    "box_from_map",
+    "box_iou",
+    "center_gaussian_map",
+    "confidence_change",
+    "default_randomization_layers",
+    "deletion_auc",
+    "energy_pointing_game",
+    "gaussian_blur",
+    "increase_in_confidence",
+    "increase_in_confidence_from_scores",
+    "insertion_auc",
+    "localization_iou",
+    "max_box_acc",
+    "max_box_acc_from_ious",
+    "pointing_game",
+    "random_map",
+    "randomization_test",
+    "reinitialize_",
+    "spearman_correlation",
+    "ssim",
+    "threshold_ious",
+    "uniform_map",
+]
