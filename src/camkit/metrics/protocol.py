@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,7 +30,10 @@ class Protocol:
 
 
 def callable_name(fn: Any) -> str:
-    """A readable name for a callable stored in a protocol (``"none"`` for None)."""
+    """A readable name for a callable stored in a protocol: ``"none"`` for None, a function's
+    ``__name__``, else the object's repr (e.g. ``Normalize(mean=[...], std=[...])``), 200 chars at most."""
     if fn is None:
         return "none"
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    if isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+        return fn.__name__
+    return repr(fn)[:200]
