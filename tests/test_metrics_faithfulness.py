@@ -38,7 +38,6 @@ class RegionMean(nn.Module):
         self.register_buffer("mask", mask.float())
         self.scale = scale
         self.drop = nn.Dropout(0.5)  # must be off during evaluation
-        self.bn = nn.BatchNorm1d(1)  # its running stats must not move
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         l0 = (x[:, 0] * self.mask).sum((1, 2)) / self.mask.sum() * self.scale
