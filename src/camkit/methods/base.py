@@ -101,9 +101,10 @@ class BaseCAM:
     def explain(self, x: torch.Tensor, targets: TargetSpec = None) -> Explanation:
         """Compute the maps and everything behind them; see :class:`Explanation`."""
         x = self._check_input(x)
-        with preserved(self.model, self.eval_mode):
+        # autograd on for target scores even under a caller's no_grad; the engine turns it off before the target
+        with preserved(self.model, self.eval_mode), torch.enable_grad():
             names, modules = self._layers(x)
-            p = engine.forward(self.model, x, modules, names, record=self.uses_gradients)
+            p = self._forward(x, modules, names)
             t = resolve_targets(targets, p.logits, x.shape[0])
             scores = t.scores(p.output, p.logits)
             to_grid = [self._grid_fn(a, n, x) for a, n in zip(p.acts, names)]
@@ -127,6 +128,10 @@ class BaseCAM:
     def compute(self, ctx: Context) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
         """Per layer: raw map ``(B, K, h, w)`` before ReLU, and weights ``(B, K, C)`` or None."""
         raise NotImplementedError
+
+    def _forward(self, x: torch.Tensor, modules: list[nn.Module], names: list[str]) -> engine.Pass:
+        """The explained forward pass; a hook point for methods that observe more of it (Ablation-CAM)."""
+        return engine.forward(self.model, x, modules, names, record=self.uses_gradients)
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _check_input(self, x: Any) -> torch.Tensor:
