@@ -1,0 +1,99 @@
+"""Gradient CAM speed, as multiples of a bare no-grad forward measured in the same run.
+
+    python3 benchmarks/bench_gradient.py [--models resnet50,vgg16] [--batches 1,8] [--repeats 5]
+
+Peers (pytorch-grad-cam, torchcam) are timed beside camkit when installed (`pip install camkit[peers]`).
+Median wall time per call; ratio = method / no-grad forward of the same batch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torchvision
+
+import camkit
+
+LAYERS = {"resnet50": "layer4", "vgg16": "features.29"}
+
+
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def peers(model: torch.nn.Module, layer: str) -> dict[str, Callable[[torch.Tensor], object]]:
+    out: dict[str, Callable[[torch.Tensor], object]] = {}
+    module = model.get_submodule(layer)
+    try:
+        from pytorch_grad_cam import GradCAM as PGC
+
+        pgc = PGC(model=model, target_layers=[module])
+        out["pytorch-grad-cam GradCAM"] = lambda x: pgc(input_tensor=x)
+    except Exception as e:  # noqa: BLE001 - optional peer
+        print(f"(pytorch-grad-cam not timed: {e})")
+    try:
+        from torchcam.methods import GradCAM as TCG
+
+        def torchcam_gradcam(x: torch.Tensor) -> object:
+            with TCG(model, target_layer=layer) as extractor:
+                out_ = model(x)
+                return extractor(out_.argmax(1).tolist(), out_)
+
+        out["torchcam GradCAM"] = torchcam_gradcam
+    except Exception as e:  # noqa: BLE001
+        print(f"(torchcam not timed: {e})")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="resnet50,vgg16")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-peers", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
+    print("| model | batch | method | ms / call | ms / image | × no-grad forward |")
+    print("|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        model = getattr(torchvision.models, name)().eval()
+        layer = LAYERS[name]
+        for b in map(int, args.batches.split(",")):
+            x = torch.rand(b, 3, 224, 224)
+            rows: list[tuple[str, Callable[[], object]]] = []
+
+            def fwd() -> object:
+                with torch.no_grad():
+                    return model(x)
+
+            rows.append(("no-grad forward", fwd))
+            for m in ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]:
+                cam = camkit.create(m, model, layer=layer)
+                rows.append((f"camkit {m}", lambda cam=cam: cam(x)))
+            g = camkit.GradCAM(model, layer=layer)
+            rows.append(("camkit gradcam TopK(5)", lambda: g(x, targets=camkit.TopK(5))))
+            sg = camkit.SmoothGradCAMPlusPlus(model, layer=layer, n=8)
+            rows.append(("camkit smoothgradcam++ (n=8)", lambda: sg(x)))
+            if not args.no_peers:
+                rows += [(k, lambda f=f: f(x)) for k, f in peers(model, layer).items()]
+            base = None
+            for label, fn in rows:
+                ms = median_ms(fn, args.repeats if b == 1 else max(2, args.repeats // 2))
+                base = base or ms
+                print(f"| {name} | {b} | {label} | {ms:.0f} | {ms / b:.1f} | {ms / base:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
