@@ -230,3 +230,22 @@ def test_protocol_defaults_match_function_defaults():
     assert (d["blur_kernel"].default, d["blur_sigma"].default) == (pp.blur_kernel, pp.blur_sigma)
     assert inspect.signature(insertion_auc).parameters["substrate"].default == "blur"
     assert "Grad-CAM++" in cp.describe() and "RISE" in pp.describe()
+
+
+def test_end_to_end_with_the_method_api():
+    import camkit
+
+    if not hasattr(camkit, "create"):
+        pytest.skip("method API not available")
+    from camkit.metrics import localization_iou, pointing_game
+
+    model = small_cnn()
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    maps = camkit.create("gradcam", model, layer="0")(x)
+    assert maps.shape == (3, 16, 16)
+    cc = confidence_change(model, x, maps)
+    assert 0.0 <= cc.average_drop <= 100.0 and 0.0 <= cc.increase_in_confidence <= 100.0
+    cur = deletion_auc(model, x, maps, steps=8)
+    assert cur.scores.shape == (3, 9) and bool(torch.isfinite(cur.auc).all())
+    boxes = [[[0, 0, 8, 8]]] * 3
+    assert localization_iou(maps, boxes).shape == (3,) and pointing_game(maps, boxes).shape == (3,)

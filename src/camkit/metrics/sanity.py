@@ -120,7 +120,11 @@ def reinitialize_(module: nn.Module, seed: int) -> None:
 
 
 def _maps(explain: Explainer, images: torch.Tensor, targets: list[int], step: str) -> torch.Tensor:
-    out = explain(images, targets)
+    if hasattr(explain, "__enter__") and hasattr(explain, "__exit__"):  # let a method remove its hooks
+        with explain as e:  # type: ignore[attr-defined]
+            out = e(images, targets)
+    else:
+        out = explain(images, targets)
     try:
         m, _ = as_map_batch(out, "maps")
     except InputError as e:
