@@ -72,7 +72,8 @@ def _check_logits(logits: Optional[torch.Tensor], batch: int) -> torch.Tensor:
 
 
 def resolve_targets(spec: TargetSpec, logits: Optional[torch.Tensor], batch: int) -> Targets:
-    """Resolve a target spec against the model's logits ``(B, N)``."""
+    """Resolve a target spec against the model's logits ``(B, N)``; a ``(B, K)`` int tensor or nested
+    list gives K given classes per image (kept as a K dimension, like TopK)."""
     if callable(spec) and not isinstance(spec, (TopK, BottomK, torch.Tensor)):
         return Targets(None, False, spec)
     logits = _check_logits(logits, batch)
@@ -89,6 +90,7 @@ def resolve_targets(spec: TargetSpec, logits: Optional[torch.Tensor], batch: int
         raise TargetError(f"targets must be an int class index, got {spec!r}")
     if isinstance(spec, int):
         idx = torch.full((batch, 1), spec, dtype=torch.long, device=dev)
+        keep_k = False
     else:
         try:
             idx = torch.as_tensor(list(spec) if not isinstance(spec, torch.Tensor) else spec)
@@ -96,17 +98,21 @@ def resolve_targets(spec: TargetSpec, logits: Optional[torch.Tensor], batch: int
             raise TargetError(
                 f"targets must be None, an int, a list of B ints, TopK(k), BottomK(k) or a callable; got {spec!r}"
             ) from e
-        if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.dim() != 1:
-            raise TargetError(f"targets must be a 1-D sequence of int class indices, got {tuple(idx.shape)} {idx.dtype}")
-        if idx.numel() != batch:
+        if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.dim() not in (1, 2):
             raise TargetError(
-                f"got {idx.numel()} targets for a batch of {batch} images; pass one class index per image "
+                f"targets must be a 1-D sequence of int class indices (or (B, K) for K classes per image), "
+                f"got {tuple(idx.shape)} {idx.dtype}"
+            )
+        if idx.shape[0] != batch:
+            raise TargetError(
+                f"got {idx.shape[0]} targets for a batch of {batch} images; pass one class index per image "
                 "(or a single int for all)"
             )
-        idx = idx.to(dev, torch.long).reshape(batch, 1)
+        keep_k = idx.dim() == 2  # (B, K): K given classes per image, maps (B, K, H, W) from one forward
+        idx = idx.to(dev, torch.long).reshape(batch, -1)
     bad = (idx < 0) | (idx >= n)
     if bad.any():
         raise TargetError(
             f"class index {int(idx[bad][0])} is out of range: the model has {n} classes (valid: 0..{n - 1})"
         )
-    return Targets(idx, False)
+    return Targets(idx, keep_k)
