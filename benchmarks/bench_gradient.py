@@ -38,7 +38,7 @@ def peers(model: torch.nn.Module, layer: str) -> dict[str, Callable[[torch.Tenso
         from pytorch_grad_cam import GradCAM as PGC
 
         pgc = PGC(model=model, target_layers=[module])
-        out["pytorch-grad-cam GradCAM"] = lambda x: pgc(input_tensor=x)
+        out["pytorch-grad-cam GradCAM"] = lambda x: pgc(input_tensor=x, targets=None)
     except Exception as e:  # noqa: BLE001 - optional peer
         print(f"(pytorch-grad-cam not timed: {e})")
     try:
