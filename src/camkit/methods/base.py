@@ -61,7 +61,14 @@ class Context:
 
 
 class BaseCAM:
-    """Shared machinery. Subclasses set ``uses_gradients`` and implement :meth:`compute`."""
+    """Shared machinery. Subclasses set ``uses_gradients`` and implement :meth:`compute`.
+
+    Parameters: ``model`` any ``nn.Module``; ``layer`` ``"auto"``, a dotted name, a module or a list
+    of them (maps of several layers are fused by element-wise max); ``eval_mode`` explain the model
+    in eval mode (dropout off, BatchNorm running statistics; the flags are restored afterwards);
+    ``reshape`` a callable turning the layer output into ``(B, C, h, w)`` for layouts camkit cannot
+    infer (tokens are handled automatically).
+    """
 
     name: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = True

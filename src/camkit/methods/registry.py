@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from torch import nn
 
 from ..errors import CamkitError
+
+if TYPE_CHECKING:
+    from .base import BaseCAM
 
 _REGISTRY: dict[str, type] = {}
 _ALIASES: dict[str, str] = {}
@@ -44,6 +47,6 @@ def get(name: str) -> type:
     return _REGISTRY[canonical]
 
 
-def create(name: str, model: nn.Module, layer: Any = "auto", **options: Any) -> Any:
+def create(name: str, model: nn.Module, layer: Any = "auto", **options: Any) -> "BaseCAM":
     """Instantiate the method registered as ``name`` on ``model`` at ``layer``."""
     return get(name)(model, layer=layer, **options)
