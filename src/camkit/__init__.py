@@ -17,6 +17,7 @@ from .errors import (
 from .methods import (
     CAM, BaseCAM, Explanation, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, SmoothGradCAMPlusPlus,
     XGradCAM, create, list_methods,
+    AblationCAM, ScoreCAM, EigenCAM, GuidedBackprop, GuidedGradCAM, to_image,
 )
 
 __version__ = "0.1.0"
@@ -33,5 +34,6 @@ def __getattr__(name: str) -> Any:  # heavy submodules load on first use
 __all__ = [
     "CAM", "GradCAM", "GradCAMPlusPlus", "SmoothGradCAMPlusPlus", "XGradCAM", "LayerCAM", "HiResCAM",
     "BaseCAM", "Explanation", "TopK", "BottomK", "create", "list_methods",
+    "AblationCAM", "ScoreCAM", "EigenCAM", "GuidedBackprop", "GuidedGradCAM", "to_image",
     "CamkitError", "InputError", "LayerNotFoundError", "NoGradientError", "TargetError", "UnsupportedModelError",
 ]

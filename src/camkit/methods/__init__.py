@@ -2,8 +2,12 @@
 from .base import BaseCAM, Explanation
 from .gradient import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, SmoothGradCAMPlusPlus, XGradCAM
 from .registry import create, get, list_methods, register
+from .perturbation import AblationCAM, ScoreCAM
+from .eigen import EigenCAM
+from .guided import GuidedBackprop, GuidedGradCAM, to_image
 
 __all__ = [
     "BaseCAM", "Explanation", "CAM", "GradCAM", "GradCAMPlusPlus", "SmoothGradCAMPlusPlus", "XGradCAM",
     "LayerCAM", "HiResCAM", "create", "get", "list_methods", "register",
+    "AblationCAM", "ScoreCAM", "EigenCAM", "GuidedBackprop", "GuidedGradCAM", "to_image",
 ]

@@ -1,0 +1,444 @@
+"""Perturbation CAMs: channel weights from how the class score reacts when the model's input or the
+target layer is changed, with no gradients.
+
+- Ablation-CAM: ``w_k = (y - y_k) / |y|``, ``y_k`` the score with channel ``k`` of the layer zeroed.
+  Only the network *after* the layer depends on the ablation, so the layer's output is computed
+  once and only the tail runs on batches of ablated copies (see :class:`AblationCAM`).
+- Score-CAM: ``w = softmax_k(s(x * M_k))``, ``M_k`` channel ``k`` upsampled and min-max normalised.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..core import engine
+from ..core.outputs import to_logits
+from ..core.postprocess import normalize, upsample
+from ..core.targets import Targets
+from ..errors import InputError, UnsupportedModelError
+from .base import BaseCAM, Context
+from .gradient import Maps, weighted_sum
+from .registry import register
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def _logits_or_none(output: Any) -> Optional[torch.Tensor]:
+    try:
+        return to_logits(output)
+    except Exception:
+        return None
+
+
+def _rows(targets: Targets, rows: torch.Tensor) -> Targets:
+    """The targets of images ``rows`` (a batch made of copies of some images). A callable target must
+    act row by row, so it is kept as is."""
+    idx = None if targets.indices is None else targets.indices[rows.to(targets.indices.device)]
+    return Targets(idx, targets.keep_k, targets.fn)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ablation-CAM: tracing the forward so that the part before the layer can be replayed from a cache
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class _Call:
+    """One call of a module during the traced forward (calls nest like the Python call stack)."""
+
+    module: nn.Module
+    start: int
+    targets_before: int  # target calls started before this call started
+    end: int = -1
+    out: Any = None
+    children: list["_Call"] = field(default_factory=list)
+
+
+class _Tracer:
+    """Forward pre-hooks and hooks on every module of the model, recording the tree of calls with
+    the outputs of the calls that end before some target layer starts (the only ones a replay may
+    take from the cache). The subtrees of calls during which no target started are dropped when the
+    call ends: they are inside a call that is either cached or runs in full in every replay."""
+
+    def __init__(self, targets: Sequence[nn.Module]) -> None:
+        self.roots: list[_Call] = []
+        self.stack: list[_Call] = []
+        self.seq = 0
+        self.started = 0
+        self.n_targets = len(targets)
+        self.target_index = {id(m): i for i, m in enumerate(targets)}
+        self.target_calls: list[list[_Call]] = [[] for _ in targets]
+
+    def _pre(self, m: nn.Module, _args: Any) -> None:
+        call = _Call(m, self.seq, self.started)
+        self.seq += 1
+        (self.stack[-1].children if self.stack else self.roots).append(call)
+        self.stack.append(call)
+        i = self.target_index.get(id(m))
+        if i is not None:
+            self.target_calls[i].append(call)
+            self.started += 1
+
+    def _post(self, m: nn.Module, _args: Any, out: Any) -> None:
+        while self.stack and self.stack[-1].module is not m:
+            self.stack.pop()  # a call that raised and was caught by the model
+        if not self.stack:
+            return
+        call = self.stack.pop()
+        call.end = self.seq
+        self.seq += 1
+        if self.started == call.targets_before:
+            call.children = []
+        if self.started < self.n_targets:
+            call.out = out
+
+    def attach(self, model: nn.Module) -> list[Any]:
+        handles = []
+        for m in model.modules():
+            handles.append(m.register_forward_pre_hook(self._pre))
+            handles.append(m.register_forward_hook(self._post))
+        return handles
+
+    def plan(self, i: int, name: str, tail: bool) -> "_Plan":
+        """What every module does in a replay that ablates target ``i``: return its cached output
+        (calls that ended before the target started, outermost only), return the ablated batch (the
+        target), or run (everything else). ``tail=False``: only the target is replaced."""
+        calls = self.target_calls[i]
+        if len(calls) != 1:
+            raise UnsupportedModelError(
+                f"Ablation-CAM replaces the output of layer {name!r}, which the forward calls {len(calls)} "
+                "times; choose a layer that is called exactly once (e.g. its parent)"
+            )
+        target = calls[0]
+        actions: dict[int, tuple[nn.Module, list[Any]]] = {}
+
+        def visit(call: _Call) -> None:
+            if call is target:
+                act: Any = _ABLATE
+            elif tail and call.end < target.start:
+                act = _Cached(call.out)
+            else:
+                act = _RUN
+            actions.setdefault(id(call.module), (call.module, []))[1].append(act)
+            if act is _RUN:
+                for child in call.children:
+                    visit(child)
+
+        for root in self.roots:
+            visit(root)
+        return _Plan([(m, acts) for m, acts in actions.values() if any(a is not _RUN for a in acts)])
+
+
+_RUN = object()
+_ABLATE = object()
+
+
+@dataclass(eq=False)
+class _Cached:
+    out: Any
+
+
+def _pick(obj: Any, b: int, batch: int, n: int) -> Any:
+    """Image ``b`` of a cached output, expanded (a view, no copy) to ``n`` copies along the batch
+    dim (dim 0, or dim 1 for sequence-first tensors); tensors without a batch dim pass through."""
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() >= 1 and obj.shape[0] == batch:
+            d = 0
+        elif obj.dim() >= 2 and obj.shape[1] == batch:
+            d = 1
+        else:
+            return obj
+        one = obj.narrow(d, b, 1)
+        shape = list(one.shape)
+        shape[d] = n
+        return one.expand(shape)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_pick(o, b, batch, n) for o in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_pick(o, b, batch, n) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _pick(v, b, batch, n) for k, v in obj.items()}
+    return obj
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+class _Patched:
+    """Stands in for a module's ``forward`` during a replay, one action per call."""
+
+    def __init__(self, orig: Callable[..., Any], actions: list[Any], replay: "_Replay") -> None:
+        self.orig, self.actions, self.replay, self.calls = orig, actions, replay, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        i = self.calls
+        self.calls += 1
+        act = self.actions[i] if i < len(self.actions) else _RUN
+        if act is _RUN:
+            return self.orig(*args, **kwargs)
+        if act is _ABLATE:
+            return self.replay.ablated
+        return _pick(act.out, self.replay.b, self.replay.batch, self.replay.n)
+
+
+@dataclass
+class _Replay:
+    b: int
+    batch: int
+    n: int
+    ablated: torch.Tensor
+
+
+class _Plan:
+    def __init__(self, entries: list[tuple[nn.Module, list[Any]]]) -> None:
+        self.entries = entries
+        self.cached = [t for _, acts in entries for a in acts if isinstance(a, _Cached) for t in _tensors(a.out)]
+        self.versions = [t._version for t in self.cached]
+
+    def run(self, model: nn.Module, x: torch.Tensor, replay: _Replay) -> Any:
+        """``model(x)`` with the modules' forwards patched (instance attributes, removed afterwards)."""
+        patched: list[tuple[nn.Module, bool, Any]] = []
+        try:
+            for m, acts in self.entries:
+                had = "forward" in m.__dict__
+                orig = m.forward
+                m.forward = _Patched(orig, acts, replay)  # type: ignore[method-assign]
+                patched.append((m, had, orig))
+            with torch.no_grad():
+                return model(x)
+        finally:
+            for m, had, orig in reversed(patched):
+                if had:
+                    m.forward = orig  # type: ignore[method-assign]
+                else:
+                    del m.forward
+
+    def cache_modified(self) -> bool:
+        return any(t._version != v for t, v in zip(self.cached, self.versions))
+
+
+@dataclass
+class _TracedPass(engine.Pass):
+    tracer: Optional[_Tracer] = None
+
+
+class _TailMismatch(Exception):
+    pass
+
+
+def _grid_index(to_grid: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size, name: str) -> torch.Tensor:
+    """For a raw layer output of ``shape``: the flat position in it of every element of its
+    ``(n, C, h, w)`` grid view (found by passing an index tensor through the grid function)."""
+    idx = to_grid(torch.arange(shape.numel()).view(shape))
+    if idx.dtype != torch.long or idx.dim() != 4:
+        raise UnsupportedModelError(
+            f"Ablation-CAM zeroes channels of layer {name!r} through its reshape function, which must only "
+            "move elements (view/permute/reshape/index); it turned an index tensor into "
+            f"{idx.dtype} {tuple(idx.shape)}"
+        )
+    return idx
+
+
+@register("ablationcam")
+class AblationCAM(BaseCAM):
+    """Ablation-CAM (Ramaswamy 2020): ``w_k = (y - y_k) / |y|``, ``L = relu(sum_k w_k A_k)``.
+
+    ``y`` is the explained score (a logit) and ``y_k`` the score with channel ``k`` of the layer's
+    activation set to zero (for token layers: channel ``k`` of the grid tokens; prefix tokens are
+    left alone). The paper divides by ``y``; dividing by ``|y|`` keeps "positive weight = the channel
+    supports the class" when ``y < 0`` (where ``y == 0`` the weights are ``y - y_k``). The divisor is
+    one positive number per map, so the normalised map is the same either way.
+
+    ``recompute="tail"`` (default): one normal forward records every module call that ends before
+    the layer starts; the ablation passes make those modules return their cached outputs (a view
+    expanded along the batch, no copy) and the layer return the ablated activations, so only the
+    glue code before the layer and the network after it run -- for ResNet ``layer4`` that is pooling
+    and the classifier. Branches after the layer that read earlier tensors (skip connections) get
+    them from the cache, so results equal a full recomputation. Each image's first batch also
+    carries an unablated copy; if it does not reproduce the normal pass's score (a model whose
+    forward modifies cached tensors in place, or branches on data) the method warns and falls back
+    to ``recompute="full"``, which reruns the whole model and only replaces the layer's output.
+    ``batch_size`` bounds the number of ablated copies per pass. Several targets (TopK) share the
+    same ablation passes. Target callables must score each row of the output on its own.
+    """
+
+    uses_gradients = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: Any = "auto",
+        *,
+        batch_size: int = 64,
+        recompute: Literal["tail", "full"] = "tail",
+        **kw: Any,
+    ) -> None:
+        super().__init__(model, layer, **kw)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive int (ablated copies per pass), got {batch_size!r}")
+        if recompute not in ("tail", "full"):
+            raise InputError(f"recompute must be 'tail' (run only the network after the layer) or 'full', got {recompute!r}")
+        self.batch_size, self.recompute = batch_size, recompute
+
+    def _forward(self, x: torch.Tensor, modules: list[nn.Module], names: list[str]) -> engine.Pass:
+        tracer = _Tracer(modules)
+        handles = tracer.attach(self.model)
+        try:
+            p = super()._forward(x, modules, names)
+        finally:
+            for h in handles:
+                h.remove()
+        return _TracedPass(p.output, p.logits, p.acts, p.names, tracer)
+
+    def compute(self, ctx: Context) -> Maps:
+        tracer = getattr(ctx.pass_, "tracer", None)
+        assert tracer is not None, "AblationCAM.compute needs the traced pass of AblationCAM._forward"
+        raw, weights = [], []
+        for i, name in enumerate(ctx.pass_.names):
+            w = None
+            if self.recompute == "tail":
+                try:
+                    w = self._weights(ctx, i, tracer.plan(i, name, tail=True), verify=True)
+                except _TailMismatch as e:
+                    warnings.warn(
+                        f"Ablation-CAM could not replay only the network after layer {name!r} ({e}); "
+                        "recomputing the whole model per ablation batch instead (recompute='full')",
+                        RuntimeWarning, stacklevel=3,
+                    )
+            if w is None:
+                w = self._weights(ctx, i, tracer.plan(i, name, tail=False), verify=False)
+            raw.append(weighted_sum(w, ctx.acts[i]))
+            weights.append(w)
+        return raw, weights
+
+    def _weights(self, ctx: Context, i: int, plan: _Plan, verify: bool) -> torch.Tensor:
+        """``(B, K, C)`` weights of layer ``i``."""
+        act = ctx.pass_.acts[i]
+        x = ctx.x
+        batch = x.shape[0]
+        c = ctx.acts[i].shape[1]
+        out = []
+        grid_idx: dict[int, torch.Tensor] = {}
+        for b in range(batch):
+            channels = torch.arange(-1, c, device=act.device)  # -1: the unablated copy
+            scores = []
+            for sl in _chunks(c + 1, self.batch_size):
+                ks = channels[sl]
+                n = ks.numel()
+                ablated = _pick(act, b, batch, n).clone(memory_format=torch.contiguous_format)
+                if n not in grid_idx:
+                    grid_idx[n] = _grid_index(ctx.to_grid[i], ablated.shape, ctx.pass_.names[i]).to(act.device)
+                zero = ks >= 0
+                sel = grid_idx[n][torch.arange(n, device=act.device)[zero], ks[zero]]
+                ablated.view(-1)[sel.reshape(-1)] = 0
+                rows = torch.full((n,), b, dtype=torch.long)
+                try:
+                    output = plan.run(self.model, x[b:b + 1].expand(n, *x.shape[1:]), _Replay(b, batch, n, ablated))
+                except RuntimeError as e:
+                    if not verify:
+                        raise
+                    raise _TailMismatch(f"the replay raised {type(e).__name__}: {e}") from e
+                if verify and plan.cache_modified():
+                    raise _TailMismatch("the forward modified a tensor computed before the layer in place")
+                scores.append(_rows(ctx.targets, rows).scores(output, _logits_or_none(output)).detach())
+            s = torch.cat(scores)  # (C + 1, K), in the model's dtype
+            y, y_k = s[0], s[1:]
+            if verify:
+                y0 = ctx.scores[b].detach().to(y.dtype)
+                if not torch.allclose(y, y0, rtol=1e-3, atol=1e-3 * (1.0 + float(y0.abs().max()))):
+                    raise _TailMismatch(f"the unablated replay scored {y.tolist()} instead of {y0.tolist()}")
+            denom = torch.where(y.abs() > 0, y.abs(), torch.ones_like(y))
+            out.append(((y - y_k) / denom).t().float())  # (K, C)
+        return torch.stack(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Score-CAM
+# ---------------------------------------------------------------------------------------------------
+
+@register("scorecam")
+class ScoreCAM(BaseCAM):
+    """Score-CAM (Wang et al. 2020): ``M_k = norm(upsample(A_k))`` in [0, 1],
+    ``w = softmax_k(s_k)``, ``L = relu(sum_k w_k A_k)``.
+
+    ``s_k`` is the class score of the masked input ``x * M_k``: with ``score="softmax"`` (the paper's
+    algorithm and official code) the class probability, with ``score="logit"`` (pytorch-grad-cam)
+    the class logit. The paper's baseline term ``-f(X_b)`` is one constant per map and cancels in the
+    softmax. A target callable's output is used as the score as is.
+
+    Masked inputs run in chunks of at most ``batch_size`` images (across channels and images), under
+    ``no_grad`` with no camkit hooks; masks are built per chunk, never all at once. A channel that is
+    constant over the grid has an all-zero mask, so its masked input is all zeros whatever the
+    channel or image: that input runs once and its score is shared.
+    """
+
+    uses_gradients = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: Any = "auto",
+        *,
+        batch_size: int = 32,
+        score: Literal["softmax", "logit"] = "softmax",
+        **kw: Any,
+    ) -> None:
+        super().__init__(model, layer, **kw)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive int (masked inputs per pass), got {batch_size!r}")
+        if score not in ("softmax", "logit"):
+            raise InputError(f"score must be 'softmax' (class probability, the paper) or 'logit', got {score!r}")
+        self.batch_size, self.score = batch_size, score
+
+    def _class_scores(self, output: Any) -> torch.Tensor:
+        """``(n, N)`` class logits or probabilities of a model output."""
+        logits = to_logits(output).float()
+        return torch.softmax(logits, dim=-1) if self.score == "softmax" else logits
+
+    def _scores(self, output: Any, targets: Targets) -> torch.Tensor:
+        """``(n, K)`` scores of the rows of ``output`` for ``targets`` (one row of targets per row)."""
+        if targets.fn is not None:
+            return targets.scores(output, None).float()
+        assert targets.indices is not None
+        scores = self._class_scores(output)
+        return scores.expand(targets.indices.shape[0], -1).gather(1, targets.indices.to(scores.device))
+
+    def compute(self, ctx: Context) -> Maps:
+        x = ctx.x
+        batch, size = x.shape[0], (x.shape[-2], x.shape[-1])
+        raw, weights = [], []
+        for a in ctx.acts:
+            c = a.shape[1]
+            flat = a.flatten(2)
+            constant = flat.amax(-1) == flat.amin(-1)  # (B, C)
+            s = torch.empty(batch, ctx.scores.shape[1], c, device=a.device)
+            with torch.no_grad():
+                if constant.any():  # one all-zero input serves every constant channel of every image
+                    out0 = self.model(torch.zeros_like(x[:1]))
+                    s0 = self._scores(out0, ctx.targets).expand(batch, -1)  # (B, K)
+                    bs, ks = constant.nonzero(as_tuple=True)
+                    s[bs, :, ks] = s0[bs].to(s.dtype)
+                bi, ki = (~constant).nonzero(as_tuple=True)
+                for sl in _chunks(bi.numel(), self.batch_size):
+                    b, k = bi[sl], ki[sl]
+                    masks = normalize(upsample(a[b, k], size))  # (n, H, W)
+                    output = self.model(x[b] * masks.unsqueeze(1).to(x.dtype))
+                    s[b, :, k] = self._scores(output, _rows(ctx.targets, b.cpu())).to(s.dtype)
+            w = torch.softmax(s, dim=-1)
+            raw.append(weighted_sum(w, a))
+            weights.append(w)
+        return raw, weights
