@@ -51,19 +51,19 @@ class BasicBlock(nn.Module):
 
 
 class DigitsResNet(_DigitsModel):
-    """64x64 -> stem 16 -> 32 @32 -> 64 @16 -> 96 @8 -> 128 @8 -> GAP -> fc."""
+    """64x64 -> stem 16 @32 -> 24 @32 -> 48 @16 -> 64 @8 -> 96 @8 -> GAP -> fc."""
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(3, 16, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=False)
-        self.layer1 = BasicBlock(16, 32, 2)
-        self.layer2 = BasicBlock(32, 64, 2)
-        self.layer3 = BasicBlock(64, 96, 2)
-        self.layer4 = BasicBlock(96, 128, 1)
+        self.layer1 = BasicBlock(16, 24, 1)
+        self.layer2 = BasicBlock(24, 48, 2)
+        self.layer3 = BasicBlock(48, 64, 2)
+        self.layer4 = BasicBlock(64, 96, 1)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(128, num_classes)
+        self.fc = nn.Linear(96, num_classes)
         self._finish("layer4")
 
     def forward_preprocessed(self, t: Tensor) -> Tensor:  # noqa: D102
@@ -77,19 +77,19 @@ def _conv_bn_relu(in_ch: int, out_ch: int) -> list[nn.Module]:
 
 
 class DigitsVGG(_DigitsModel):
-    """``features``: [16] pool [32] pool [64 64] pool [96 96] (8x8) ; pool -> 4x4 -> 128 -> classes."""
+    """``features``: [16] pool [32] pool [48 48] pool [64 64] (8x8); max pool -> 4x4 -> 128 -> classes."""
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         layers += _conv_bn_relu(3, 16) + [nn.MaxPool2d(2)]
         layers += _conv_bn_relu(16, 32) + [nn.MaxPool2d(2)]
-        layers += _conv_bn_relu(32, 64) + _conv_bn_relu(64, 64) + [nn.MaxPool2d(2)]
-        layers += _conv_bn_relu(64, 96) + _conv_bn_relu(96, 96)
+        layers += _conv_bn_relu(32, 48) + _conv_bn_relu(48, 48) + [nn.MaxPool2d(2)]
+        layers += _conv_bn_relu(48, 64) + _conv_bn_relu(64, 64)
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.MaxPool2d(2)
         self.classifier = nn.Sequential(
-            nn.Linear(96 * 4 * 4, 128), nn.ReLU(inplace=False), nn.Dropout(0.3), nn.Linear(128, num_classes)
+            nn.Linear(64 * 4 * 4, 128), nn.ReLU(inplace=False), nn.Dropout(0.2), nn.Linear(128, num_classes)
         )
         self._finish(f"features.{len(layers) - 1}")
 
@@ -139,7 +139,7 @@ class Block(nn.Module):
 class DigitsViT(_DigitsModel):
     """Patches of 8x8 -> 64 tokens + class token, ``depth`` pre-norm blocks, head on the class token."""
 
-    def __init__(self, num_classes: int = 10, dim: int = 96, depth: int = 4, heads: int = 4,
+    def __init__(self, num_classes: int = 10, dim: int = 64, depth: int = 4, heads: int = 4,
                  mlp_ratio: int = 2, patch: int = 8) -> None:
         super().__init__()
         grid = DIGITS_SIZE // patch

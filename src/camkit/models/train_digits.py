@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,45 +39,60 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def generated_tensors(n: int, seed: int, split: str) -> tuple[Tensor, Tensor]:
-    """``n`` digits images as a uint8 ``(n, 3, 64, 64)`` tensor and their labels."""
+def _render_range(args: tuple[int, int, int, str]) -> tuple[np.ndarray, np.ndarray]:
     from camkit.data.digits import digits
 
-    ds = digits(n, seed=seed, size=DIGITS_SIZE, split=split)  # type: ignore[arg-type]
-    images = torch.empty((n, 3, DIGITS_SIZE, DIGITS_SIZE), dtype=torch.uint8)
-    labels = torch.empty(n, dtype=torch.long)
-    for i in range(n):
-        s = ds[i]
-        images[i] = (s.image * 255).round().to(torch.uint8)
-        labels[i] = int(s.label)  # type: ignore[arg-type]
-    return images, labels
+    start, stop, seed, split = args
+    ds = digits(stop, seed=seed, size=DIGITS_SIZE, split=split)  # type: ignore[arg-type]
+    items = [ds[i] for i in range(start, stop)]
+    images = np.stack([np.rint(s.image.numpy() * 255).astype(np.uint8) for s in items])
+    return images, np.array([int(s.label) for s in items], dtype=np.int64)  # type: ignore[arg-type]
+
+
+def generated_tensors(n: int, seed: int, split: str, workers: int = 1) -> tuple[Tensor, Tensor]:
+    """``n`` digits images as a uint8 ``(n, 3, 64, 64)`` tensor and their labels.
+
+    Item ``i`` does not depend on ``workers`` (each item has its own random stream)."""
+    chunks = [(a, min(a + 1000, n), seed, split) for a in range(0, n, 1000)]
+    if workers > 1 and len(chunks) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(_render_range, chunks)
+    else:
+        parts = [_render_range(c) for c in chunks]
+    if not parts:
+        return torch.empty((0, 3, DIGITS_SIZE, DIGITS_SIZE), dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+    return (torch.from_numpy(np.concatenate([p[0] for p in parts])),
+            torch.from_numpy(np.concatenate([p[1] for p in parts])))
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 256) -> float:
-    """Top-1 accuracy; ``images`` uint8 or float in [0, 1]."""
+    """Top-1 accuracy; ``images`` uint8 or float in [0, 1] (moved to the model's device)."""
     was_training = model.training
+    device = next(model.parameters()).device
     model.eval()
     correct = 0
     try:
         for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size]
+            x = images[i:i + batch_size].to(device)
             x = x.float() / 255 if x.dtype == torch.uint8 else x
-            correct += int((model(x).argmax(1) == labels[i:i + batch_size]).sum())
+            correct += int((model(x).argmax(1).cpu() == labels[i:i + batch_size]).sum())
     finally:
         model.train(was_training)
     return correct / max(len(images), 1)
 
 
-def train(name: str, seed: int = 0, n_train: int = 16000, n_test: int = 1000,
+def train(name: str, seed: int = 0, n_train: int = 12000, n_test: int = 1000,
           recipe: Recipe | None = None, data: tuple[Tensor, Tensor] | None = None,
-          log: bool = True) -> tuple[nn.Module, float]:
+          log: bool = True, device: str = "cpu") -> tuple[nn.Module, float]:
     """Train digits model ``name`` from seed ``seed``; return it (eval mode) and its held-out accuracy."""
     if name not in DIGITS_ARCHITECTURES:
         raise ValueError(f"unknown digits model {name!r}; known: {sorted(DIGITS_ARCHITECTURES)}")
     recipe = recipe or RECIPES[name]
     torch.manual_seed(seed)
-    model = DIGITS_ARCHITECTURES[name]()
+    model = DIGITS_ARCHITECTURES[name]().to(device)
     images, labels = data if data is not None else generated_tensors(n_train, seed, "train")
     test_images, test_labels = generated_tensors(n_test, seed + 1000, "test")
     steps_per_epoch = (len(images) + recipe.batch_size - 1) // recipe.batch_size
@@ -91,10 +107,8 @@ def train(name: str, seed: int = 0, n_train: int = 16000, n_test: int = 1000,
         total = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * recipe.batch_size:(b + 1) * recipe.batch_size]
-            x = images[idx].float() / 255
-            if torch.rand((), generator=gen) < 0.5:  # colour inversion keeps labels and boxes
-                x = 1 - x
-            loss = F.cross_entropy(model(x), labels[idx], label_smoothing=0.05)
+            x = images[idx].to(device).float() / 255
+            loss = F.cross_entropy(model(x), labels[idx].to(device), label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -105,7 +119,7 @@ def train(name: str, seed: int = 0, n_train: int = 16000, n_test: int = 1000,
             print(f"{name} epoch {epoch + 1}/{recipe.epochs} loss {total / steps_per_epoch:.3f} "
                   f"held-out acc {acc:.4f} ({time.perf_counter() - start:.0f}s)", flush=True)
     model.eval()
-    return model, accuracy(model, test_images, test_labels)
+    return model.cpu(), accuracy(model.cpu(), test_images, test_labels)
 
 
 def save(model: nn.Module, path: Path) -> None:
@@ -120,16 +134,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", default=list(DIGITS_ARCHITECTURES))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train", type=int, default=16000)
+    parser.add_argument("--n-train", type=int, default=12000)
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--workers", type=int, default=2, help="processes generating the data")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--epochs", type=int, default=0, help="override the recipes' epochs")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = generated_tensors(args.n_train, args.seed, "train")
+    start = time.perf_counter()
+    data = generated_tensors(args.n_train, args.seed, "train", workers=args.workers)
+    print(f"generated {args.n_train} training images in {time.perf_counter() - start:.0f}s", flush=True)
     for name in args.names:
         start = time.perf_counter()
-        model, acc = train(name, seed=args.seed, data=data)
+        recipe = RECIPES[name]
+        if args.epochs:
+            recipe = Recipe(args.epochs, recipe.lr, recipe.weight_decay, recipe.batch_size)
+        model, acc = train(name, seed=args.seed, data=data, recipe=recipe, device=args.device)
         path = args.out / f"{name}.pt"
         save(model, path)
         print(f"{name}: held-out top-1 {acc:.4f}, {time.perf_counter() - start:.0f}s, "
