@@ -1,0 +1,139 @@
+"""What a benchmark run measures and how: :class:`BenchConfig` and its :class:`Protocol`.
+
+Everything here is plain data (JSON round trip via :meth:`BenchConfig.to_dict` /
+:meth:`BenchConfig.from_dict`), so a run directory's ``run.json`` says exactly how its numbers
+were made and a remote worker can rebuild the configuration.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..errors import CamkitError
+
+#: target kinds of the records: the predicted class, the least predicted class, the true class
+#: (only when it differs from the predicted one, i.e. for misclassified images).
+TARGET_KINDS: tuple[str, ...] = ("top1", "least", "true")
+BASELINE_PREFIX = "baseline:"
+BASELINES: tuple[str, ...] = ("uniform", "center_gaussian", "random")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The conventions behind every number of a run (printed in the report, stored in each record).
+
+    Localisation: the map's box is the largest connected component of ``map >= threshold * max``;
+    IoU with the best-matching ground-truth box; MaxBoxAcc over ``box_thresholds`` thresholds at
+    IoU >= ``maxboxacc_iou``; pointing game with ``pointing_tolerance`` pixels. Average Drop /
+    Increase in Confidence: softmax of the explained class on the image and on image x map
+    (``space``). Deletion (``deletion_substrate``) / Insertion (``insertion_substrate``) AUC with
+    ``perturbation_steps`` steps, for the target kinds in ``perturbation_kinds``.
+    """
+
+    threshold: float = 0.15
+    box_thresholds: int = 100
+    maxboxacc_iou: float = 0.5
+    pointing_tolerance: float = 0.0
+    space: str = "pixel"
+    score: str = "softmax"
+    perturbation_steps: int = 32
+    perturbation_kinds: tuple[str, ...] = ("top1",)
+    deletion_substrate: str = "zeros"
+    insertion_substrate: str = "blur"
+    baselines: tuple[str, ...] = BASELINES
+    seed: int = 0
+    #: keyword options per method, e.g. ``{"scorecam": {"batch_size": 64}}``
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Protocol":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CamkitError(f"unknown protocol fields {unknown}; known: {sorted(known)}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kw)
+
+    def fingerprint(self) -> str:
+        """A short hash: runs with equal fingerprints computed their numbers the same way."""
+        blob = json.dumps(self.as_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def describe(self) -> list[str]:
+        """One line per metric family: the conventions it used."""
+        thr = self.box_thresholds
+        return [
+            f"Localisation: box = largest 8-connected component of map >= {self.threshold} x max(map); "
+            "IoU with the best-matching ground-truth box (Selvaraju et al. 2017).",
+            f"MaxBoxAcc: share of images with IoU >= {self.maxboxacc_iou} at the best of {thr} thresholds "
+            "0, 1/T, ... (Choe et al. 2020).",
+            f"Pointing game: map maximum within {self.pointing_tolerance} px of a box, ties shared "
+            "(Zhang et al. 2016); energy pointing game: share of map energy inside the boxes (Wang et al. 2020).",
+            f"Average Drop % = mean max(0, Y-O)/Y x 100, Increase in Confidence % = share of O > Y x 100; "
+            f"Y, O = {self.score} of the explained class on the image and on image x map ({self.space} space) "
+            "(Chattopadhyay et al. 2018).",
+            f"Deletion / Insertion AUC: {self.perturbation_steps} steps, deletion substrate "
+            f"{self.deletion_substrate!r}, insertion substrate {self.insertion_substrate!r}, {self.score} "
+            f"score, for target kinds {list(self.perturbation_kinds)} (Petsiuk et al. 2018).",
+            f"Baselines: {', '.join(self.baselines)} maps (random: seeded per image from seed {self.seed}).",
+            "Method options: " + (json.dumps(self.method_options, sort_keys=True) if self.method_options else "defaults"),
+        ]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Models x methods x data, batch size, device and the :class:`Protocol`.
+
+    ``models``: zoo names, optionally ``name=weights`` (a named weights set, ``random``, or a path).
+    ``methods``: registry names (guided methods are not maps; they appear in the Guided Grad-CAM
+    figure). ``data``: ``samples``, ``digits[:N]``, ``imagenet:PATH`` or ``folder:PATH``.
+    ``gallery_images``: images (by dataset index) whose overlays are kept for the report's galleries;
+    misclassified images up to ``4 * gallery_images`` are kept too. ``figure_images``: images of the
+    layer-by-layer and Guided Grad-CAM figures.
+    """
+
+    models: tuple[str, ...]
+    methods: tuple[str, ...]
+    data: str = "digits"
+    limit: Optional[int] = None
+    batch_size: int = 8
+    device: str = "cpu"
+    protocol: Protocol = field(default_factory=Protocol)
+    gallery_images: int = 12
+    figure_images: int = 3
+    layers_per_figure: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise CamkitError("no models given")
+        if not self.methods:
+            raise CamkitError("no methods given")
+        if self.batch_size < 1:
+            raise CamkitError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise CamkitError(f"limit must be >= 1, got {self.limit}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        d["protocol"] = self.protocol.as_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BenchConfig":
+        d = dict(d)
+        proto = Protocol.from_dict(d.pop("protocol", {}))
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(protocol=proto, **kw)
+
+    def fingerprint(self) -> str:
+        """What must not change when a run is resumed: data, batch size and protocol."""
+        blob = json.dumps([self.data, self.batch_size, self.protocol.as_dict(), self.gallery_images,
+                           self.figure_images, self.layers_per_figure], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]

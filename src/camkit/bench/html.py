@@ -1,0 +1,206 @@
+"""``report.html``: one self-contained page (no network; pictures are files beside it) with the
+tables, the figures and the galleries of the survey (Tables 2-7).
+
+Every string that comes from data -- image ids and file names, class names, model specs, paths,
+error messages -- goes through :func:`html.escape`, so a file named ``<script>...</script>.png``
+shows as text.
+"""
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .report import Column, Summary, fmt
+from .sources import model_label
+
+Record = dict[str, Any]
+GALLERY_ROWS = 8
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1500px}
+table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:center;vertical-align:middle}
+th{background:#f2f2f2}td.l,th.l{text-align:left}
+.best{font-weight:bold;background:#e8f5e9}
+img.t{width:112px;height:auto;display:block;margin:auto}
+figure{margin:1em 0}figcaption{font-size:13px;color:#555;max-width:900px}
+.small{font-size:12px;color:#555}.err{color:#a00}
+"""
+
+
+@dataclass(frozen=True)
+class FigureRef:
+    """A figure file (relative to the report) with its title and caption."""
+
+    title: str
+    path: str
+    caption: str
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _img(path: Optional[str], alt: str) -> str:
+    if not path:
+        return '<span class="small">—</span>'
+    return f'<img class="t" src="{esc(path)}" alt="{esc(alt)}" loading="lazy">'
+
+
+def _best(s: Summary, col: Column, model: str) -> Optional[float]:
+    vals = [s.values[(col.key, model, m)] for m in s.methods if not m.startswith("baseline:")]
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None
+    return max(vals) if col.better == "higher" else min(vals)
+
+
+def metric_table(s: Summary, cols: Sequence[Column]) -> str:
+    """Rows = methods, column groups = metrics, one column per model; the best method per column in bold."""
+    top = '<tr><th class="l" rowspan="2">Method</th>' + "".join(
+        f'<th colspan="{len(s.models)}">{esc(c.label)} {"↑" if c.better == "higher" else "↓"}</th>' for c in cols) + "</tr>"
+    sub = "<tr>" + "".join(f"<th>{esc(model_label(m))}</th>" for _ in cols for m in s.models) + "</tr>"
+    rows = []
+    best = {(c.key, m): _best(s, c, m) for c in cols for m in s.models}
+    for method in s.methods:
+        cells = []
+        for c in cols:
+            for m in s.models:
+                v = s.values[(c.key, m, method)]
+                text = "n/a" if v is None and (m, method) in s.errors else fmt(v, c.decimals)
+                cls = ' class="best"' if v is not None and v == best[(c.key, m)] and not method.startswith("baseline:") else ""
+                title = f' title="{esc(s.errors[(m, method)])}"' if (m, method) in s.errors else ""
+                cells.append(f"<td{cls}{title}>{esc(text)}</td>")
+        rows.append(f'<tr><td class="l">{esc(method)}</td>{"".join(cells)}</tr>')
+    return f"<table>{top}{sub}{''.join(rows)}</table>"
+
+
+def _accuracy_table(s: Summary) -> str:
+    rows = "".join(
+        f'<tr><td class="l">{esc(model_label(m))}</td><td>{s.images.get(m, 0)}</td><td>{s.correct.get(m, 0)}</td>'
+        f"<td>{esc(fmt(s.accuracy(m), 2))}</td></tr>" for m in s.models)
+    return ("<table><tr><th class='l'>Model</th><th>Images</th><th>Correct</th><th>Top-1 accuracy %</th></tr>"
+            f"{rows}</table>")
+
+
+def _timing_table(s: Summary) -> str:
+    head = "".join(f"<th>{esc(model_label(m))}</th>" for m in s.models)
+    rows = []
+    for method in s.methods:
+        cells = "".join(
+            f"<td>{esc(fmt(s.timing[(m, method)] * 1000, 1)) if (m, method) in s.timing else '—'}</td>" for m in s.models)
+        rows.append(f'<tr><td class="l">{esc(method)}</td>{cells}</tr>')
+    return f"<table><tr><th class='l'>Method (ms per image, map only)</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _figures(figs: Sequence[FigureRef]) -> str:
+    return "".join(
+        f'<figure><h3>{esc(f.title)}</h3><img src="{esc(f.path)}" alt="{esc(f.title)}" style="max-width:100%">'
+        f"<figcaption>{esc(f.caption)}</figcaption></figure>" for f in figs)
+
+
+class _Gallery:
+    """Lookup of gallery pictures by model, image and (method, kind)."""
+
+    def __init__(self, records: Sequence[Record]) -> None:
+        self.images: dict[str, list[Record]] = {}
+        self.overlays: dict[tuple[str, str, str, str], str] = {}
+        for r in records:
+            files = r.get("files") or {}
+            if r.get("type") == "image" and "image.jpg" in files:
+                self.images.setdefault(r["model"], []).append(r)
+            elif r.get("type") == "map" and "overlay.jpg" in files:
+                self.overlays[(r["model"], r["image"], r["method"], r["kind"])] = files["overlay.jpg"]
+        for v in self.images.values():
+            v.sort(key=lambda r: r["index"])
+
+    def overlay(self, model: str, image: str, method: str, kind: str) -> Optional[str]:
+        return self.overlays.get((model, image, method, kind))
+
+
+def _image_cell(r: Record) -> str:
+    labels = ", ".join(r.get("label_names", []))
+    return (f'<td class="l">{_img(r["files"]["image.jpg"], r["image"])}<div class="small">{esc(r["image"])}<br>'
+            f"true: {esc(labels)}<br>predicted: {esc(r['pred_name'])} ({r['prob']:.2f})</div></td>")
+
+
+def _methods_gallery(g: _Gallery, model: str, rows: list[Record], methods: Sequence[str], kind: str) -> str:
+    if not rows:
+        return '<p class="small">No such image among the gallery images.</p>'
+    head = "<tr><th class='l'>Image</th>" + "".join(f"<th>{esc(m)}</th>" for m in methods) + "</tr>"
+    body = "".join(
+        "<tr>" + _image_cell(r) + "".join(
+            f"<td>{_img(g.overlay(model, r['image'], m, kind), m + ' ' + r['image'])}</td>" for m in methods) + "</tr>"
+        for r in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _pair_gallery(g: _Gallery, model: str, rows: list[Record], method: str) -> str:
+    if not rows:
+        return '<p class="small">No misclassified image among the gallery images.</p>'
+    head = ("<tr><th class='l'>Image</th><th>Predicted class</th><th>Map of the predicted class</th>"
+            "<th>Actual class</th><th>Map of the actual class</th></tr>")
+    body = "".join(
+        f"<tr>{_image_cell(r)}<td>{esc(r['pred_name'])}</td><td>{_img(g.overlay(model, r['image'], method, 'top1'), 'predicted')}</td>"
+        f"<td>{esc(r['true_name'])}</td><td>{_img(g.overlay(model, r['image'], method, 'true'), 'actual')}</td></tr>"
+        for r in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def galleries(records: Sequence[Record], s: Summary) -> str:
+    """Per model: correctly classified x methods, misclassified x methods, and for misclassified images
+    the map of the predicted class beside the map of the true class (survey Tables 2-7)."""
+    g = _Gallery(records)
+    methods = [m for m in s.methods if not m.startswith("baseline:")]
+    pair = "gradcam" if "gradcam" in methods else (methods[0] if methods else "")
+    out = []
+    for model in s.models:
+        imgs = g.images.get(model, [])
+        right = [r for r in imgs if r["correct"]][:GALLERY_ROWS]
+        wrong = [r for r in imgs if not r["correct"]][:GALLERY_ROWS]
+        name = esc(model_label(model))
+        out.append(f"<h3>{name}: correctly classified images (Tables 2, 5)</h3>")
+        out.append(_methods_gallery(g, model, right, methods, "top1"))
+        out.append(f"<h3>{name}: misclassified images, map of the predicted class (Tables 3, 6)</h3>")
+        out.append(_methods_gallery(g, model, wrong, methods, "top1"))
+        out.append(f"<h3>{name}: misclassified images, predicted vs actual class, {esc(pair)} (Tables 4, 7)</h3>")
+        out.append(_pair_gallery(g, model, wrong, pair))
+    return "".join(out)
+
+
+def render(s: Summary, records: Sequence[Record], figures: Sequence[FigureRef], info: dict[str, Any]) -> str:
+    """The whole page. ``info``: run facts shown at the top (strings or numbers)."""
+    facts = "".join(f"<tr><td class='l'>{esc(k)}</td><td class='l'>{esc(v)}</td></tr>" for k, v in info.items())
+    errors = "".join(f"<li>{esc(model_label(mo))} / {esc(me)}: <span class='err'>{esc(msg)}</span></li>"
+                     for (mo, me), msg in sorted(s.errors.items()))
+    skipped = ", ".join(esc(i) for i in s.skipped) or "none"
+    problems = ", ".join(f"{esc(k)}: {v}" for k, v in sorted(s.problems.items())) or "none"
+    protocol = "".join(f"<li>{esc(p)}</li>" for p in s.protocol)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>camkit benchmark</title><style>{STYLE}</style></head>
+<body>
+<h1>camkit benchmark</h1>
+<table>{facts}</table>
+<h2>Table 8: localisation and confidence (predicted class)</h2>
+{metric_table(s, s.table8)}
+<h2>Further metrics</h2>
+{metric_table(s, s.more)}
+<p class="small">Bold: best method per column (baselines excluded). n/a: the method cannot run on the model (hover for why).</p>
+<h2>Classification accuracy</h2>
+{_accuracy_table(s)}
+<h2>Time</h2>
+{_timing_table(s)}
+<h2>Figures</h2>
+{_figures(figures)}
+<h2>Galleries</h2>
+{galleries(records, s)}
+<h2>Data</h2>
+<p>Unreadable images skipped ({len(s.skipped)}): {skipped}</p>
+<p>Dataset problems: {problems}</p>
+{f"<h2>Errors</h2><ul>{errors}</ul>" if errors else ""}
+<h2>Protocol</h2>
+<ul>{protocol}</ul>
+</body></html>
+"""

@@ -1,0 +1,306 @@
+"""Run one shard: a model on a range of images with every method, or that model's figures.
+
+:func:`run_shard` is a pure function of ``(shard, config)`` -- it reads the model and the images,
+computes, and yields JSON-ready records; it writes nothing -- so any engine (this process, a pool, a
+Ray worker) can call it, and a unit computed twice gives identical records. Models and datasets are
+loaded once per process (:mod:`.sources`).
+
+Per batch: one no-grad forward gives the predictions; each method then explains the predicted
+class, the least predicted class and (for misclassified images) the true class in ONE call with a
+``(B, K)`` target tensor, and the metrics run on those maps. Record types (field ``type``):
+``image`` (prediction per image), ``map`` (one per model x method x image x target kind),
+``skip`` (unreadable image), ``error`` (a method that cannot run on a model), ``figure`` and
+``unit`` (the marker written after a unit's records: the unit is done).
+"""
+from __future__ import annotations
+
+import base64
+import time
+import traceback
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .. import metrics
+from ..core.outputs import to_logits
+from ..errors import CamkitError
+from ..methods import create
+from .config import BASELINE_PREFIX, BenchConfig
+from .plan import FIGURES, PREDICTIONS, Shard, record_key
+from .sources import Source, load_model, load_source
+
+Record = dict[str, Any]
+GALLERY_KINDS = ("top1", "true")
+MISCLASSIFIED_REACH = 4  # misclassified images up to this many times gallery_images keep overlays
+
+
+@dataclass
+class Batch:
+    """Images of a shard that could be read, at the model's input size, with their predictions."""
+
+    indices: list[int]
+    samples: list[Any]
+    x: torch.Tensor  # (B, 3, H, W) pixels in [0, 1] on the device
+    logits: torch.Tensor  # (B, N)
+    targets: torch.Tensor  # (B, K): top1, least[, true]
+    kinds: tuple[str, ...]
+    correct: list[bool]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _name(categories: Optional[list[str]], c: int) -> str:
+    return categories[c] if categories is not None and 0 <= c < len(categories) else str(c)
+
+
+def _read(source: Source, indices: range) -> tuple[list[tuple[int, Any]], list[Record]]:
+    """The readable samples of ``indices`` and one ``skip`` record per unreadable image."""
+    ok, skipped = [], []
+    for i in indices:
+        try:
+            ok.append((i, source.load(i)))
+        except OSError as exc:
+            skipped.append({"type": "skip", "image": source.ids[i], "index": i, "reason": str(exc)})
+    return ok, skipped
+
+
+def _predict(model: nn.Module, items: list[tuple[int, Any]], device: torch.device) -> Batch:
+    size = tuple(getattr(model, "input_size", items[0][1].size))
+    samples = [s.resized(size) for _, s in items]
+    x = torch.stack([s.image for s in samples]).to(device)
+    with torch.no_grad():
+        logits = to_logits(model(x)).float()
+    n = logits.shape[1]
+    top1, least = logits.argmax(1), logits.argmin(1)
+    trues, correct = [], []
+    for s, p in zip(samples, top1.tolist()):
+        bad = [c for c in s.labels if not 0 <= c < n]
+        if bad:
+            raise CamkitError(f"image {s.id!r} has label(s) {bad} but the model has {n} classes: "
+                              "do the data and the model use the same classes?")
+        correct.append(p in s.labels)
+        trues.append(p if p in s.labels else s.labels[0])
+    true = torch.tensor(trues, device=logits.device)
+    kinds: tuple[str, ...] = ("top1", "least") + (("true",) if not all(correct) else ())
+    targets = torch.stack([top1, least, true][: len(kinds)], 1)
+    return Batch([i for i, _ in items], samples, x, logits, targets, kinds, correct)
+
+
+def _gallery(config: BenchConfig, index: int, correct: bool) -> bool:
+    g = config.gallery_images
+    return index < g or (not correct and index < MISCLASSIFIED_REACH * g)
+
+
+def _image_records(model_spec: str, model: nn.Module, b: Batch, config: BenchConfig, seconds: float) -> list[Record]:
+    from .. import viz
+
+    cats = getattr(model, "categories", None)
+    probs = b.logits.softmax(1)
+    out = []
+    for j, (i, s) in enumerate(zip(b.indices, b.samples)):
+        top1, least = int(b.targets[j, 0]), int(b.targets[j, 1])
+        true = top1 if b.correct[j] else s.labels[0]
+        rec: Record = {
+            "type": "image", "key": record_key(model_spec, "-", s.id, "image"), "model": model_spec,
+            "image": s.id, "index": i, "labels": s.labels, "label_names": [_name(cats, c) for c in s.labels],
+            "pred": top1, "pred_name": _name(cats, top1), "prob": float(probs[j, top1]),
+            "least": least, "least_name": _name(cats, least), "true": true, "true_name": _name(cats, true),
+            "correct": b.correct[j], "boxes": s.boxes.tolist(), "time_forward_s": seconds / len(b.indices),
+        }
+        if _gallery(config, i, b.correct[j]):
+            picture = viz.draw_boxes(viz.to_pil(s.image), s.boxes)
+            rec["artifacts"] = {"image.jpg": _b64(viz.encode(picture, "JPEG", max_side=160))}
+        out.append(rec)
+    return out
+
+
+def _baseline(name: str, b: Batch, seed: int) -> torch.Tensor:
+    """(B, H, W) baseline maps; the random one is seeded per image id (independent of batching)."""
+    h, w = b.x.shape[-2:]
+    if name != "random":
+        return metrics.baseline_maps(name, (len(b.indices), h, w), device=b.x.device)
+    maps = []
+    for s in b.samples:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(s.id.encode()))
+        maps.append(metrics.random_map((h, w), generator=g))
+    return torch.stack(maps).to(b.x.device)
+
+
+def _maps(model: nn.Module, method: str, b: Batch, config: BenchConfig) -> tuple[torch.Tensor, list[str]]:
+    """(B, K, H, W) maps of ``b.targets`` and the explained layer names."""
+    if method.startswith(BASELINE_PREFIX):
+        m = _baseline(method[len(BASELINE_PREFIX):], b, config.protocol.seed)
+        return m[:, None].expand(-1, len(b.kinds), -1, -1), []
+    layer = getattr(model, "default_layer", "auto")
+    options = config.protocol.method_options.get(method, {})
+    e = create(method, model, layer=layer, **options).explain(b.x, targets=b.targets)
+    return e.maps.float(), list(e.layers)
+
+
+def _with_boxes(b: Batch) -> list[int]:
+    return [j for j, s in enumerate(b.samples) if s.boxes.shape[0] > 0]
+
+
+def _metrics(model: nn.Module, b: Batch, maps: torch.Tensor, config: BenchConfig) -> list[dict[str, list[Any]]]:
+    """Per target kind: metric name -> per-image values (None where a metric does not apply)."""
+    p = config.protocol
+    n = len(b.indices)
+    has_box = _with_boxes(b)
+    boxes = [b.samples[j].boxes for j in has_box]
+    thresholds = [t / p.box_thresholds for t in range(p.box_thresholds)]
+    out = []
+    for k, kind in enumerate(b.kinds):
+        m, t = maps[:, k], b.targets[:, k]
+        vals: dict[str, list[Any]] = {name: [None] * n for name in
+                                      ("iou", "pointing", "energy", "box_ious", "deletion", "insertion")}
+        if has_box:
+            mb = m[has_box]
+            loc = {
+                "iou": metrics.localization_iou(mb, boxes, p.threshold),
+                "pointing": metrics.pointing_game(mb, boxes, p.pointing_tolerance),
+                "energy": metrics.energy_pointing_game(mb, boxes),
+            }
+            if kind == "top1":
+                loc["box_ious"] = metrics.threshold_ious(mb, boxes, thresholds)
+            for name, v in loc.items():
+                for j, val in zip(has_box, v.tolist()):
+                    vals[name][j] = val
+        cc = metrics.confidence_change(model, b.x, m, t, space=p.space, score=p.score, batch_size=n)
+        vals["y"], vals["o"] = cc.y.tolist(), cc.o.tolist()
+        if kind in p.perturbation_kinds:
+            common = dict(steps=p.perturbation_steps, score=p.score, space=p.space, batch_size=64, seed=p.seed)
+            vals["deletion"] = metrics.deletion_auc(model, b.x, m, t, substrate=p.deletion_substrate, **common).auc.tolist()
+            vals["insertion"] = metrics.insertion_auc(model, b.x, m, t, substrate=p.insertion_substrate, **common).auc.tolist()
+        out.append(vals)
+    return out
+
+
+def _map_records(shard: Shard, method: str, model: nn.Module, b: Batch, config: BenchConfig) -> list[Record]:
+    from .. import viz
+
+    device = b.x.device
+    _sync(device)
+    t0 = time.perf_counter()
+    maps, layers = _maps(model, method, b, config)
+    _sync(device)
+    t1 = time.perf_counter()
+    per_kind = _metrics(model, b, maps, config)
+    t2 = time.perf_counter()
+    n = len(b.indices)
+    cats = getattr(model, "categories", None)
+    proto = config.protocol.as_dict()
+    out = []
+    for j, (i, s) in enumerate(zip(b.indices, b.samples)):
+        for k, kind in enumerate(b.kinds):
+            if kind == "true" and b.correct[j]:
+                continue  # the true class is the predicted one: its record is top1
+            c = int(b.targets[j, k])
+            vals = {name: v[j] for name, v in per_kind[k].items()}
+            y, o = vals.pop("y"), vals.pop("o")
+            rec: Record = {
+                "type": "map", "key": record_key(shard.model, method, s.id, kind), "model": shard.model,
+                "method": method, "layers": layers, "image": s.id, "index": i, "kind": kind,
+                "class": c, "class_name": _name(cats, c), "labels": s.labels, "pred": int(b.targets[j, 0]),
+                "correct": b.correct[j], **vals, "y": y, "o": o,
+                "drop": max(0.0, y - o) / y * 100 if y > 0 else None, "increase": o > y,
+                "time_map_s": (t1 - t0) / n, "time_metrics_s": (t2 - t1) / n, "protocol": proto,
+            }
+            if kind in GALLERY_KINDS and _gallery(config, i, b.correct[j]):
+                picture = viz.overlay(s.image, maps[j, k])
+                rec["artifacts"] = {"overlay.jpg": _b64(viz.encode(picture, "JPEG", max_side=160))}
+            out.append(rec)
+    return out
+
+
+def _unit(shard: Shard, method: str) -> Record:
+    return {"type": "unit", "key": shard.unit(method), "model": shard.model, "method": method}
+
+
+def _error(shard: Shard, method: str, exc: BaseException) -> Record:
+    last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" ({last.filename.rsplit('/', 1)[-1]}:{last.lineno})" if last else ""
+    return {"type": "error", "key": f"{shard.unit(method)}|error", "model": shard.model, "method": method,
+            "start": shard.start, "stop": shard.stop, "error": f"{type(exc).__name__}: {exc}{where}"}
+
+
+def run_shard(shard: Shard, config: BenchConfig) -> Iterator[Record]:
+    """Compute a shard's records (units already in ``shard.done`` are not recomputed), each unit's
+    records followed by its ``unit`` marker."""
+    if shard.kind == FIGURES:
+        yield from _run_figures(shard, config)
+        return
+    device = torch.device(config.device)
+    model = load_model(shard.model, config.device)
+    source = load_source(config.data)
+    items, skipped = _read(source, range(shard.start, shard.stop))
+    pending = [m for m in shard.methods if shard.unit(m) not in shard.done]
+    if shard.unit(PREDICTIONS) not in shard.done:
+        for rec in skipped:
+            yield {**rec, "key": record_key(shard.model, "-", rec["image"], "skip"), "model": shard.model}
+    if not items:
+        for method in [PREDICTIONS] + pending:
+            yield _unit(shard, method)
+        return
+    _sync(device)
+    t0 = time.perf_counter()
+    b = _predict(model, items, device)
+    _sync(device)
+    if shard.unit(PREDICTIONS) not in shard.done:
+        yield from _image_records(shard.model, model, b, config, time.perf_counter() - t0)
+        yield _unit(shard, PREDICTIONS)
+    for method in pending:
+        try:
+            records = _map_records(shard, method, model, b, config)
+        except Exception as exc:  # a method that cannot run on this model is a result, not a crash
+            records = [_error(shard, method, exc)]
+        yield from records
+        yield _unit(shard, method)
+
+
+def _first_readable(source: Source, config: BenchConfig, count: int) -> list[tuple[int, Any]]:
+    stop = len(source) if config.limit is None else min(len(source), config.limit)
+    found: list[tuple[int, Any]] = []
+    for i in range(stop):
+        if len(found) == count:
+            break
+        items, _ = _read(source, range(i, i + 1))
+        found += items
+    return found
+
+
+def _run_figures(shard: Shard, config: BenchConfig) -> Iterator[Record]:
+    from . import figures
+
+    model = load_model(shard.model, config.device)
+    source = load_source(config.data)
+    items = _first_readable(source, config, shard.stop - shard.start)
+    if items:
+        b = _predict(model, items, torch.device(config.device))
+        made = {
+            "layers": lambda: figures.layer_figure(model, b.x, b.targets[:, 0], [s.id for s in b.samples],
+                                                   config.layers_per_figure),
+            "guided": lambda: figures.guided_figure(model, b.x, b.targets[:, 0], [s.id for s in b.samples]),
+        }
+        for name, make in made.items():
+            try:
+                fig = make()
+            except Exception as exc:
+                yield _error(shard, f"{FIGURES}:{name}", exc)
+                continue
+            if fig is None:
+                continue
+            png, caption = fig
+            yield {"type": "figure", "key": f"{shard.model}|{FIGURES}|{name}", "model": shard.model,
+                   "figure": name, "caption": caption, "artifacts": {f"{name}.png": _b64(png)}}
+    yield _unit(shard, FIGURES)

@@ -1,0 +1,124 @@
+"""Models and datasets by name, as the command line and the run configuration spell them.
+
+Model specs: ``name`` (the zoo's default weights) or ``name=weights`` where weights is a named set
+(``imagenet``, ``bundled``), ``random`` (no weights) or a state-dict path. Data specs: ``samples``
+(the bundled photos), ``digits`` / ``digits:N`` (N generated images, default 100, test split,
+seed 1), ``imagenet:PATH`` (ILSVRC validation images + VOC XML) and ``folder:PATH`` (a folder with
+``boxes.json`` or ``boxes.csv``, or the path of that file). Both are loaded once per process.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..errors import CamkitError
+
+DATASETS = {
+    "samples": "the bundled real photos (scikit-image, matplotlib, scikit-learn) with ImageNet labels and boxes",
+    "digits[:N]": "N generated 64x64 digits images with exact boxes (default 100; test split, seed 1)",
+    "imagenet:PATH": "ImageNet validation images and Pascal-VOC XML boxes under PATH",
+    "folder:PATH": "images under PATH with PATH/boxes.json or boxes.csv (or PATH = that file)",
+}
+DIGITS_DEFAULT_N = 100
+DIGITS_SEED = 1
+
+
+def parse_model_spec(spec: str) -> tuple[str, Any]:
+    """``"name[=weights]"`` -> ``(name, weights)`` with ``"default"`` or None (random) or the string."""
+    name, _, weights = spec.partition("=")
+    name = name.strip()
+    if not name:
+        raise CamkitError(f"empty model name in {spec!r}")
+    if not weights:
+        return name, "default"
+    return name, None if weights.lower() in ("random", "none") else weights
+
+
+@functools.lru_cache(maxsize=8)
+def load_model(spec: str, device: str = "cpu") -> nn.Module:
+    """The zoo model of ``spec`` in eval mode on ``device`` (cached per process)."""
+    from .. import models
+
+    name, weights = parse_model_spec(spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "randomly initialised" is what name=random asks for
+        model = models.load(name, weights=weights)
+    return model.to(torch.device(device)).eval()
+
+
+def model_label(spec: str) -> str:
+    """The model's display name: the zoo name, plus the weights when they were given."""
+    name, weights = parse_model_spec(spec)
+    if weights == "default":
+        return name
+    return f"{name} ({'random' if weights is None else Path(str(weights)).name})"
+
+
+@dataclass
+class Source:
+    """A dataset addressed by index: ``len``, ``ids`` and ``load(i)`` (raises ``OSError`` when the
+    image cannot be read), plus the loader's own problem counts (missing files, bad records)."""
+
+    dataset: Sequence[Any]
+    ids: list[str]
+    problems: dict[str, int]
+    categories: Optional[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, i: int) -> Any:
+        return self.dataset[i]
+
+
+def _folder(path: Path) -> Any:
+    from ..data import folder
+
+    if path.is_file():
+        return folder(path.parent, path)
+    for name in ("boxes.json", "boxes.csv", "annotations.json", "annotations.csv"):
+        if (path / name).is_file():
+            return folder(path, path / name)
+    raise CamkitError(f"folder dataset {str(path)!r}: no boxes.json or boxes.csv in it (or give the file's path)")
+
+
+@functools.lru_cache(maxsize=4)
+def load_source(spec: str) -> Source:
+    """The dataset of ``spec`` (see the module docstring), cached per process."""
+    from .. import data
+
+    kind, _, arg = spec.partition(":")
+    kind = kind.strip().lower()
+    if kind == "samples":
+        ds: Any = data.samples()
+    elif kind == "digits":
+        try:
+            n = int(arg) if arg else DIGITS_DEFAULT_N
+        except ValueError:
+            raise CamkitError(f"digits takes a number of images, digits:N; got {spec!r}") from None
+        ds = data.digits(n, seed=DIGITS_SEED, split="test")
+    elif kind in ("imagenet", "folder"):
+        if not arg:
+            raise CamkitError(f"{kind} needs a path: {kind}:PATH")
+        path = Path(arg).expanduser()
+        if not path.exists():
+            raise CamkitError(f"{kind} dataset path {str(path)!r} does not exist")
+        ds = data.imagenet(path) if kind == "imagenet" else _folder(path)
+    else:
+        raise CamkitError(f"unknown data {spec!r}; use one of: {', '.join(DATASETS)}")
+    records = getattr(ds, "records", None)
+    if records is not None:  # decoded lazily: ids without reading the images
+        ids = [r.id for r in records]
+    else:
+        ids = [ds[i].id for i in range(len(ds))]
+    if len(set(ids)) != len(ids):
+        raise CamkitError(f"data {spec!r} has duplicate image ids; every image needs a unique id")
+    problems = dict(getattr(ds, "problems", {}) or {})
+    return Source(ds, ids, problems, getattr(ds, "categories", None))
