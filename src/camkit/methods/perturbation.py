@@ -240,17 +240,54 @@ class _TailMismatch(Exception):
     pass
 
 
-def _grid_index(to_grid: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size, name: str) -> torch.Tensor:
-    """For a raw layer output of ``shape``: the flat position in it of every element of its
-    ``(n, C, h, w)`` grid view (found by passing an index tensor through the grid function)."""
-    idx = to_grid(torch.arange(shape.numel()).view(shape))
-    if idx.dtype != torch.long or idx.dim() != 4:
-        raise UnsupportedModelError(
-            f"Ablation-CAM zeroes channels of layer {name!r} through its reshape function, which must only "
-            "move elements (view/permute/reshape/index); it turned an index tensor into "
-            f"{idx.dtype} {tuple(idx.shape)}"
-        )
-    return idx
+class _Ablator:
+    """Batches of copies of one image's layer output, copy ``j`` with grid channel ``ks[j]`` zeroed
+    (``-1``: nothing zeroed).
+
+    The batch lives in a buffer reused from pass to pass. For ``(B, C, h, w)`` outputs, when the
+    previous pass left the buffer untouched (its version counter says no in-place op wrote to it)
+    only the previously zeroed channels are restored, instead of rewriting every copy."""
+
+    def __init__(self, act: torch.Tensor, to_grid: Callable[[torch.Tensor], torch.Tensor], name: str, plain: bool) -> None:
+        self.act, self.to_grid, self.name, self.plain = act, to_grid, name, plain
+        self._buffers: dict[int, torch.Tensor] = {}
+        self._index: dict[int, torch.Tensor] = {}
+        self._clean: dict[int, tuple[int, int, torch.Tensor, torch.Tensor]] = {}  # n -> (version, b, rows, ks)
+
+    def __call__(self, b: int, batch: int, ks: torch.Tensor) -> torch.Tensor:
+        n = ks.numel()
+        zero = ks >= 0
+        rows, ks = torch.arange(n, device=ks.device)[zero], ks[zero]
+        src = _pick(self.act, b, batch, n)
+        if n not in self._buffers:
+            self._buffers[n] = torch.empty(src.shape, dtype=src.dtype, device=src.device)
+        out = self._buffers[n]
+        if self.plain:  # a (B, C, h, w) output
+            last = self._clean.get(n)
+            if last is not None and last[0] == out._version and last[1] == b:
+                out[last[2], last[3]] = self.act[b, last[3]]
+            else:
+                out.copy_(src)
+            out[rows, ks] = 0
+            self._clean[n] = (out._version, b, rows, ks)
+            return out
+        out.copy_(src)
+        if n not in self._index:
+            self._index[n] = self._grid_index(out.shape).to(ks.device)
+        out.view(-1)[self._index[n][rows, ks].reshape(-1)] = 0
+        return out
+
+    def _grid_index(self, shape: torch.Size) -> torch.Tensor:
+        """For a raw layer output of ``shape``: the flat position in it of every element of its
+        ``(n, C, h, w)`` grid view (found by passing an index tensor through the grid function)."""
+        idx = self.to_grid(torch.arange(shape.numel()).view(shape))
+        if idx.dtype != torch.long or idx.dim() != 4:
+            raise UnsupportedModelError(
+                f"Ablation-CAM zeroes channels of layer {self.name!r} through its reshape function, which must "
+                f"only move elements (view/permute/reshape/index); it turned an index tensor into {idx.dtype} "
+                f"{tuple(idx.shape)}"
+            )
+        return idx
 
 
 @register("ablationcam")
@@ -332,19 +369,14 @@ class AblationCAM(BaseCAM):
         batch = x.shape[0]
         c = ctx.acts[i].shape[1]
         out = []
-        grid_idx: dict[int, torch.Tensor] = {}
+        ablate = _Ablator(act, ctx.to_grid[i], ctx.pass_.names[i], plain=act.dim() == 4 and self.reshape is None)
         for b in range(batch):
             channels = torch.arange(-1, c, device=act.device)  # -1: the unablated copy
             scores = []
             for sl in _chunks(c + 1, self.batch_size):
                 ks = channels[sl]
                 n = ks.numel()
-                ablated = _pick(act, b, batch, n).clone(memory_format=torch.contiguous_format)
-                if n not in grid_idx:
-                    grid_idx[n] = _grid_index(ctx.to_grid[i], ablated.shape, ctx.pass_.names[i]).to(act.device)
-                zero = ks >= 0
-                sel = grid_idx[n][torch.arange(n, device=act.device)[zero], ks[zero]]
-                ablated.view(-1)[sel.reshape(-1)] = 0
+                ablated = ablate(b, batch, ks)
                 rows = torch.full((n,), b, dtype=torch.long)
                 try:
                     output = plan.run(self.model, x[b:b + 1].expand(n, *x.shape[1:]), _Replay(b, batch, n, ablated))
@@ -354,7 +386,7 @@ class AblationCAM(BaseCAM):
                     raise _TailMismatch(f"the replay raised {type(e).__name__}: {e}") from e
                 if verify and plan.cache_modified():
                     raise _TailMismatch("the forward modified a tensor computed before the layer in place")
-                scores.append(_rows(ctx.targets, rows).scores(output, _logits_or_none(output)).detach())
+                scores.append(_rows(ctx.targets, rows).scores(output, _logits_or_none(output)).detach().clone())
             s = torch.cat(scores)  # (C + 1, K), in the model's dtype
             y, y_k = s[0], s[1:]
             if verify:
