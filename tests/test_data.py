@@ -153,3 +153,52 @@ def test_imagenet_with_a_synsets_file(tmp_path) -> None:  # noqa: ANN001
     ds = imagenet(tmp_path, synsets=synsets)
     assert {s.id for s in ds} == {"val_02", "val_03", "val_04"}  # val_01's class 281 is not among the 10
     assert ds.categories == list(imagenet_wnids()[:10])
+
+
+# ---- folder + boxes file --------------------------------------------------------------------------
+
+def _two_images(root) -> None:  # noqa: ANN001
+    for name, size in (("a.png", (40, 30)), ("b.png", (20, 50))):
+        Image.new("RGB", size, (10, 20, 30)).save(root / name)
+
+
+def test_folder_with_json(tmp_path) -> None:  # noqa: ANN001
+    _two_images(tmp_path)
+    spec = {"categories": ["cat", "dog"], "images": [
+        {"file": "a.png", "label": "dog", "boxes": [[1, 2, 11, 12], [20, 5, 45, 25]]},
+        {"file": "b.png", "label": [0, 1], "boxes": [[0, 0, 5, 5]], "box_labels": ["cat"]},
+        {"file": "missing.png", "label": 0, "boxes": []},
+        {"file": "a.png", "label": 0, "boxes": [[5, 5, 1, 1]]},
+    ]}
+    (tmp_path / "boxes.json").write_text(json.dumps(spec))
+    ds = folder(tmp_path, tmp_path / "boxes.json")
+    items = list(ds)
+    assert [s.id for s in items] == ["a.png", "b.png"] and ds.categories == ["cat", "dog"]
+    assert items[0].label == 1 and items[0].image.shape == (3, 30, 40)
+    assert items[0].boxes.tolist() == [[1, 2, 11, 12], [20, 5, 40, 25]]  # second box clipped to the width
+    assert items[1].label == [0, 1] and items[1].box_labels.tolist() == [0]
+    assert ds.problems == {"missing_image": 1, "malformed_record": 1, "box_clipped": 1}
+
+
+def test_folder_with_csv(tmp_path) -> None:  # noqa: ANN001
+    _two_images(tmp_path)
+    (tmp_path / "boxes.csv").write_text(
+        "file,label,x0,y0,x1,y1\na.png,dog,1,2,11,12\na.png,dog,3,3,9,9\nb.png,cat,,,,\n")
+    items = list(folder(tmp_path, tmp_path / "boxes.csv"))
+    assert [(s.id, s.label, s.boxes.shape[0]) for s in items] == [("a.png", 1, 2), ("b.png", 0, 0)]
+
+
+# ---- bundled photos -------------------------------------------------------------------------------
+
+def test_bundled_photos_have_boxes_inside_and_imagenet_labels() -> None:
+    photos = samples()
+    assert len(photos) >= 6 and len({p.id for p in photos}) == len(photos)
+    for p in photos:
+        h, w = p.size
+        assert p.image.shape[0] == 3 and 0 <= float(p.image.min()) and float(p.image.max()) <= 1
+        assert len(p.boxes) >= 1 and p.box_labels is not None and len(p.box_labels) == len(p.boxes)
+        assert (p.boxes[:, 0] >= 0).all() and (p.boxes[:, 2] <= w).all() and (p.boxes[:, 3] <= h).all()
+        assert (p.boxes[:, 2] > p.boxes[:, 0]).all() and (p.boxes[:, 3] > p.boxes[:, 1]).all()
+        assert all(0 <= c < 1000 for c in p.labels)
+    with pytest.raises(KeyError, match="unknown photo"):
+        samples(["no_such_photo"])

@@ -78,7 +78,8 @@ def load(name: str, weights: Weights = "default") -> PixelModel:
         if isinstance(weights, str) and weights in entry.named_weights:
             path = entry.named_weights[weights](name)
             source = f"{weights!r} ({path})"
-        elif isinstance(weights, str) and os.path.sep not in weights and not Path(weights).suffix:
+        elif (isinstance(weights, str) and os.path.sep not in weights and not Path(weights).suffix
+              and not Path(weights).is_file()):
             raise UnsupportedModelError(
                 f"{name}: unknown weights {weights!r}; use one of {sorted(entry.named_weights) + ['default']}, "
                 "None (random) or a path to a state-dict file")
