@@ -34,7 +34,13 @@ class LocalEngine:
             yield from run_shard(shard, config)
 
 
-_ENGINES: dict[str, Callable[..., Engine]] = {"local": LocalEngine}
+def _ray_engine(**options: Any) -> Engine:
+    from .ray_engine import RayEngine  # Ray is imported only when asked for
+
+    return RayEngine(**options)
+
+
+_ENGINES: dict[str, Callable[..., Engine]] = {"local": LocalEngine, "ray": _ray_engine}
 
 
 def register_engine(name: str, factory: Callable[..., Engine]) -> None:

@@ -47,8 +47,9 @@ def load_model(spec: str, device: str = "cpu") -> nn.Module:
     from .. import models
 
     name, weights = parse_model_spec(spec)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore")  # "randomly initialised" is what name=random asks for
+        torch.manual_seed(0)  # random weights are the same in every process (local, Ray workers)
         model = models.load(name, weights=weights)
     return model.to(torch.device(device)).eval()
 
