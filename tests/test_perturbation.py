@@ -432,3 +432,13 @@ def test_registry_and_model_state_restored(name):
     with pytest.raises(ValueError, match="boom"):
         camkit.create(name, model, layer="block2").explain(x, targets=boom)
     check()
+
+
+def test_ablation_skips_all_zero_channels():
+    model, x = PlainNet(c=7, dead=(1, 4, 5)), _x(2)
+    calls = _count_calls(model.fc)
+    e = camkit.AblationCAM(model, "feat", batch_size=2).explain(x)
+    assert calls == [2] + [2, 2, 1] * 2  # per image: unablated copy + 4 live channels, in batches of 2
+    assert (e.weights[:, [1, 4, 5]] == 0).all() and (e.weights[:, [0, 2, 3, 6]] != 0).all()
+    ref = naive_ablation(model, "feat", x, e.targets[:, None])[:, 0]
+    torch.testing.assert_close(e.weights, ref.float(), rtol=1e-5, atol=1e-6)

@@ -310,7 +310,9 @@ class AblationCAM(BaseCAM):
     forward modifies cached tensors in place, or branches on data) the method warns and falls back
     to ``recompute="full"``, which reruns the whole model and only replaces the layer's output.
     ``batch_size`` bounds the number of ablated copies per pass. Several targets (TopK) share the
-    same ablation passes. Target callables must score each row of the output on its own.
+    same ablation passes. Channels that are zero everywhere are not run: ablating them changes
+    nothing, so their weight is exactly 0. Target callables must score each row of the output on
+    its own.
     """
 
     uses_gradients = False
@@ -370,10 +372,12 @@ class AblationCAM(BaseCAM):
         c = ctx.acts[i].shape[1]
         out = []
         ablate = _Ablator(act, ctx.to_grid[i], ctx.pass_.names[i], plain=act.dim() == 4 and self.reshape is None)
+        live = ctx.to_grid[i](act).flatten(2).ne(0).any(-1)  # (B, C): an all-zero channel ablates to itself
         for b in range(batch):
-            channels = torch.arange(-1, c, device=act.device)  # -1: the unablated copy
+            alive = live[b].nonzero().flatten().to(act.device)
+            channels = torch.cat([alive.new_full((1,), -1), alive])  # -1: the unablated copy
             scores = []
-            for sl in _chunks(c + 1, self.batch_size):
+            for sl in _chunks(channels.numel(), self.batch_size):
                 ks = channels[sl]
                 n = ks.numel()
                 ablated = ablate(b, batch, ks)
@@ -387,8 +391,10 @@ class AblationCAM(BaseCAM):
                 if verify and plan.cache_modified():
                     raise _TailMismatch("the forward modified a tensor computed before the layer in place")
                 scores.append(_rows(ctx.targets, rows).scores(output, _logits_or_none(output)).detach().clone())
-            s = torch.cat(scores)  # (C + 1, K), in the model's dtype
-            y, y_k = s[0], s[1:]
+            s = torch.cat(scores)  # (1 + alive channels, K), in the model's dtype
+            y = s[0]
+            y_k = y.expand(c, -1).clone()
+            y_k[alive] = s[1:]
             if verify:
                 y0 = ctx.scores[b].detach().to(y.dtype)
                 if not torch.allclose(y, y0, rtol=1e-3, atol=1e-3 * (1.0 + float(y0.abs().max()))):
