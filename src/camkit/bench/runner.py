@@ -35,6 +35,7 @@ from .sources import Source, load_model, load_source
 
 Record = dict[str, Any]
 GALLERY_KINDS = ("top1", "true")
+CONFIDENCE_KINDS = ("top1", "true")  # Average Drop / Increase are about the predicted or the true class
 MISCLASSIFIED_REACH = 4  # misclassified images up to this many times gallery_images keep overlays
 
 
@@ -148,6 +149,12 @@ def _maps(model: nn.Module, method: str, b: Batch, config: BenchConfig) -> tuple
     return e.maps.float(), list(e.layers)
 
 
+def metric_batch(x: torch.Tensor, pixels: int = 8 * 224 * 224) -> int:
+    """Images per forward pass of the metrics: about ``pixels`` pixels (8 images at 224 x 224, 98 at
+    64 x 64) -- larger CPU batches are slower per image (fresh memory for every activation)."""
+    return max(1, min(128, pixels // (x.shape[-2] * x.shape[-1])))
+
+
 def _with_boxes(b: Batch) -> list[int]:
     return [j for j, s in enumerate(b.samples) if s.boxes.shape[0] > 0]
 
@@ -159,6 +166,7 @@ def _metrics(model: nn.Module, b: Batch, maps: torch.Tensor, config: BenchConfig
     has_box = _with_boxes(b)
     boxes = [b.samples[j].boxes for j in has_box]
     thresholds = [t / p.box_thresholds for t in range(p.box_thresholds)]
+    batch = metric_batch(b.x)
     out = []
     for k, kind in enumerate(b.kinds):
         m, t = maps[:, k], b.targets[:, k]
@@ -176,10 +184,12 @@ def _metrics(model: nn.Module, b: Batch, maps: torch.Tensor, config: BenchConfig
             for name, v in loc.items():
                 for j, val in zip(has_box, v.tolist()):
                     vals[name][j] = val
-        cc = metrics.confidence_change(model, b.x, m, t, space=p.space, score=p.score, batch_size=n)
-        vals["y"], vals["o"] = cc.y.tolist(), cc.o.tolist()
+        vals["y"] = vals["o"] = [None] * n
+        if kind in CONFIDENCE_KINDS:
+            cc = metrics.confidence_change(model, b.x, m, t, space=p.space, score=p.score, batch_size=batch)
+            vals["y"], vals["o"] = cc.y.tolist(), cc.o.tolist()
         if kind in p.perturbation_kinds:
-            common = dict(steps=p.perturbation_steps, score=p.score, space=p.space, batch_size=64, seed=p.seed)
+            common = dict(steps=p.perturbation_steps, score=p.score, space=p.space, batch_size=batch, seed=p.seed)
             vals["deletion"] = metrics.deletion_auc(model, b.x, m, t, substrate=p.deletion_substrate, **common).auc.tolist()
             vals["insertion"] = metrics.insertion_auc(model, b.x, m, t, substrate=p.insertion_substrate, **common).auc.tolist()
         out.append(vals)
@@ -213,7 +223,8 @@ def _map_records(shard: Shard, method: str, model: nn.Module, b: Batch, config: 
                 "method": method, "layers": layers, "image": s.id, "index": i, "kind": kind,
                 "class": c, "class_name": _name(cats, c), "labels": s.labels, "pred": int(b.targets[j, 0]),
                 "correct": b.correct[j], **vals, "y": y, "o": o,
-                "drop": max(0.0, y - o) / y * 100 if y > 0 else None, "increase": o > y,
+                "drop": max(0.0, y - o) / y * 100 if y is not None and y > 0 else None,
+                "increase": None if y is None else o > y,
                 "time_map_s": (t1 - t0) / n, "time_metrics_s": (t2 - t1) / n, "protocol": proto,
             }
             if kind in GALLERY_KINDS and _gallery(config, i, b.correct[j]):

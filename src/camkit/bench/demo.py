@@ -1,0 +1,71 @@
+"""``camkit demo``: the benchmark on what ships with the installation, offline.
+
+Two runs into one directory: ``photos/`` -- EfficientNet-Lite0 with its real ImageNet weights on the
+bundled photos -- and ``digits/`` -- the three bundled digits models (ResNet-, VGG- and ViT-style)
+on a generated test split with exact boxes, the survey's three-model comparison. ``index.html``
+links both reports; ``table.md`` holds both tables. Sizes are chosen to finish in minutes on a
+2-core CPU; they are recorded in each report's protocol.
+"""
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .config import BenchConfig, Protocol
+from .plan import resolve_methods
+from .session import run_bench
+
+DIGITS_MODELS = ("digits_resnet", "digits_vgg", "digits_vit")
+PHOTO_MODELS = ("efficientnet_lite0",)
+
+
+@dataclass(frozen=True)
+class DemoPart:
+    """One run of the demo."""
+
+    name: str
+    title: str
+    config: BenchConfig
+
+
+def demo_parts(digits_images: int = 48, skip_on_photos: tuple[str, ...] = ("scorecam",)) -> list[DemoPart]:
+    """The demo's two runs. ``skip_on_photos``: methods left out on EfficientNet-Lite0 for time --
+    Score-CAM needs one forward pass per channel of the explained layer (1280 at 224 x 224 there)."""
+    methods = resolve_methods("all")
+    photo_methods = tuple(m for m in methods if m not in skip_on_photos)
+    return [
+        DemoPart("photos", "EfficientNet-Lite0 (ImageNet weights) on the bundled photos", BenchConfig(
+            models=PHOTO_MODELS, methods=photo_methods, data="samples", batch_size=8, gallery_images=8,
+            figure_images=3, protocol=Protocol(perturbation_steps=16),
+        )),
+        DemoPart("digits", f"Digits ResNet / VGG / ViT on {digits_images} generated test images", BenchConfig(
+            models=DIGITS_MODELS, methods=methods, data=f"digits:{digits_images}", batch_size=16,
+            gallery_images=8, figure_images=3, protocol=Protocol(perturbation_steps=32),
+        )),
+    ]
+
+
+def run_demo(out_dir: str | os.PathLike[str] = "camkit-demo", *, progress: bool = True, resume: bool = True,
+             parts: Optional[list[DemoPart]] = None) -> Path:
+    """Run every part into ``out_dir/<part>``; returns the path of ``index.html``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = parts if parts is not None else demo_parts()
+    tables, links = [], []
+    for part in parts:
+        result = run_bench(part.config, out / part.name, resume=resume, progress=progress)
+        tables.append(f"# {part.title}\n\n" + result.table.read_text(encoding="utf-8").split("\n", 1)[1])
+        skipped = sorted(set(resolve_methods("all")) - set(part.config.methods))
+        note = f" (left out for time: {', '.join(skipped)})" if skipped else ""
+        links.append(f'<li><a href="{html.escape(part.name)}/report.html">{html.escape(part.title)}</a>'
+                     f"{html.escape(note)} -- {result.seconds:.0f} s</li>")
+    (out / "table.md").write_text("\n".join(tables), encoding="utf-8")
+    index = out / "index.html"
+    index.write_text("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>camkit demo</title></head>"
+                     "<body style='font-family:system-ui,sans-serif'><h1>camkit demo</h1><ul>"
+                     + "".join(links) + "</ul><p>Tables of both runs: <a href='table.md'>table.md</a></p></body></html>",
+                     encoding="utf-8")
+    return index

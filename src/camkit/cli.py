@@ -1,0 +1,275 @@
+"""The ``camkit`` command: thin argument parsing over the library.
+
+    camkit explain IMAGE... --model NAME --method gradcam[,layercam] -o DIR
+    camkit bench --models A,B --methods all --data digits --limit 100 -o DIR
+    camkit demo [-o DIR]
+    camkit report DIR
+    camkit list
+    camkit train-digits [names...]
+
+Exit status: 0 on success, 1 on an error (a one-line message, no traceback unless ``--debug``),
+130 when interrupted (a bench can be resumed by running the same command again).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+DEFAULT_OUT = "camkit-report"
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _threads(n: Optional[int]) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------ explain
+
+
+def _target(spec: str, categories: Optional[list[str]]) -> Any:
+    """``top1`` -> None, ``topK`` -> TopK(K), an int or a class name -> its index."""
+    import camkit
+
+    s = spec.strip()
+    m = re.fullmatch(r"top(\d+)", s.lower())
+    if m:
+        k = int(m.group(1))
+        return None if k == 1 else camkit.TopK(k)
+    if s.lstrip("-").isdigit():
+        return int(s)
+    if categories:
+        exact = [i for i, c in enumerate(categories) if c.lower() == s.lower()]
+        partial = [i for i, c in enumerate(categories) if s.lower() in [p.strip().lower() for p in c.split(",")]]
+        hits = exact or partial
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise camkit.CamkitError(f"class name {s!r} is ambiguous: {[categories[i] for i in hits[:5]]}")
+    raise camkit.CamkitError(f"--target must be top1, topK (e.g. top5), a class index or a class name; got {s!r}")
+
+
+def _stem(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem).strip("._") or "image"
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    import camkit
+    from camkit import viz
+    from camkit.bench.sources import load_model
+    from camkit.core.outputs import to_logits
+    from camkit.data import resize_image
+    from camkit.data.imageio import read_image
+    from camkit.methods import get, to_image
+
+    spec = args.model if args.weights is None else f"{args.model}={args.weights}"
+    model = load_model(spec, args.device)
+    size = tuple(model.input_size)
+    images = []
+    for path in args.images:
+        try:
+            images.append(resize_image(read_image(path), size))
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise camkit.CamkitError(f"cannot read image {path!r}: {exc}") from exc
+    x = torch.stack(images).to(args.device)
+    cats = getattr(model, "categories", None)
+    targets = _target(args.target, cats)
+    layer = args.layer or getattr(model, "default_layer", "auto")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    name = lambda c: cats[c] if cats and 0 <= c < len(cats) else str(c)  # noqa: E731
+    with torch.no_grad():
+        probs = to_logits(model(x)).float().softmax(1)
+    for path, p in zip(args.images, probs):
+        top = p.topk(min(5, p.numel()))
+        preds = ", ".join(f"{name(int(i))} ({float(v):.3f})" for v, i in zip(top.values, top.indices))
+        print(f"{path}: {preds}")
+    for method in _csv(args.method):
+        cls = get(method)
+        e = cls(model, layer=layer).explain(x, targets=targets)
+        guided = cls.name.startswith("guided")
+        maps = e.maps if (e.maps.dim() == (5 if guided else 4)) else e.maps.unsqueeze(1)
+        classes = e.targets.reshape(x.shape[0], -1) if e.targets is not None else None
+        for i, path in enumerate(args.images):
+            for k in range(maps.shape[1]):
+                c = int(classes[i, k]) if classes is not None else None
+                suffix = "" if maps.shape[1] == 1 else f"_k{k + 1}"
+                base = out / f"{_stem(path)}_{re.sub(r'[^A-Za-z0-9+_-]', '', cls.name)}{suffix}"
+                picture = viz.to_pil(to_image(maps[i, k])) if guided else viz.overlay(x[i], maps[i, k])
+                picture.save(f"{base}.png")
+                np.save(f"{base}.npy", maps[i, k].detach().cpu().numpy())
+                print(f"  {cls.name} -> {base}.png ({name(c) if c is not None else 'callable'}) + .npy")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- bench
+
+
+def _protocol(args: argparse.Namespace) -> Any:
+    from camkit.bench import Protocol
+
+    kw: dict[str, Any] = {}
+    if args.threshold is not None:
+        kw["threshold"] = args.threshold
+    if args.steps is not None:
+        kw["perturbation_steps"] = args.steps
+    if args.no_baselines:
+        kw["baselines"] = ()
+    if args.scorecam_batch is not None:
+        kw["method_options"] = {"scorecam": {"batch_size": args.scorecam_batch}}
+    return Protocol(**kw)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from camkit.bench import BenchConfig, resolve_methods, run_bench, summary_text
+
+    config = BenchConfig(
+        models=tuple(_csv(args.models)), methods=resolve_methods(args.methods), data=args.data, limit=args.limit,
+        batch_size=args.batch_size, device=args.device, protocol=_protocol(args), gallery_images=args.gallery,
+    )
+    result = run_bench(config, args.output, resume=args.resume, engine=args.engine, progress=not args.quiet)
+    print(summary_text(result))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from camkit.bench.demo import run_demo
+
+    index = run_demo(args.output, progress=not args.quiet, resume=args.resume)
+    print(f"camkit demo: report at {index}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from camkit.bench import write_report
+
+    write_report(args.directory)
+    print(f"camkit report: {Path(args.directory) / 'report.html'}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import camkit
+    from camkit.bench import DATASETS, list_engines
+
+    print("methods:  " + ", ".join(camkit.list_methods()))
+    print("models:   " + ", ".join(camkit.models.list_models()))
+    print("datasets:")
+    for name, text in DATASETS.items():
+        print(f"  {name:<15} {text}")
+    print("engines:  " + ", ".join(list_engines()))
+    return 0
+
+
+def cmd_train_digits(args: argparse.Namespace) -> int:
+    from camkit.models.train_digits import main as train_main
+
+    train_main(args.rest)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from camkit import __version__
+
+    p = argparse.ArgumentParser(prog="camkit", description="Class Activation Maps for PyTorch vision models, "
+                                "and the metrics that say which to trust.")
+    p.add_argument("--version", action="version", version=f"camkit {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+        sp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+    e = sub.add_parser("explain", help="maps of one or more images", description="Explain images with one or "
+                       "more methods: writes overlays (PNG) and raw maps (.npy), prints the predicted classes.")
+    e.add_argument("images", nargs="+", metavar="IMAGE")
+    e.add_argument("--model", required=True, help="zoo model name (camkit list)")
+    e.add_argument("--weights", default=None, help="state-dict path, a named weights set, or 'random'")
+    e.add_argument("--method", required=True, help="method name(s), comma-separated")
+    e.add_argument("--layer", default=None, help="layer name (default: the model's default layer)")
+    e.add_argument("--target", default="top1", help="top1, topK (e.g. top3), a class index or a class name")
+    e.add_argument("-o", "--output", required=True, help="output directory")
+    common(e)
+    e.set_defaults(func=cmd_explain)
+
+    b = sub.add_parser("bench", help="methods x models x data -> tables, figures, HTML report",
+                       description="Run the benchmark; rerun the same command to resume an interrupted run.")
+    b.add_argument("--models", required=True, help="comma-separated zoo names, each optionally NAME=WEIGHTS")
+    b.add_argument("--methods", default="all", help="'all' or comma-separated method names (default: all)")
+    b.add_argument("--data", default="digits", help="samples | digits[:N] | imagenet:PATH | folder:PATH")
+    b.add_argument("--limit", type=int, default=None, help="use the first N images")
+    b.add_argument("--batch-size", type=int, default=8, help="images per shard and batch (default: 8)")
+    b.add_argument("-o", "--output", default=DEFAULT_OUT, help=f"run directory (default: {DEFAULT_OUT})")
+    b.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue a run in OUTPUT (default); --no-resume refuses a directory with results")
+    b.add_argument("--engine", default="local", choices=["local"], help="where shards run (default: local)")
+    b.add_argument("--threshold", type=float, default=None, help="box threshold, fraction of the map max (0.15)")
+    b.add_argument("--steps", type=int, default=None, help="deletion/insertion steps (32)")
+    b.add_argument("--scorecam-batch", type=int, default=None, help="Score-CAM masked inputs per pass")
+    b.add_argument("--no-baselines", action="store_true", help="leave out the uniform/Gaussian/random baselines")
+    b.add_argument("--gallery", type=int, default=12, help="images whose overlays go to the galleries (12)")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    common(b)
+    b.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser("demo", help="the whole benchmark on bundled photos and digits, offline",
+                       description="EfficientNet-Lite0 on the bundled real photos and the three digits models on "
+                       "a generated digits split, every method; a few minutes on a laptop CPU.")
+    d.add_argument("-o", "--output", default="camkit-demo", help="output directory (default: camkit-demo)")
+    d.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True, help="continue an earlier demo")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    common(d)
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("report", help="rewrite the tables and report of a run directory from its results")
+    r.add_argument("directory")
+    r.set_defaults(func=cmd_report)
+
+    ls = sub.add_parser("list", help="methods, models, datasets and engines")
+    ls.set_defaults(func=cmd_list)
+
+    t = sub.add_parser("train-digits", help="train the bundled digits models (see its --help)", add_help=False)
+    t.add_argument("rest", nargs=argparse.REMAINDER)
+    t.set_defaults(func=cmd_train_digits)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``camkit`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _threads(getattr(args, "threads", None))
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\ncamkit: interrupted; rerun the same command to resume a bench", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one readable line; --debug for the traceback
+        if args.debug or os.environ.get("CAMKIT_DEBUG"):
+            raise
+        from camkit import CamkitError
+
+        kind = "" if isinstance(exc, CamkitError) else f"{type(exc).__name__}: "
+        print(f"camkit {args.command}: error: {kind}{exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
