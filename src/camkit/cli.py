@@ -186,6 +186,7 @@ def cmd_train_digits(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from camkit import __version__
+    from camkit.bench.engines import list_engines
 
     p = argparse.ArgumentParser(prog="camkit", description="Class Activation Maps for PyTorch vision models, "
                                 "and the metrics that say which to trust.")
@@ -219,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", default=DEFAULT_OUT, help=f"run directory (default: {DEFAULT_OUT})")
     b.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue a run in OUTPUT (default); --no-resume refuses a directory with results")
-    b.add_argument("--engine", default="local", choices=["local"], help="where shards run (default: local)")
+    b.add_argument("--engine", default="local", choices=list_engines(), help="where shards run (default: local)")
     b.add_argument("--threshold", type=float, default=None, help="box threshold, fraction of the map max (0.15)")
     b.add_argument("--steps", type=int, default=None, help="deletion/insertion steps (32)")
     b.add_argument("--scorecam-batch", type=int, default=None, help="Score-CAM masked inputs per pass")

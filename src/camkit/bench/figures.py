@@ -47,7 +47,8 @@ def _short(text: str, n: int = 22) -> str:
 # ---------------------------------------------------------------------------------------- Figures 1-6
 
 
-def iou_strip(values: dict[str, dict[str, list[float]]], model: str, seed: int = 0) -> Figure:
+def iou_strip(values: dict[str, dict[str, list[float]]], model: str, which: str = "correctly classified",
+              seed: int = 0) -> Figure:
     """Strip plot: for each target kind (``top1``, ``least``) a panel, one column of points per method
     (horizontal jitter fixed by ``seed``) with the mean as a bar. ``values[kind][method]`` = IoUs."""
     plt = _pyplot()
@@ -69,8 +70,8 @@ def iou_strip(values: dict[str, dict[str, list[float]]], model: str, seed: int =
         ax.set_title(f"{model}: IoU of the {titles[kind]}", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("IoU (map box vs best ground-truth box)")
-    caption = (f"IoU of the top and of the least predicted class per method, {model}; one point per correctly "
-               "classified image, black bar = mean (survey Figures 1-6).")
+    caption = (f"IoU of the top and of the least predicted class per method, {model}; one point per image, "
+               f"images: {which}; black bar = mean (survey Figures 1-6).")
     return _png(fig), caption
 
 

@@ -131,17 +131,21 @@ def _figure_refs(out: Path, records: list[dict[str, Any]], summary: Summary, con
     folder = out / "figures"
     folder.mkdir(exist_ok=True)
     refs = []
-    maps = [r for r in records if r.get("type") == "map" and r.get("correct") and r.get("iou") is not None]
+    order = {m: i for i, m in enumerate(summary.methods)}
     for model in summary.models:
-        values: dict[str, dict[str, list[float]]] = {}
-        for r in maps:
-            if r["model"] == model and r["kind"] in ("top1", "least"):
-                values.setdefault(r["kind"], {}).setdefault(r["method"], []).append(r["iou"])
-        if not values:
+        maps = [r for r in records if r.get("type") == "map" and r["model"] == model and r.get("iou") is not None
+                and r["kind"] in ("top1", "least")]
+        which = "correctly classified"
+        if any(r["correct"] for r in maps):  # the survey's choice; every image when none is correct
+            maps = [r for r in maps if r["correct"]]
+        else:
+            which = "all (none is correctly classified)"
+        if not maps:
             continue
-        order = {m: i for i, m in enumerate(summary.methods)}
-        values = {k: dict(sorted(v.items(), key=lambda kv: order.get(kv[0], len(order)))) for k, v in values.items()}
-        png, caption = figs.iou_strip(values, model_label(model), seed=config.protocol.seed)
+        values: dict[str, dict[str, list[float]]] = {}
+        for r in sorted(maps, key=lambda r: order.get(r["method"], len(order))):
+            values.setdefault(r["kind"], {}).setdefault(r["method"], []).append(r["iou"])
+        png, caption = figs.iou_strip(values, model_label(model), which, seed=config.protocol.seed)
         name = f"iou_{_safe(model)}.png"
         _atomic_write(folder / name, png)
         refs.append(FigureRef(f"{model_label(model)}: IoU of the top and least predicted class", f"figures/{name}", caption))
