@@ -140,7 +140,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         models=tuple(_csv(args.models)), methods=resolve_methods(args.methods), data=args.data, limit=args.limit,
         batch_size=args.batch_size, device=args.device, protocol=_protocol(args), gallery_images=args.gallery,
     )
-    result = run_bench(config, args.output, resume=args.resume, engine=args.engine, progress=not args.quiet)
+    from camkit.errors import CamkitError
+
+    engine_options: dict[str, Any] = {}
+    if args.engine == "ray":
+        engine_options = {"address": args.address, "num_workers": args.num_workers,
+                          "gpus_per_worker": args.gpus_per_worker}
+    elif (args.address, args.num_workers, args.gpus_per_worker) != (None, None, 0.0):
+        raise CamkitError("--address, --num-workers and --gpus-per-worker need --engine ray")
+    result = run_bench(config, args.output, resume=args.resume, engine=args.engine, progress=not args.quiet,
+                       engine_options=engine_options)
     print(summary_text(result))
     return 0
 
@@ -221,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue a run in OUTPUT (default); --no-resume refuses a directory with results")
     b.add_argument("--engine", default="local", choices=list_engines(), help="where shards run (default: local)")
+    b.add_argument("--address", default=None,
+                   help="with --engine ray: 'auto' (this machine's cluster), ray://HOST:PORT, or none for a local Ray")
+    b.add_argument("--num-workers", type=int, default=None, help="with --engine ray: shards in flight (default: cluster CPUs)")
+    b.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --engine ray: GPUs per task (use with --device cuda)")
     b.add_argument("--threshold", type=float, default=None, help="box threshold, fraction of the map max (0.15)")
     b.add_argument("--steps", type=int, default=None, help="deletion/insertion steps (32)")
     b.add_argument("--scorecam-batch", type=int, default=None, help="Score-CAM masked inputs per pass")
