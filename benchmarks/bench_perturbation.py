@@ -1,6 +1,6 @@
 """Ablation-CAM and Score-CAM speed as multiples of a bare no-grad forward measured in the same run.
 
-    python3 benchmarks/bench_perturbation.py [--models resnet18,resnet50] [--repeats 3] [--peers resnet18]
+    python3 benchmarks/bench_perturbation.py [--models resnet18,resnet50] [--repeats 3] [--peers resnet18] [--threads N]
 
 ResNet at 224x224, one image, layer4 (random init). Reported per image, median wall time:
 
@@ -10,6 +10,9 @@ ResNet at 224x224, one image, layer4 (random init). Reported per image, median w
   a non-constant map), timed right after it on random inputs (target <= 1.1x the floor).
 - pytorch-grad-cam's AblationCAM / ScoreCAM (``pip install grad-cam``) beside them for the models in
   ``--peers``, timed once (they rerun the whole network per channel).
+
+Ablation-CAM's ratio is the median of (Ablation-CAM / forward) over repeats timed in turn, so a
+change in machine load hits both.
 """
 from __future__ import annotations
 
@@ -70,8 +73,10 @@ def main() -> None:
     ap.add_argument("--score-repeats", type=int, default=1, help="Score-CAM runs C forwards: time it this often")
     ap.add_argument("--score-batches", default="16,32,64", help="batch sizes tried for Score-CAM's floor")
     ap.add_argument("--peers", default="resnet18", help="models on which to time pytorch-grad-cam once ('' for none)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                    help="torch threads (default: all cores; 1 gives steadier ratios on a shared machine)")
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, 224x224, batch 1, layer {args.layer}\n")
     print("| model | method | ms / image | × no-grad forward | floor (ms) | × floor | target |")
