@@ -31,7 +31,7 @@ class DemoPart:
     config: BenchConfig
 
 
-def demo_parts(digits_images: int = 48, skip_on_photos: tuple[str, ...] = ("scorecam",)) -> list[DemoPart]:
+def demo_parts(digits_images: int = 32, skip_on_photos: tuple[str, ...] = ("scorecam",)) -> list[DemoPart]:
     """The demo's two runs. ``skip_on_photos``: methods left out on EfficientNet-Lite0 for time --
     Score-CAM needs one forward pass per channel of the explained layer (1280 at 224 x 224 there)."""
     methods = resolve_methods("all")
@@ -39,11 +39,11 @@ def demo_parts(digits_images: int = 48, skip_on_photos: tuple[str, ...] = ("scor
     return [
         DemoPart("photos", "EfficientNet-Lite0 (ImageNet weights) on the bundled photos", BenchConfig(
             models=PHOTO_MODELS, methods=photo_methods, data="samples", batch_size=8, gallery_images=8,
-            figure_images=3, protocol=Protocol(perturbation_steps=16),
+            figure_images=3, protocol=Protocol(perturbation_steps=8),
         )),
         DemoPart("digits", f"Digits ResNet / VGG / ViT on {digits_images} generated test images", BenchConfig(
             models=DIGITS_MODELS, methods=methods, data=f"digits:{digits_images}", batch_size=16,
-            gallery_images=8, figure_images=3, protocol=Protocol(perturbation_steps=32),
+            gallery_images=8, figure_images=3, protocol=Protocol(perturbation_steps=16),
         )),
     ]
 

@@ -27,7 +27,7 @@ from .engines import get_engine
 from .html import FigureRef, render
 from .plan import FIGURES, make_plan
 from .report import Summary, csv_text, markdown, summarize
-from .sources import load_source, model_label
+from .sources import load_model, load_source, model_label
 from .store import RESULTS, ResultStore, _safe, read_records
 
 RUN_FILE = "run.json"
@@ -102,7 +102,9 @@ def run_bench(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, config, resume)
-    source = load_source(config.data)  # fail early on bad data
+    source = load_source(config.data)  # fail early on bad data and models (loaded once, cached)
+    for model in config.models:
+        load_model(model, config.device)
     report_config = _merge(config, out)
     _atomic_write(out / RUN_FILE, json.dumps({"config": report_config.to_dict(), "fingerprint": config.fingerprint(),
                                               "problems": source.problems, "images": len(source)}, indent=2))
