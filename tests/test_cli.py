@@ -139,6 +139,7 @@ def test_run_demo_writes_index_and_tables(tmp_path):
 
     tiny = BenchConfig(models=("digits_resnet=random",), methods=("gradcam",), data="digits:2", batch_size=2,
                        protocol=Protocol(perturbation_steps=2, box_thresholds=4, baselines=()), figure_images=1)
+    torch.set_num_threads(1)
     parts = [DemoPart("a", "Part <A>", tiny), DemoPart("b", "Part B", dataclasses.replace(tiny, data="digits:3"))]
     index = run_demo(tmp_path, progress=False, parts=parts)
     page = index.read_text()

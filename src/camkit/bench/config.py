@@ -109,6 +109,7 @@ class BenchConfig:
     gallery_images: int = 12
     figure_images: int = 3
     layers_per_figure: int = 4
+    note: str = ""  # shown with the tables (e.g. what a run left out and why)
 
     def __post_init__(self) -> None:
         if not self.models:

@@ -40,6 +40,8 @@ def demo_parts(digits_images: int = 32, skip_on_photos: tuple[str, ...] = ("scor
         DemoPart("photos", "EfficientNet-Lite0 (ImageNet weights) on the bundled photos", BenchConfig(
             models=PHOTO_MODELS, methods=photo_methods, data="samples", batch_size=8, gallery_images=8,
             figure_images=3, protocol=Protocol(perturbation_steps=8),
+            note=(f"left out for time: {', '.join(skip_on_photos)} (Score-CAM needs one forward pass per channel of "
+                  "the explained layer: 1280 per image here)") if skip_on_photos else "",
         )),
         DemoPart("digits", f"Digits ResNet / VGG / ViT on {digits_images} generated test images", BenchConfig(
             models=DIGITS_MODELS, methods=methods, data=f"digits:{digits_images}", batch_size=16,

@@ -107,6 +107,7 @@ class Summary:
     counts: dict[tuple[str, str], int]  # (model, method) -> top-1 records
     protocol: list[str] = field(default_factory=list)
     data: str = ""
+    note: str = ""
     problems: dict[str, int] = field(default_factory=dict)
 
     def accuracy(self, model: str) -> Optional[float]:
@@ -144,7 +145,7 @@ def summarize(records: list[Record], config: BenchConfig, problems: Optional[dic
         correct={m: sum(r["model"] == m and bool(r["correct"]) for r in images) for m in models},
         skipped=sorted({r["image"] for r in records if r.get("type") == "skip"}),
         errors={(r["model"], r["method"]): r["error"] for r in errs},
-        timing=timing, counts=counts, protocol=config.protocol.describe(), data=config.data,
+        timing=timing, counts=counts, protocol=config.protocol.describe(), data=config.data, note=config.note,
         problems=dict(problems or {}),
     )
 
@@ -174,7 +175,7 @@ def markdown(s: Summary) -> str:
     """``table.md``: Table 8, the further metrics, accuracy, problems and the protocol."""
     out = ["# camkit benchmark", "",
            f"Data: `{s.data}`; models: {', '.join(model_label(m) for m in s.models)}; "
-           f"{len(s.methods)} methods and baselines.", "",
+           f"{len(s.methods)} methods and baselines." + (f" Note: {s.note}" if s.note else ""), "",
            "## Table 8: localisation and confidence (predicted class)", ""]
     out += _md_table(s, s.table8)
     out += ["", "## Further metrics (predicted class unless stated)", ""]

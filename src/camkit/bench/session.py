@@ -182,6 +182,7 @@ def write_report(out_dir: str | os.PathLike[str], config: Optional[BenchConfig] 
     refs = _figure_refs(out, records, summary, config)
     info = {
         "data": config.data,
+        **({"note": config.note} if config.note else {}),
         "models": ", ".join(model_label(m) for m in summary.models),
         "methods": ", ".join(summary.methods),
         "records": len(records),
