@@ -141,7 +141,9 @@ def test_run_demo_writes_index_and_tables(tmp_path):
                        protocol=Protocol(perturbation_steps=2, box_thresholds=4, baselines=()), figure_images=1)
     torch.set_num_threads(1)
     parts = [DemoPart("a", "Part <A>", tiny), DemoPart("b", "Part B", dataclasses.replace(tiny, data="digits:3"))]
-    index = run_demo(tmp_path, progress=False, parts=parts)
+    demo = run_demo(tmp_path, progress=False, parts=parts)
+    index = demo.index
+    assert len(demo.results) == 2
     page = index.read_text()
     assert "Part &lt;A&gt;" in page
     for ref in re.findall(r'href="([^"]+)"', page):

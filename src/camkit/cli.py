@@ -173,8 +173,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from camkit.bench.demo import run_demo
 
-    index = run_demo(args.output, progress=not args.quiet, resume=args.resume)
-    print(f"camkit demo: report at {index}")
+    from camkit.bench import summary_text
+
+    demo = run_demo(args.output, progress=not args.quiet, resume=args.resume)
+    for result in demo.results:
+        print(summary_text(result))
+    print(f"camkit demo: report at {demo.index} (tables: {demo.index.parent / 'table.md'})")
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Optional
 
 from .config import BenchConfig, Protocol
 from .plan import resolve_methods
-from .session import run_bench
+from .session import BenchResult, run_bench
 
 DIGITS_MODELS = ("digits_resnet", "digits_vgg", "digits_vit")
 PHOTO_MODELS = ("efficientnet_lite0",)
@@ -50,15 +50,24 @@ def demo_parts(digits_images: int = 32, skip_on_photos: tuple[str, ...] = ("scor
     ]
 
 
+@dataclass(frozen=True)
+class DemoResult:
+    """``index.html`` and each part's :class:`BenchResult`."""
+
+    index: Path
+    results: list[BenchResult]
+
+
 def run_demo(out_dir: str | os.PathLike[str] = "camkit-demo", *, progress: bool = True, resume: bool = True,
-             parts: Optional[list[DemoPart]] = None) -> Path:
-    """Run every part into ``out_dir/<part>``; returns the path of ``index.html``."""
+             parts: Optional[list[DemoPart]] = None) -> DemoResult:
+    """Run every part into ``out_dir/<part>``, then write ``index.html`` and ``table.md`` linking them."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     parts = parts if parts is not None else demo_parts()
-    tables, links = [], []
+    tables, links, results = [], [], []
     for part in parts:
         result = run_bench(part.config, out / part.name, resume=resume, progress=progress)
+        results.append(result)
         tables.append(f"# {part.title}\n\n" + result.table.read_text(encoding="utf-8").split("\n", 1)[1])
         skipped = sorted(set(resolve_methods("all")) - set(part.config.methods))
         note = f" (left out for time: {', '.join(skipped)})" if skipped else ""
@@ -70,4 +79,4 @@ def run_demo(out_dir: str | os.PathLike[str] = "camkit-demo", *, progress: bool 
                      "<body style='font-family:system-ui,sans-serif'><h1>camkit demo</h1><ul>"
                      + "".join(links) + "</ul><p>Tables of both runs: <a href='table.md'>table.md</a></p></body></html>",
                      encoding="utf-8")
-    return index
+    return DemoResult(index, results)
