@@ -31,7 +31,7 @@ class DemoPart:
     config: BenchConfig
 
 
-def demo_parts(digits_images: int = 32, skip_on_photos: tuple[str, ...] = ("scorecam",)) -> list[DemoPart]:
+def demo_parts(digits_images: int = 48, skip_on_photos: tuple[str, ...] = ("scorecam",)) -> list[DemoPart]:
     """The demo's two runs. ``skip_on_photos``: methods left out on EfficientNet-Lite0 for time --
     Score-CAM needs one forward pass per channel of the explained layer (1280 at 224 x 224 there)."""
     methods = resolve_methods("all")
