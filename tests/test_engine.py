@@ -261,3 +261,19 @@ def test_token_grid_inference_without_patch_size():
     t = torch.zeros(2, 1 + 4 + 12, 8)  # 1 class + 4 register tokens, 3x4 grid, input 30x40
     grid = token_grid(t, 2, (30, 40), None)
     assert (grid.prefix, grid.h, grid.w) == (5, 3, 4)
+
+
+def test_auto_layer_uses_the_models_default_layer_attribute():
+    model = GapNet(deep_tail=True)
+    model.default_layer = "feat"
+    assert camkit.GradCAM(model).explain(_x()).layers == ["feat"]
+
+
+def test_b_by_k_target_tensor_gives_k_maps_from_one_forward():
+    model = GapNet()
+    x = _x()
+    cam = camkit.GradCAM(model, layer="feat")
+    idx = torch.tensor([[0, 4], [3, 1]])
+    e = cam.explain(x, targets=idx)
+    assert e.maps.shape == (2, 2, 8, 8) and e.targets.tolist() == idx.tolist()
+    torch.testing.assert_close(e.maps[:, 1], cam(x, targets=[4, 1]), atol=1e-6, rtol=0)

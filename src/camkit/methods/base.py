@@ -63,7 +63,8 @@ class Context:
 class BaseCAM:
     """Shared machinery. Subclasses set ``uses_gradients`` and implement :meth:`compute`.
 
-    Parameters: ``model`` any ``nn.Module``; ``layer`` ``"auto"``, a dotted name, a module or a list
+    Parameters: ``model`` any ``nn.Module``; ``layer`` ``"auto"`` (the model's ``default_layer``
+    attribute if it has one, as camkit zoo models do, else :func:`auto_layer`), a dotted name, a module or a list
     of them (maps of several layers are fused by element-wise max); ``eval_mode`` explain the model
     in eval mode (dropout off, BatchNorm running statistics; the flags are restored afterwards);
     ``reshape`` a callable turning the layer output into ``(B, C, h, w)`` for layouts camkit cannot
@@ -180,8 +181,9 @@ class BaseCAM:
         if isinstance(self.layer, str) and self.layer == "auto":
             key = (x.shape[-2], x.shape[-1])
             cache = _AUTO.setdefault(self.model, {})  # one probe per model and input size
+            preset = getattr(self.model, "default_layer", None)  # camkit zoo models name their layer
             if key not in cache:
-                cache[key] = auto_layer(self.model, x[:1], self._patch)
+                cache[key] = preset if isinstance(preset, str) else auto_layer(self.model, x[:1], self._patch)
             spec: LayerSpec = cache[key]
         else:
             spec = self.layer
