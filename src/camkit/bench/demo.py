@@ -68,7 +68,8 @@ def run_demo(out_dir: str | os.PathLike[str] = "camkit-demo", *, progress: bool 
     for part in parts:
         result = run_bench(part.config, out / part.name, resume=resume, progress=progress)
         results.append(result)
-        tables.append(f"# {part.title}\n\n" + result.table.read_text(encoding="utf-8").split("\n", 1)[1])
+        body = result.table.read_text(encoding="utf-8").split("\n", 1)[1].lstrip("\n")  # its own title replaced
+        tables.append(f"# {part.title}\n\n{body}")
         skipped = sorted(set(resolve_methods("all")) - set(part.config.methods))
         note = f" (left out for time: {', '.join(skipped)})" if skipped else ""
         links.append(f'<li><a href="{html.escape(part.name)}/report.html">{html.escape(part.title)}</a>'
