@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from typing import Callable
 
 import torch
 import torchvision
 
 import camkit
+from _timing import median_ms  # benchmarks/ is on sys.path when run as a script
 
 LAYERS = {"resnet50": "layer4", "vgg16": "features.29"}
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
 
 
 def peers(model: torch.nn.Module, layer: str) -> dict[str, Callable[[torch.Tensor], object]]:

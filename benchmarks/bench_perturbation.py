@@ -20,24 +20,14 @@ import argparse
 import contextlib
 import os
 import statistics
-import time
-from typing import Callable
 
 import torch
 import torchvision
 
 import camkit
+from _timing import median_ms  # benchmarks/ is on sys.path when run as a script
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: bool = True) -> float:
-    if warmup:
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
 
 
 def forward_ms_per_image(model: torch.nn.Module, batch: int, repeats: int) -> float:

@@ -10,12 +10,7 @@ import camkit
 from camkit.methods.guided import GuidedReLUMode
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ReluNet(nn.Module):

@@ -14,13 +14,7 @@ from camkit.core.postprocess import normalize, upsample
 from camkit.methods.eigen import principal_projection
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: thread start-up costs more than the ops (and stalls on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _init(model: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
