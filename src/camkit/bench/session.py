@@ -25,7 +25,7 @@ from . import figures as figs
 from .config import BenchConfig
 from .engines import get_engine
 from .html import FigureRef, render
-from .plan import FIGURES, make_plan
+from .plan import make_plan
 from .report import Summary, csv_text, markdown, summarize
 from .sources import load_model, load_source, model_label
 from .store import RESULTS, ResultStore, _safe, read_records
