@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import camkit.models as cm
+from camkit.core.tokens import patch_size, token_grid
 from camkit.data import batches, digits
 from camkit.models.zoo import WEIGHTS_DIR
 
@@ -19,12 +20,7 @@ def held_out() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.tensor([s.label for s in chunk])
 
 
-VIT_PENDING = pytest.mark.xfail(
-    reason="the shipped digits_vit (10 epochs) reaches ~0.85 held-out; an 18-epoch retraining is pending",
-    strict=False)
-
-
-@pytest.mark.parametrize("name", ["digits_resnet", "digits_vgg", pytest.param("digits_vit", marks=VIT_PENDING)])
+@pytest.mark.parametrize("name", DIGITS_MODELS)
 def test_bundled_digits_model_is_accurate_on_held_out_digits(name: str, held_out) -> None:  # noqa: ANN001
     model = cm.load(name)
     images, labels = held_out
@@ -59,3 +55,7 @@ def test_digits_models_have_cam_friendly_structure() -> None:
             h.remove()
         assert shapes[id(model)] == (2, *expected)
         assert model.categories == [str(d) for d in range(10)] and model.input_size == (64, 64)
+    # the hybrid ViT's conv stem hides the 8-pixel token pitch from the patch-size probe; the token grid is
+    # still read as 1 class token + an 8x8 grid (the input's aspect ratio)
+    grid = token_grid(torch.zeros(2, 65, 64), 2, (64, 64), patch_size(vit))
+    assert grid is not None and (grid.prefix, grid.h, grid.w) == (1, 8, 8)

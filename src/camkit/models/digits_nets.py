@@ -6,7 +6,8 @@ Each mirrors the structure CAM methods expect from its full-size namesake:
   last spatial block, an 8x8 grid), global average pooling ``avgpool`` and one ``fc`` (plain CAM applies);
 - :class:`DigitsVGG`: a ``features`` Sequential (conv-BN-ReLU, max pools; the last ReLU
   ``features.20`` is 8x8), ``avgpool`` to 4x4 and a ``classifier`` Sequential;
-- :class:`DigitsViT`: ``patch_embed`` (``nn.Conv2d``, kernel = stride = 8, an 8x8 token grid), a class
+- :class:`DigitsViT`: a hybrid ViT, a small conv ``stem`` (64 -> 16 px) then ``patch_embed`` (``nn.Conv2d``,
+  kernel = stride = 2, an 8x8 token grid, 8 input pixels per token), a class
   token prepended (1 prefix token), ``pos_embed``, pre-norm ``blocks.i`` (``norm1``, ``attn``,
   ``norm2``, ``mlp``) with batch-first ``(B, N, C)`` outputs, final ``norm`` and ``head`` on the class token.
 
@@ -137,13 +138,23 @@ class Block(nn.Module):
 
 
 class DigitsViT(_DigitsModel):
-    """Patches of 8x8 -> 64 tokens + class token, ``depth`` pre-norm blocks, head on the class token."""
+    """Hybrid ViT: a conv ``stem`` (64 -> 16 px), ``patch_embed`` 2x2 -> an 8x8 grid of 64 tokens + a class
+    token, ``depth`` pre-norm blocks, head on the class token.
+
+    ``stem`` is ``conv3x3/2 - BN - ReLU - conv3x3/2 - BN - ReLU``; the patch embedding is the only
+    convolution whose kernel equals its stride (2, in stem pixels; 8 input pixels per token side).
+    """
 
     def __init__(self, num_classes: int = 10, dim: int = 64, depth: int = 4, heads: int = 4,
-                 mlp_ratio: int = 2, patch: int = 8) -> None:
+                 mlp_ratio: int = 2, stem: tuple[int, int] = (24, 48)) -> None:
         super().__init__()
-        grid = DIGITS_SIZE // patch
-        self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+        c1, c2 = stem
+        grid = DIGITS_SIZE // 8
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, c1, 3, 2, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=False),
+            nn.Conv2d(c1, c2, 3, 2, 1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(inplace=False),
+        )
+        self.patch_embed = nn.Conv2d(c2, dim, kernel_size=2, stride=2)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, grid * grid + 1, dim) * 0.02)
         self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio) for _ in range(depth)])
@@ -153,7 +164,7 @@ class DigitsViT(_DigitsModel):
         self._finish(f"blocks.{depth - 1}.norm1")
 
     def forward_preprocessed(self, t: Tensor) -> Tensor:  # noqa: D102
-        tokens = self.patch_embed(t).flatten(2).transpose(1, 2)  # (B, N, C)
+        tokens = self.patch_embed(self.stem(t)).flatten(2).transpose(1, 2)  # (B, N, C)
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         tokens = self.blocks(tokens + self.pos_embed)
         return self.head(self.norm(tokens)[:, 0])
