@@ -8,6 +8,7 @@ user's ``.grad`` is never touched.
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -74,6 +75,8 @@ def gradients(p: Pass, scores: torch.Tensor) -> list[torch.Tensor]:
     """d scores[:, k] / d layer output for every k: one tensor ``(K, *layer_shape)`` per layer.
 
     Images are independent in eval mode, so the gradient of the batch sum is each image's gradient.
+    The K backward passes run as one batched (vmap) backward when autograd can batch every op of
+    the tail -- the tail's weights are then read once instead of K times -- else one after another.
     """
     if not scores.requires_grad:
         raise NoGradientError(
@@ -81,14 +84,28 @@ def gradients(p: Pass, scores: torch.Tensor) -> list[torch.Tensor]:
             "gradient (does the forward use .detach(), numpy or torch.no_grad() after the layer?)"
         )
     k_total = scores.shape[1]
-    per_k: list[list[torch.Tensor]] = []
     with torch.enable_grad():
-        for k in range(k_total):
-            gs = torch.autograd.grad(
-                scores[:, k].sum(), p.acts, retain_graph=k < k_total - 1, allow_unused=True
-            )
-            for name, g in zip(p.names, gs):
-                if g is None:
-                    raise NoGradientError(f"the explained score does not depend on layer {name!r}")
-            per_k.append(list(gs))
-    return [torch.stack([gk[i] for gk in per_k]) for i in range(len(p.acts))]
+        grads: Optional[Sequence[Optional[torch.Tensor]]] = None
+        if k_total > 1:
+            eye = torch.eye(k_total, dtype=scores.dtype, device=scores.device)
+            one_hot = eye[:, None, :].expand(k_total, *scores.shape)  # (K, B, K): select score k
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # a slow per-sample fallback: use the loop instead
+                    grads = torch.autograd.grad(
+                        scores, p.acts, grad_outputs=one_hot, is_grads_batched=True,
+                        retain_graph=True, allow_unused=True,
+                    )
+            except (RuntimeError, UserWarning, NotImplementedError):
+                grads = None
+        if grads is None:
+            per_k = [
+                torch.autograd.grad(scores[:, k].sum(), p.acts, retain_graph=k < k_total - 1, allow_unused=True)
+                for k in range(k_total)
+            ]
+            grads = [None if any(g[i] is None for g in per_k) else torch.stack([g[i] for g in per_k])
+                     for i in range(len(p.acts))]
+    for name, g in zip(p.names, grads):
+        if g is None:
+            raise NoGradientError(f"the explained score does not depend on layer {name!r}")
+    return list(grads)  # type: ignore[arg-type]
