@@ -3,12 +3,14 @@
     python3 benchmarks/bench_gradient.py [--models resnet50,vgg16] [--batches 1,8] [--repeats 5]
 
 Peers (pytorch-grad-cam, torchcam) are timed beside camkit when installed (`pip install camkit[peers]`).
-Median wall time per call; ratio = method / no-grad forward of the same batch.
+Median wall time per call; ratio = median over repeats of (method / no-grad forward of the same
+batch), the two timed in turn.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 from typing import Callable
 
 import torch
@@ -79,11 +81,13 @@ def main() -> None:
             rows.append(("camkit smoothgradcam++ (n=8)", lambda: sg(x)))
             if not args.no_peers:
                 rows += [(k, lambda f=f: f(x)) for k, f in peers(model, layer).items()]
-            base = None
+            repeats = args.repeats if b == 1 else max(2, args.repeats // 2)
             for label, fn in rows:
-                ms = median_ms(fn, args.repeats if b == 1 else max(2, args.repeats // 2))
-                base = base or ms
-                print(f"| {name} | {b} | {label} | {ms:.0f} | {ms / b:.1f} | {ms / base:.2f} |", flush=True)
+                # forward and method timed in turn, so a change in machine load hits both
+                pairs = [(median_ms(fwd, 1, warmup=False), median_ms(fn, 1, warmup=i == 0)) for i in range(repeats)]
+                ms = statistics.median(t for _, t in pairs)
+                ratio = statistics.median(t / f for f, t in pairs)
+                print(f"| {name} | {b} | {label} | {ms:.0f} | {ms / b:.1f} | {ratio:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
