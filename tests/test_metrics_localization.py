@@ -230,3 +230,13 @@ def test_protocol_defaults_match_function_defaults():
     d = p.as_dict()
     assert d["threshold"] == 0.15 and d["metric"] == "Localization"
     assert "threshold=0.15" in p.describe()
+
+
+def test_pointing_game_ties_are_not_decided_by_float_noise():
+    m = torch.zeros(8, 8)
+    m[2, 2] = 1.0
+    m[5, 5] = 1.0 - 1e-8  # equal up to rounding: a tie
+    box = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
+    assert float(pointing_game(m, box)) == pytest.approx(0.5)
+    m[5, 5] = 0.9  # clearly lower: no tie
+    assert float(pointing_game(m, box)) == 1.0

@@ -42,6 +42,8 @@ __all__ = [
 #: Choe et al. 2020 sweep: 0.00, 0.01, ..., 0.99 (cam_curve_interval = 0.01).
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(i * 0.01, 2) for i in range(100))
 
+TIE_TOLERANCE = 1e-6  # relative: pixels this close to the maximum tie in the pointing game
+
 
 @dataclass(frozen=True)
 class LocalizationProtocol(Protocol):
@@ -248,6 +250,8 @@ def pointing_game(map: torch.Tensor, gt_boxes: BoxesLike, tolerance: float = 0.0
 
     Ties: when several pixels share the maximum, the score is the share of them that hit — the expected
     hit of a uniformly random tie-break (so a uniform map scores the boxes' area fraction, not 1).
+    Values within a relative ``1e-6`` of the maximum count as tied (bilinear upsampling makes
+    exact plateaus that rounding would otherwise split at random).
     (H, W) -> 0-dim float tensor; (B, H, W) -> (B,). The hit rate is the mean.
     """
     if tolerance < 0:
@@ -256,7 +260,8 @@ def pointing_game(map: torch.Tensor, gt_boxes: BoxesLike, tolerance: float = 0.0
     h, w = m.shape[-2:]
     boxes = as_box_list(gt_boxes, m.shape[0], single, (h, w))
     inside = _box_masks(boxes, h, w, float(tolerance), m.device)
-    is_max = m == m.flatten(1).amax(1).view(-1, 1, 1)
+    peak = m.flatten(1).amax(1).view(-1, 1, 1)
+    is_max = m >= peak - TIE_TOLERANCE * peak.abs()  # float noise must not decide which pixels tie
     score = (is_max & inside).flatten(1).sum(1).float() / is_max.flatten(1).sum(1).float()
     return score[0] if single else score
 
