@@ -10,25 +10,22 @@ from ..errors import TargetError
 
 
 @dataclass(frozen=True)
-class TopK:
+class _Ranked:
+    """``k`` classes of each image chosen by rank of their score."""
+
+    k: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise TargetError(f"{type(self).__name__} needs a positive int k, got {self.k!r}")
+
+
+class TopK(_Ranked):
     """The ``k`` highest-scoring classes of each image; maps get shape ``(B, k, H, W)``."""
 
-    k: int
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.k, int) or self.k < 1:
-            raise TargetError(f"TopK needs a positive int k, got {self.k!r}")
-
-
-@dataclass(frozen=True)
-class BottomK:
+class BottomK(_Ranked):
     """The ``k`` lowest-scoring classes of each image (the survey's 'least predicted class')."""
-
-    k: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.k, int) or self.k < 1:
-            raise TargetError(f"BottomK needs a positive int k, got {self.k!r}")
 
 
 ScoreFn = Callable[[Any], torch.Tensor]
