@@ -128,6 +128,12 @@ def test_tables_equal_recomputation_from_results(run):
             assert float(row[f"average_drop:{model}"]) == pytest.approx(drop, abs=1e-4)
             assert float(row[f"increase:{model}"]) == pytest.approx(inc, abs=1e-4)  # the library sums in float32
             assert float(row[f"deletion:{model}"]) == pytest.approx(deletion, abs=1e-6)
+            sanity = sum(r["sanity"] for r in rs) / len(rs)
+            assert float(row[f"sanity:{model}"]) == pytest.approx(sanity, abs=1e-6)
+            if method.startswith("baseline:"):  # a map that ignores the model is unchanged by randomisation
+                assert all(r["sanity"] == pytest.approx(1.0) for r in rs)
+            else:
+                assert all(-1.0 <= r["sanity"] < 0.999 for r in rs)
             md = (out / "table.md").read_text()
             assert re.search(rf"\| {re.escape(method)} \|.*{iou:.4f}", md)
     images = [r for r in records(out) if r["type"] == "image"]

@@ -45,6 +45,9 @@ class Protocol:
     insertion_substrate: str = "blur"
     baselines: tuple[str, ...] = BASELINES
     seed: int = 0
+    #: model-randomisation sanity check: rank correlation of each top-1 map with the map of the same
+    #: class on a copy of the model whose parameters are all re-initialised (Adebayo et al. 2018)
+    sanity: bool = True
     #: keyword options per method, e.g. ``{"scorecam": {"batch_size": 64}}``
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -83,6 +86,9 @@ class Protocol:
             f"{self.deletion_substrate!r}, insertion substrate {self.insertion_substrate!r}, {self.score} "
             f"score, for target kinds {list(self.perturbation_kinds)} (Petsiuk et al. 2018).",
             f"Baselines: {', '.join(self.baselines)} maps (random: seeded per image from seed {self.seed}).",
+            (f"Sanity: Spearman rank correlation of each top-1 map with the map of the same class on a copy of "
+             f"the model with every parameter re-initialised (seed {self.seed + 1000}); a map that ignores the model "
+             "scores 1 (Adebayo et al. 2018)." if self.sanity else "Sanity check: off."),
             "Method options: " + (json.dumps(self.method_options, sort_keys=True) if self.method_options else "defaults"),
         ]
 

@@ -86,6 +86,7 @@ def columns(protocol_iou: float = 0.5) -> tuple[list[Column], list[Column]]:
         Column("deletion", "Deletion AUC", "lower", 4, _field("deletion")),
         Column("insertion", "Insertion AUC", "higher", 4, _field("insertion")),
         Column("iou_least", "IoU, least predicted class", "lower", 4, _field("iou", "least")),
+        Column("sanity", "Rank corr. with randomised model", "lower", 4, _field("sanity")),
     ]
     return table8, more
 

@@ -15,6 +15,8 @@ class, the least predicted class and (for misclassified images) the true class i
 from __future__ import annotations
 
 import base64
+import copy
+import functools
 import time
 import traceback
 import zlib
@@ -37,6 +39,7 @@ Record = dict[str, Any]
 GALLERY_KINDS = ("top1", "true")
 CONFIDENCE_KINDS = ("top1", "true")  # Average Drop / Increase are about the predicted or the true class
 MISCLASSIFIED_REACH = 4  # misclassified images up to this many times gallery_images keep overlays
+SANITY_SEED_OFFSET = 1000  # the randomised weights must not repeat a seed-0 random init of the model
 
 
 @dataclass
@@ -138,15 +141,34 @@ def _baseline(name: str, b: Batch, seed: int) -> torch.Tensor:
     return torch.stack(maps).to(b.x.device)
 
 
-def _maps(model: nn.Module, method: str, b: Batch, config: BenchConfig) -> tuple[torch.Tensor, list[str]]:
-    """(B, K, H, W) maps of ``b.targets`` and the explained layer names."""
+def _maps(model: nn.Module, method: str, b: Batch, config: BenchConfig,
+          targets: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, list[str]]:
+    """(B, K, H, W) maps of ``targets`` (default ``b.targets``) and the explained layer names."""
+    targets = b.targets if targets is None else targets
     if method.startswith(BASELINE_PREFIX):
         m = _baseline(method[len(BASELINE_PREFIX):], b, config.protocol.seed)
-        return m[:, None].expand(-1, len(b.kinds), -1, -1), []
+        return m[:, None].expand(-1, targets.shape[1], -1, -1), []
     layer = getattr(model, "default_layer", "auto")
     options = config.protocol.method_options.get(method, {})
-    e = create(method, model, layer=layer, **options).explain(b.x, targets=b.targets)
+    e = create(method, model, layer=layer, **options).explain(b.x, targets=targets)
     return e.maps.float(), list(e.layers)
+
+
+@functools.lru_cache(maxsize=2)
+def randomized_model(spec: str, device: str, seed: int) -> nn.Module:
+    """A copy of the zoo model with every parameter re-initialised (cached per process)."""
+    model = copy.deepcopy(load_model(spec, device))
+    metrics.reinitialize_(model, seed)
+    return model.eval()
+
+
+def _sanity(shard: Shard, method: str, b: Batch, maps: torch.Tensor, config: BenchConfig) -> list[Optional[float]]:
+    """Per image: Spearman correlation of the top-1 map with the same class's map on the randomised model."""
+    if not config.protocol.sanity:
+        return [None] * len(b.indices)
+    rnd = randomized_model(shard.model, config.device, config.protocol.seed + SANITY_SEED_OFFSET)
+    rand_maps, _ = _maps(rnd, method, b, config, targets=b.targets[:, :1])
+    return metrics.spearman_correlation(maps[:, 0], rand_maps[:, 0]).tolist()
 
 
 def metric_batch(x: torch.Tensor, pixels: int = 2 * 224 * 224) -> int:
@@ -207,6 +229,7 @@ def _map_records(shard: Shard, method: str, model: nn.Module, b: Batch, config: 
     _sync(device)
     t1 = time.perf_counter()
     per_kind = _metrics(model, b, maps, config)
+    sanity = _sanity(shard, method, b, maps, config)
     t2 = time.perf_counter()
     n = len(b.indices)
     cats = getattr(model, "categories", None)
@@ -223,7 +246,7 @@ def _map_records(shard: Shard, method: str, model: nn.Module, b: Batch, config: 
                 "type": "map", "key": record_key(shard.model, method, s.id, kind), "model": shard.model,
                 "method": method, "layers": layers, "image": s.id, "index": i, "kind": kind,
                 "class": c, "class_name": _name(cats, c), "labels": s.labels, "pred": int(b.targets[j, 0]),
-                "correct": b.correct[j], **vals, "y": y, "o": o,
+                "correct": b.correct[j], **vals, "y": y, "o": o, "sanity": sanity[j] if kind == "top1" else None,
                 "drop": max(0.0, y - o) / y * 100 if y is not None and y > 0 else None,
                 "increase": None if y is None else o > y,
                 "time_map_s": (t1 - t0) / n, "time_metrics_s": (t2 - t1) / n, "protocol": proto,
