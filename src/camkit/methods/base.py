@@ -23,6 +23,13 @@ from ..core.tokens import as_grid, patch_size, token_grid
 from ..errors import CamkitError, InputError, LayerNotFoundError
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
+
+
+def positive_int(name: str, value: Any, meaning: str) -> int:
+    """``value`` if it is a positive int, else an :class:`InputError` saying what ``name`` means."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive int ({meaning}), got {value!r}")
+    return value
 _AUTO: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], str]]" = weakref.WeakKeyDictionary()
 
 

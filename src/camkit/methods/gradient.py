@@ -12,7 +12,7 @@ import torch
 
 from ..core import engine
 from ..errors import UnsupportedModelError
-from .base import BaseCAM, Context
+from .base import BaseCAM, Context, positive_int
 from .registry import register
 
 Maps = tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]
@@ -100,9 +100,9 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     def __init__(self, model, layer="auto", *, n: int = 8, noise: float = 0.15, batch_size: int = 32,
                  seed: Optional[int] = 0, **kw) -> None:
         super().__init__(model, layer, **kw)
-        if n < 1:
-            raise ValueError(f"n (number of noisy copies) must be >= 1, got {n}")
-        self.n, self.noise, self.batch_size, self.seed = n, noise, max(1, batch_size), seed
+        positive_int("n", n, "number of noisy copies")
+        positive_int("batch_size", batch_size, "noisy images per pass")
+        self.n, self.noise, self.batch_size, self.seed = n, noise, batch_size, seed
 
     def compute(self, ctx: Context) -> Maps:
         x = ctx.x

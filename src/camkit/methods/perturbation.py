@@ -20,7 +20,7 @@ from ..core.outputs import to_logits
 from ..core.postprocess import normalize, upsample
 from ..core.targets import Targets
 from ..errors import InputError, UnsupportedModelError
-from .base import BaseCAM, Context
+from .base import BaseCAM, Context, positive_int
 from .gradient import Maps, weighted_sum
 from .registry import register
 
@@ -327,8 +327,7 @@ class AblationCAM(BaseCAM):
         **kw: Any,
     ) -> None:
         super().__init__(model, layer, **kw)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive int (ablated copies per pass), got {batch_size!r}")
+        positive_int("batch_size", batch_size, "ablated copies per pass")
         if recompute not in ("tail", "full"):
             raise InputError(f"recompute must be 'tail' (run only the network after the layer) or 'full', got {recompute!r}")
         self.batch_size, self.recompute = batch_size, recompute
@@ -436,8 +435,7 @@ class ScoreCAM(BaseCAM):
         **kw: Any,
     ) -> None:
         super().__init__(model, layer, **kw)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive int (masked inputs per pass), got {batch_size!r}")
+        positive_int("batch_size", batch_size, "masked inputs per pass")
         if score not in ("softmax", "logit"):
             raise InputError(f"score must be 'softmax' (class probability, the paper) or 'logit', got {score!r}")
         self.batch_size, self.score = batch_size, score
