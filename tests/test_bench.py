@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,6 +142,118 @@ def test_tables_equal_recomputation_from_results(run):
     assert float(table["accuracy %"][f"iou:{models[0]}"]) == pytest.approx(acc)
 
 
+def _per_image(recs: list[dict], model: str, method: str, key: str) -> dict[int, object]:
+    """Each image's value of one metric, written out from the record fields (independently of camkit)."""
+    out = {}
+    for r in recs:
+        if r["type"] != "map" or r["model"] != model or r["method"] != method:
+            continue
+        if key == "iou_least" and r["kind"] == "least" and r["iou"] is not None:
+            out[r["index"]] = r["iou"]
+        elif r["kind"] != "top1":
+            continue
+        elif key == "average_drop" and r["y"] > 0:
+            out[r["index"]] = max(0.0, r["y"] - r["o"]) / r["y"] * 100
+        elif key == "increase":
+            out[r["index"]] = 100.0 * (r["o"] > r["y"])
+        elif key == "maxboxacc" and r["box_ious"]:
+            out[r["index"]] = [float(v >= 0.5) for v in r["box_ious"]]
+        elif key in ("iou", "pointing", "energy", "deletion", "insertion", "sanity") and r[key] is not None:
+            out[r["index"]] = r[key]
+    return out
+
+
+def _bootstrap(values: np.ndarray) -> np.ndarray:
+    """2000 resamples: row b = the b-th ``default_rng(0).integers(0, n, n)``; mean, or max over thresholds of the means."""
+    rng = np.random.default_rng(0)
+    idx = np.stack([rng.integers(0, len(values), size=len(values)) for _ in range(2000)])
+    means = values[idx].mean(axis=1)
+    return means if values.ndim == 1 else means.max(axis=-1)
+
+
+METHODS = ["gradcam", "layercam", "baseline:uniform", "baseline:center_gaussian", "baseline:random"]
+KEYS = ["iou", "average_drop", "increase", "pointing", "energy", "maxboxacc", "deletion", "insertion", "iou_least",
+        "sanity"]
+
+
+def test_intervals_equal_an_independent_bootstrap_of_the_records(run):
+    out = run[1]
+    recs = records(out)
+    table = read_csv(out / "table.csv")
+    for model in ["digits_resnet=random", "digits_vgg=random"]:
+        for key in KEYS:
+            per = {me: _per_image(recs, model, me, key) for me in METHODS}
+            images = sorted({i for d in per.values() for i in d})
+            assert images and all(set(d) == set(images) for d in per.values())
+            for me in METHODS:
+                values = np.array([per[me][i] for i in images], dtype=float)
+                lo, hi = np.percentile(_bootstrap(values), [2.5, 97.5])
+                row = table[me]
+                assert float(row[f"{key}:{model}:ci_low"]) == pytest.approx(lo, abs=2e-6), (model, key, me)
+                assert float(row[f"{key}:{model}:ci_high"]) == pytest.approx(hi, abs=2e-6), (model, key, me)
+                assert int(row[f"{key}:{model}:n"]) == len(images)
+                assert lo - 1e-6 <= float(row[f"{key}:{model}"]) <= hi + 1e-6 or values.ndim == 2
+
+
+def test_significance_against_the_best_baseline_is_paired_and_holm_corrected(run):
+    out = run[1]
+    recs = records(out)
+    rows = list(csv.DictReader(io.StringIO((out / "significance.csv").read_text())))
+    assert list(rows[0]) == ["model", "metric", "method", "baseline", "diff", "ci_low", "ci_high", "p", "p_holm", "n",
+                             "beats_every_baseline"]
+    assert len(rows) == 2 * len(KEYS) * 2  # models x metrics x methods
+    table = read_csv(out / "table.csv")
+    for r in rows:
+        assert float(r["p_holm"]) >= float(r["p"]) - 1e-12
+        col = f"{r['metric']}:{r['model']}"
+        better = "lower" if r["metric"] in ("average_drop", "deletion", "iou_least", "sanity") else "higher"
+        scores = {b: float(table[b][col]) for b in METHODS[2:]}
+        best = (max if better == "higher" else min)(scores, key=scores.__getitem__)
+        assert scores[r["baseline"]] == scores[best]  # the best baseline of that model and metric
+        a = _per_image(recs, r["model"], r["method"], r["metric"])
+        b = _per_image(recs, r["model"], r["baseline"], r["metric"])
+        images = sorted(a)
+        va, vb = (np.array([d[i] for i in images], dtype=float) for d in (a, b))
+        rng = np.random.default_rng(0)
+        idx = np.stack([rng.integers(0, len(images), size=len(images)) for _ in range(2000)])
+        stat = (lambda v: v[idx].mean(1)) if va.ndim == 1 else (lambda v: v[idx].mean(1).max(-1))
+        diffs = stat(va) - stat(vb)  # the same resampled images for both: paired
+        lo, hi = np.percentile(diffs, [2.5, 97.5])
+        assert float(r["ci_low"]) == pytest.approx(lo, rel=1e-5, abs=1e-9)
+        assert float(r["ci_high"]) == pytest.approx(hi, rel=1e-5, abs=1e-9)
+        p = min(1.0, 2 * (1 + min((diffs <= 0).sum(), (diffs >= 0).sum())) / 2001)
+        assert float(r["p"]) == pytest.approx(p, rel=1e-5)
+    md = (out / "table.md").read_text()
+    starred = [r for r in rows if r["beats_every_baseline"] == "true"]
+    assert md.count("\\*") == len(starred) + 1  # one mark per such cell, plus the legend
+    assert "## Which methods can be told apart" in md and "Significantly better than every baseline map" in md
+
+
+def test_randomization_curve_equals_a_direct_cascading_test(run):
+    import camkit
+    from camkit import metrics
+    from camkit.bench import load_model
+
+    out = run[1]
+    recs = records(out)
+    fig = next(r for r in recs if r["type"] == "figure" and r["figure"] == "randomization"
+               and r["model"] == "digits_resnet=random")
+    model = load_model("digits_resnet=random")
+    assert set(fig["curves"]) == {"gradcam", "layercam"} and fig["layers"] == metrics.default_randomization_layers(model)
+    images = sorted((r for r in recs if r["type"] == "image" and r["model"] == fig["model"]), key=lambda r: r["index"])
+    from camkit.bench import load_source
+
+    source = load_source(f"folder:{run[0]}")
+    x = torch.stack([source.load(r["index"]).resized(tuple(model.input_size)).image for r in images[:fig["images"]]])
+    direct = metrics.randomization_test(lambda m: camkit.create("gradcam", m, layer=model.default_layer), model, x,
+                                        [r["pred"] for r in images[:fig["images"]]], seed=1000)
+    np.testing.assert_allclose(fig["curves"]["gradcam"], direct.spearman.mean(1).numpy(), atol=1e-5)
+    page = (out / "report.html").read_text()
+    name = "figures/randomization_digits_resnet_random.png"
+    assert name in page and (out / name).is_file()
+    assert "Method against method" in page and "row − column" in page
+
+
 def test_markdown_has_table8_layout(run):
     md = (run[1] / "table.md").read_text()
     head = next(line for line in md.splitlines() if line.startswith("| Method | IoU"))
@@ -219,6 +332,7 @@ def test_interrupted_run_resumes_to_identical_tables(run, tmp_path):
     assert done.returncode == 0, done.stderr
     assert (out / "table.md").read_text() == (reference / "table.md").read_text()
     assert (out / "table.csv").read_text() == (reference / "table.csv").read_text()
+    assert (out / "significance.csv").read_text() == (reference / "significance.csv").read_text()
     recs = records(out)
     assert len({r["key"] for r in recs}) == len(recs) == len(records(reference))
 

@@ -3,7 +3,9 @@
 - :func:`iou_strip` -- Figures 1-6: per model, the IoU of the top and of the least predicted class
   per method, one point per correctly classified image (from records only);
 - :func:`layer_figure` -- Figures 7-10: Grad-CAM at several layers of a model, a few images;
-- :func:`guided_figure` -- Figure 11: image, Grad-CAM, Guided Backprop and Guided Grad-CAM.
+- :func:`guided_figure` -- Figure 11: image, Grad-CAM, Guided Backprop and Guided Grad-CAM;
+- :func:`randomization_curve` -- the cascading parameter-randomisation sanity check: per method, the
+  mean Spearman correlation with the intact model's map against the number of randomised blocks.
 
 Figure functions return ``(png_bytes, caption)``.
 """
@@ -193,4 +195,35 @@ def guided_figure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ids:
                 axes[r][c].set_title(titles[c], fontsize=8)
         axes[r][0].set_title(_short(ids[r], 26), fontsize=7)
     caption = f"Guided Grad-CAM beside Grad-CAM at {layer} for the predicted class (survey Figure 11)."
+    return _png(fig), caption
+
+
+# ------------------------------------------------------------------------------ sanity: randomisation
+
+
+def randomization_curve(curves: dict[str, Sequence[float]], layers: Sequence[str], model: str, images: int) -> Figure:
+    """One line per method: ``curves[method][k]`` = mean Spearman rank correlation of the maps after
+    randomising ``layers[: k + 1]`` (output side first) with the maps of the intact model; 1 at 0 blocks."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * len(layers) + 2), 3.8))
+    x = np.arange(len(layers) + 1)
+    markers = "os^vD<>ph*"
+    for i, (method, ys) in enumerate(curves.items()):
+        ax.plot(x[: len(ys) + 1], [1.0, *ys], marker=markers[i % len(markers)], markersize=4, linewidth=1.2,
+                label=method)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(["none"] + [f"{k + 1}: {_short(n, 18)}" for k, n in enumerate(layers)], rotation=60,
+                       ha="right", fontsize=7)
+    ax.set_xlabel("blocks randomised, output side first (cumulative)", fontsize=8)
+    ax.set_ylabel("Spearman ρ with the intact model's map", fontsize=8)
+    ax.set_ylim(-1.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(f"{model}: cascading parameter randomisation", fontsize=9)
+    caption = (f"Cascading model-parameter randomisation (Adebayo et al. 2018) on {model}: the parameters of one block "
+               f"after another are re-initialised, from the output side, and each method's map of the intact model's "
+               f"top-1 class is recomputed; mean Spearman rank correlation with the intact map over {images} image(s). "
+               "A method whose curve stays near 1 ignores the model's weights (a baseline map would be a flat line at 1); "
+               "the table's sanity column is the one-step version (all parameters at once).")
     return _png(fig), caption

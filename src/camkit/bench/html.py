@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .report import Column, Summary, fmt
+from .evidence import PAIRWISE_METRICS
+from .report import LEGEND, Column, Summary, column_n, fmt, interval_text
 from .sources import model_label
 
 Record = dict[str, Any]
@@ -27,6 +28,8 @@ th{background:#f2f2f2}td.l,th.l{text-align:left}
 img.t{width:112px;height:auto;display:block;margin:auto}
 figure{margin:1em 0}figcaption{font-size:13px;color:#555;max-width:900px}
 .small{font-size:12px;color:#555}.err{color:#a00}
+.ci{font-size:11px;color:#555;white-space:nowrap}.sig{color:#1b5e20;font-weight:bold}
+td.win{background:#e8f5e9}td.loss{background:#fdecea}
 """
 
 
@@ -57,24 +60,64 @@ def _best(s: Summary, col: Column, model: str) -> Optional[float]:
     return max(vals) if col.better == "higher" else min(vals)
 
 
+def _metric_cell(s: Summary, c: Column, m: str, method: str, best: Optional[float]) -> str:
+    v = s.values[(c.key, m, method)]
+    text = "n/a" if v is None and (m, method) in s.errors else fmt(v, c.decimals)
+    cls = ' class="best"' if v is not None and v == best and not method.startswith("baseline:") else ""
+    title = f' title="{esc(s.errors[(m, method)])}"' if (m, method) in s.errors else ""
+    iv = s.intervals.get((c.key, m, method))
+    extra = ""
+    if iv is not None:
+        fewer = f" n={iv.n}" if iv.n < column_n(s, c, m) else ""
+        extra = f'<br><span class="ci">{esc(interval_text(iv, c.decimals) + fewer)}</span>'
+    mark = '<span class="sig">*</span>' if s.beats_baselines(c.key, m, method) else ""
+    return f"<td{cls}{title}>{esc(text)}{mark}{extra}</td>"
+
+
 def metric_table(s: Summary, cols: Sequence[Column]) -> str:
-    """Rows = methods, column groups = metrics, one column per model; the best method per column in bold."""
+    """Rows = methods, column groups = metrics, one column per model; each value with its interval;
+    the best method per column in bold, * where a method beats every baseline significantly."""
     top = '<tr><th class="l" rowspan="2">Method</th>' + "".join(
         f'<th colspan="{len(s.models)}">{esc(c.label)} {"↑" if c.better == "higher" else "↓"}</th>' for c in cols) + "</tr>"
     sub = "<tr>" + "".join(f"<th>{esc(model_label(m))}</th>" for _ in cols for m in s.models) + "</tr>"
-    rows = []
+    count = '<tr><td class="l small">n (images)</td>' + "".join(
+        f'<td class="small">{column_n(s, c, m)}</td>' for c in cols for m in s.models) + "</tr>"
     best = {(c.key, m): _best(s, c, m) for c in cols for m in s.models}
-    for method in s.methods:
-        cells = []
-        for c in cols:
-            for m in s.models:
-                v = s.values[(c.key, m, method)]
-                text = "n/a" if v is None and (m, method) in s.errors else fmt(v, c.decimals)
-                cls = ' class="best"' if v is not None and v == best[(c.key, m)] and not method.startswith("baseline:") else ""
-                title = f' title="{esc(s.errors[(m, method)])}"' if (m, method) in s.errors else ""
-                cells.append(f"<td{cls}{title}>{esc(text)}</td>")
-        rows.append(f'<tr><td class="l">{esc(method)}</td>{"".join(cells)}</tr>')
-    return f"<table>{top}{sub}{''.join(rows)}</table>"
+    rows = [f'<tr><td class="l">{esc(method)}</td>'
+            + "".join(_metric_cell(s, c, m, method, best[(c.key, m)]) for c in cols for m in s.models) + "</tr>"
+            for method in s.methods]
+    return f"<table>{top}{sub}{count}{''.join(rows)}</table>"
+
+
+def pairwise_tables(s: Summary) -> str:
+    """Per model and metric (IoU, deletion, insertion): row method minus column method with its interval;
+    green where the row is significantly better (the interval excludes 0), red where it is worse."""
+    out = []
+    for m in s.models:
+        for key in PAIRWISE_METRICS:
+            pairs = s.pairwise.get((key, m))
+            if not pairs:
+                continue
+            col = s.column(key)
+            methods = list(dict.fromkeys(a for a, _ in pairs))
+            head = "<tr><th class='l'>row − column</th>" + "".join(f"<th>{esc(b)}</th>" for b in methods) + "</tr>"
+            rows = []
+            for a in methods:
+                cells = []
+                for b in methods:
+                    c = pairs.get((a, b))
+                    if c is None:
+                        cells.append("<td>—</td>")
+                        continue
+                    excl = c.low > 0 or c.high < 0
+                    good = (c.diff > 0) == (col.better == "higher")
+                    cls = (' class="win"' if good else ' class="loss"') if excl else ""
+                    iv = f"[{c.low:.{col.decimals - 1}f}, {c.high:.{col.decimals - 1}f}]"
+                    cells.append(f'<td{cls}>{c.diff:+.{col.decimals}f}<br><span class="ci">{esc(iv)}</span></td>')
+                rows.append(f'<tr><td class="l">{esc(a)}</td>{"".join(cells)}</tr>')
+            out.append(f"<h3>{esc(model_label(m))}: {esc(col.label)} {'↑' if col.better == 'higher' else '↓'}</h3>"
+                       f"<table>{head}{''.join(rows)}</table>")
+    return "".join(out) or '<p class="small">Fewer than two methods.</p>'
 
 
 def _accuracy_table(s: Summary) -> str:
@@ -187,7 +230,15 @@ def render(s: Summary, records: Sequence[Record], figures: Sequence[FigureRef], 
 {metric_table(s, s.table8)}
 <h2>Further metrics</h2>
 {metric_table(s, s.more)}
-<p class="small">Bold: best method per column (baselines excluded). n/a: the method cannot run on the model (hover for why).</p>
+<p class="small">{esc(LEGEND.replace(chr(92), ""))} Bold: best method per column (baselines excluded). n/a: the method
+cannot run on the model (hover for why).</p>
+<h2>Which methods can be told apart</h2>
+<ul>{"".join(f"<li><b>{esc(model_label(m))}</b>: {esc(s.findings(m))}</li>" for m in s.models)}</ul>
+<p class="small">Each method against the best baseline map of every model and metric: significance.csv.</p>
+<h2>Method against method</h2>
+<p class="small">Paired differences (row minus column) over the images both have, with 95% bootstrap intervals
+(uncorrected); green: the row method is better with an interval that excludes 0, red: worse.</p>
+{pairwise_tables(s)}
 <h2>Classification accuracy</h2>
 {_accuracy_table(s)}
 <h2>Time</h2>

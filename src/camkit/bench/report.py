@@ -18,10 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-import torch
+import numpy as np
 
-from .. import metrics
+from . import stats
 from .config import BASELINE_PREFIX, BenchConfig
+from .evidence import ALPHA, PAIRWISE_METRICS, BaselineTest, Family, Interval, findings, significance_csv
+from .stats import Comparison
 from .sources import model_label
 
 Record = dict[str, Any]
@@ -32,63 +34,90 @@ def _mean(values: Sequence[Any]) -> Optional[float]:
     return sum(v) / len(v) if v else None
 
 
-def _field(name: str, kind: str = "top1") -> Callable[[list[Record]], Optional[float]]:
-    def fn(records: list[Record]) -> Optional[float]:
-        return _mean([r.get(name) for r in records if r["kind"] == kind])
-    return fn
+def _median(values: Sequence[Any]) -> Optional[float]:
+    v = sorted(float(x) for x in values if x is not None)
+    if not v:
+        return None
+    h = len(v) // 2
+    return v[h] if len(v) % 2 else (v[h - 1] + v[h]) / 2
 
 
-def _confidence(which: str) -> Callable[[list[Record]], Optional[float]]:
-    def fn(records: list[Record]) -> Optional[float]:
-        pairs = [(r["y"], r["o"]) for r in records if r["kind"] == "top1" and r.get("y") is not None
-                 and r.get("o") is not None and (which != "drop" or r["y"] > 0)]
-        if not pairs:
-            return None
-        y, o = [p[0] for p in pairs], [p[1] for p in pairs]
-        if which == "drop":
-            return metrics.average_drop_from_scores(y, o)
-        return metrics.increase_in_confidence_from_scores(y, o)
-    return fn
+PerImage = Callable[[Record], Any]  # a record -> its image's value (float, a list for MaxBoxAcc, or None)
 
 
-def _maxboxacc(iou: float) -> Callable[[list[Record]], Optional[float]]:
-    def fn(records: list[Record]) -> Optional[float]:
-        rows = [r["box_ious"] for r in records if r["kind"] == "top1" and r.get("box_ious")]
-        if not rows:
-            return None
-        n = len(rows[0])
-        return metrics.max_box_acc_from_ious(torch.tensor(rows), [t / n for t in range(n)], iou).value
+def _field(name: str) -> PerImage:
+    return lambda r: r.get(name)
+
+
+def _drop(r: Record) -> Optional[float]:
+    """max(0, Y - O) / Y x 100 (Average Drop's per-image term), where Y > 0."""
+    y, o = r.get("y"), r.get("o")
+    return None if y is None or o is None or y <= 0 else max(0.0, y - o) / y * 100
+
+
+def _increase(r: Record) -> Optional[float]:
+    """100 where O > Y, else 0 (Increase in Confidence is their mean)."""
+    y, o = r.get("y"), r.get("o")
+    return None if y is None or o is None else 100.0 * (o > y)
+
+
+def _hits(iou: float) -> PerImage:
+    """Per threshold, 1 where the box IoU reaches ``iou`` (MaxBoxAcc = max over thresholds of the mean)."""
+    def fn(r: Record) -> Optional[list[float]]:
+        row = r.get("box_ious")
+        return [float(v is not None and v >= iou) for v in row] if row else None
     return fn
 
 
 @dataclass(frozen=True)
 class Column:
-    """One metric column group: label, which direction is better, decimals, and how to compute it."""
+    """One metric column group: label, which direction is better, decimals, and each image's value
+    (records of target ``kind``); the cell is the mean of the values, or for list values (MaxBoxAcc)
+    the maximum over positions of the per-position means (:func:`.stats.aggregate`)."""
 
     key: str
     label: str
     better: str  # "higher" | "lower"
     decimals: int
-    compute: Callable[[list[Record]], Optional[float]]
+    value: PerImage
+    kind: str = "top1"
 
 
 def columns(protocol_iou: float = 0.5) -> tuple[list[Column], list[Column]]:
     """(Table 8 columns, further metric columns)."""
     table8 = [
         Column("iou", "IoU", "higher", 4, _field("iou")),
-        Column("average_drop", "Average Drop %", "lower", 2, _confidence("drop")),
-        Column("increase", "Increase in Confidence %", "higher", 2, _confidence("increase")),
+        Column("average_drop", "Average Drop %", "lower", 2, _drop),
+        Column("increase", "Increase in Confidence %", "higher", 2, _increase),
     ]
     more = [
         Column("pointing", "Pointing game", "higher", 4, _field("pointing")),
         Column("energy", "Energy pointing game", "higher", 4, _field("energy")),
-        Column("maxboxacc", f"MaxBoxAcc (IoU>={protocol_iou})", "higher", 4, _maxboxacc(protocol_iou)),
+        Column("maxboxacc", f"MaxBoxAcc (IoU>={protocol_iou})", "higher", 4, _hits(protocol_iou)),
         Column("deletion", "Deletion AUC", "lower", 4, _field("deletion")),
         Column("insertion", "Insertion AUC", "higher", 4, _field("insertion")),
-        Column("iou_least", "IoU, least predicted class", "lower", 4, _field("iou", "least")),
+        Column("iou_least", "IoU, least predicted class", "lower", 4, _field("iou"), "least"),
         Column("sanity", "Rank corr. with randomised model", "lower", 4, _field("sanity")),
     ]
     return table8, more
+
+
+def column_family(col: Column, model: str, groups: dict[tuple[str, str], list[Record]], methods: Sequence[str]) -> Family:
+    """Per-image values of every method for one model x column, on the images (ordered by dataset
+    index) where any method has a value; NaN where a method has none."""
+    per: dict[str, dict[int, Any]] = {}
+    for me in methods:
+        vals = {r["index"]: col.value(r) for r in groups.get((model, me), []) if r["kind"] == col.kind}
+        per[me] = {i: v for i, v in vals.items() if v is not None}
+    images = sorted({i for v in per.values() for i in v})
+    width = max((len(v) for d in per.values() for v in d.values() if isinstance(v, list)), default=0)
+    values = {}
+    for me, d in per.items():
+        if not d:
+            continue
+        missing: Any = [math.nan] * width if width else math.nan
+        values[me] = np.array([d.get(i, missing) for i in images], dtype=np.float64)
+    return Family(model, col.key, col.better, values)
 
 
 @dataclass
@@ -104,16 +133,32 @@ class Summary:
     correct: dict[str, int]
     skipped: list[str]  # ids of unreadable images
     errors: dict[tuple[str, str], str]  # (model, method) -> message
-    timing: dict[tuple[str, str], float]  # (model, method) -> seconds per image (map only)
+    timing: dict[tuple[str, str], float]  # (model, method) -> seconds per image (map only, median over batches)
     counts: dict[tuple[str, str], int]  # (model, method) -> top-1 records
     protocol: list[str] = field(default_factory=list)
     data: str = ""
     note: str = ""
     problems: dict[str, int] = field(default_factory=dict)
+    intervals: dict[tuple[str, str, str], Interval] = field(default_factory=dict)  # same keys as values
+    tests: list[BaselineTest] = field(default_factory=list)  # each method vs the best baseline map
+    pairwise: dict[tuple[str, str], dict[tuple[str, str], Comparison]] = field(default_factory=dict)  # (key, model)
+    groups: dict[tuple[str, str], tuple[Optional[str], list[str], list[str]]] = field(default_factory=dict)
 
     def accuracy(self, model: str) -> Optional[float]:
         n = self.images.get(model, 0)
         return self.correct.get(model, 0) / n * 100 if n else None
+
+    def beats_baselines(self, key: str, model: str, method: str) -> bool:
+        """Significantly better than every baseline map on this model and metric."""
+        return any(t.beats_every_baseline for t in self.tests if (t.metric, t.model, t.method) == (key, model, method))
+
+    def column(self, key: str) -> Column:
+        return next(c for c in self.table8 + self.more if c.key == key)
+
+    def findings(self, model: str) -> str:
+        """A paragraph: which methods beat the baselines and which can be told apart (see :mod:`.evidence`)."""
+        groups = {k: g for (k, m), g in self.groups.items() if m == model}
+        return findings(model, self.tests, groups, lambda k: self.column(k).label)
 
 
 def _ordered(seen: Sequence[str], preferred: Sequence[str]) -> list[str]:
@@ -121,8 +166,24 @@ def _ordered(seen: Sequence[str], preferred: Sequence[str]) -> list[str]:
     return first + sorted(set(seen) - set(first))
 
 
+def report_protocol() -> list[str]:
+    """How the report's intervals, tests and times are computed (not part of a run's fingerprint)."""
+    return [
+        f"Intervals: {stats.LEVEL:.0%} percentile bootstrap over images ({stats.RESAMPLES} resamples, seed "
+        f"{stats.SEED}); every method of a model is resampled on the same images (paired); MaxBoxAcc and "
+        "Increase in Confidence are recomputed on each resample (the best threshold too); n = images with a value.",
+        f"Tests: each method against the best baseline map of that model and metric, paired bootstrap over images "
+        f"(two-sided p = the smallest level whose percentile interval of the difference excludes 0), Holm-corrected "
+        f"over the methods of one model x metric; * = significantly better than each baseline map "
+        f"(Holm-corrected p < {ALPHA:g} against every one). Method vs method: the same paired bootstrap.",
+        "Time: wall-clock time of the map computation only (metrics excluded; CUDA synchronised) per batch, divided "
+        "by its images; each method is first run once, untimed, on one image per model and process (warm-up); "
+        "the table shows the median over images.",
+    ]
+
+
 def summarize(records: list[Record], config: BenchConfig, problems: Optional[dict[str, int]] = None) -> Summary:
-    """The tables' numbers from ``records`` (as read from ``results.jsonl``)."""
+    """The tables' numbers, intervals and tests from ``records`` (as read from ``results.jsonl``)."""
     maps = [r for r in records if r.get("type") == "map"]
     images = [r for r in records if r.get("type") == "image"]
     baselines = [BASELINE_PREFIX + b for b in config.protocol.baselines]
@@ -136,9 +197,18 @@ def summarize(records: list[Record], config: BenchConfig, problems: Optional[dic
     for r in maps:
         groups[(r["model"], r["method"])].append(r)
     table8, more = columns(config.protocol.maxboxacc_iou)
-    values = {(c.key, mo, me): c.compute(groups.get((mo, me), [])) for c in table8 + more
-              for mo in models for me in methods}
-    timing = {k: _mean([r.get("time_map_s") for r in v if r["kind"] == "top1"]) or 0.0 for k, v in groups.items()}
+    intervals, tests, pairwise, top = {}, [], {}, {}
+    for c in table8 + more:
+        for mo in models:
+            fam = column_family(c, mo, groups, methods)
+            intervals.update({(c.key, mo, me): fam.interval(me) for me in fam.methods})
+            tests += fam.baseline_tests()
+            if c.key in PAIRWISE_METRICS:
+                pairwise[(c.key, mo)] = fam.pairwise()
+                top[(c.key, mo)] = fam.top_group()
+    values = {(c.key, mo, me): intervals[(c.key, mo, me)].value if (c.key, mo, me) in intervals else None
+              for c in table8 + more for mo in models for me in methods}
+    timing = {k: _median([r.get("time_map_s") for r in v if r["kind"] == "top1"]) or 0.0 for k, v in groups.items()}
     counts = {k: sum(r["kind"] == "top1" for r in v) for k, v in groups.items()}
     return Summary(
         models=models, methods=methods, table8=table8, more=more, values=values,
@@ -146,8 +216,8 @@ def summarize(records: list[Record], config: BenchConfig, problems: Optional[dic
         correct={m: sum(r["model"] == m and bool(r["correct"]) for r in images) for m in models},
         skipped=sorted({r["image"] for r in records if r.get("type") == "skip"}),
         errors={(r["model"], r["method"]): r["error"] for r in errs},
-        timing=timing, counts=counts, protocol=config.protocol.describe(), data=config.data, note=config.note,
-        problems=dict(problems or {}),
+        timing=timing, counts=counts, protocol=config.protocol.describe() + report_protocol(), data=config.data,
+        note=config.note, problems=dict(problems or {}), intervals=intervals, tests=tests, pairwise=pairwise, groups=top,
     )
 
 
@@ -155,21 +225,44 @@ def fmt(value: Optional[float], decimals: int) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{decimals}f}"
 
 
+def interval_text(iv: Optional[Interval], decimals: int) -> str:
+    """``[low, high]`` with one decimal less than the value (empty without an interval)."""
+    if iv is None or not (math.isfinite(iv.low) and math.isfinite(iv.high)):
+        return ""
+    d = max(1, decimals - 1)
+    return f"[{iv.low:.{d}f}, {iv.high:.{d}f}]"
+
+
+def column_n(s: Summary, col: Column, model: str) -> int:
+    """The images of a column: the most any method has (cells with fewer say so)."""
+    return max((s.intervals[k].n for k in ((col.key, model, me) for me in s.methods) if k in s.intervals), default=0)
+
+
 def _cell(s: Summary, col: Column, model: str, method: str) -> str:
     value = s.values[(col.key, model, method)]
     if value is None and (model, method) in s.errors:
         return "n/a¹"
-    return fmt(value, col.decimals)
+    iv = s.intervals.get((col.key, model, method))
+    text = " ".join(t for t in (fmt(value, col.decimals), interval_text(iv, col.decimals)) if t)
+    if iv is not None and iv.n < column_n(s, col, model):
+        text += f" (n={iv.n})"
+    return text + ("\\*" if s.beats_baselines(col.key, model, method) else "")
 
 
 def _md_table(s: Summary, cols: list[Column]) -> list[str]:
     head = ["Method"] + [f"{c.label} ({'↑' if c.better == 'higher' else '↓'}): {model_label(m)}"
                          for c in cols for m in s.models]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append("| n (images) | " + " | ".join(str(column_n(s, c, m)) for c in cols for m in s.models) + " |")
     for method in s.methods:
         row = [method] + [_cell(s, c, m, method) for c in cols for m in s.models]
         lines.append("| " + " | ".join(row) + " |")
     return lines
+
+
+LEGEND = (f"Each cell: the value over all images and its {stats.LEVEL:.0%} bootstrap interval [low, high] (paired "
+          f"over methods); \\* = significantly better than every baseline map (paired bootstrap, Holm-corrected, "
+          f"p < {ALPHA:g}); n = images behind the column (a cell with fewer says so).")
 
 
 def markdown(s: Summary) -> str:
@@ -181,6 +274,9 @@ def markdown(s: Summary) -> str:
     out += _md_table(s, s.table8)
     out += ["", "## Further metrics (predicted class unless stated)", ""]
     out += _md_table(s, s.more)
+    out += ["", LEGEND, "", "## Which methods can be told apart", ""]
+    out += [f"- **{model_label(m)}**: {s.findings(m)}" for m in s.models]
+    out += ["", "Every comparison of each method with the best baseline map: `significance.csv`."]
     out += ["", "## Classification accuracy", "", "| Model | Images | Correct | Top-1 accuracy % |", "|---|---|---|---|"]
     for m in s.models:
         out.append(f"| {model_label(m)} | {s.images.get(m, 0)} | {s.correct.get(m, 0)} | {fmt(s.accuracy(m), 2)} |")
@@ -199,14 +295,26 @@ def markdown(s: Summary) -> str:
 
 
 def csv_text(s: Summary) -> str:
-    """``table.csv``: one row per method, one column per (metric, model), full precision."""
+    """``table.csv``: one row per method; per (metric, model) the value, its interval and n, full precision."""
     cols = s.table8 + s.more
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method"] + [f"{c.key}:{m}" for c in cols for m in s.models])
+    w.writerow(["method"] + [f"{c.key}:{m}{suffix}" for c in cols for m in s.models
+                             for suffix in ("", ":ci_low", ":ci_high", ":n")])
+    num = lambda v: "" if v is None or not math.isfinite(v) else f"{v:.6f}"  # noqa: E731
     for method in s.methods:
-        vals = [s.values[(c.key, m, method)] for c in cols for m in s.models]
-        w.writerow([method] + ["" if v is None else f"{v:.6f}" for v in vals])
+        row = [method]
+        for c in cols:
+            for m in s.models:
+                iv = s.intervals.get((c.key, m, method))
+                row += [num(s.values[(c.key, m, method)])] + (["", "", ""] if iv is None else
+                                                               [num(iv.low), num(iv.high), str(iv.n)])
+        w.writerow(row)
     acc = [s.accuracy(m) for c in cols for m in s.models]  # repeated under each metric, for a rectangular table
-    w.writerow(["accuracy %"] + ["" if v is None else f"{v:.6f}" for v in acc])
+    w.writerow(["accuracy %"] + [x for v in acc for x in (num(v), "", "", "")])
     return buf.getvalue()
+
+
+def significance_text(s: Summary) -> str:
+    """``significance.csv``: each method against the best baseline map of each model x metric."""
+    return significance_csv(s.tests)

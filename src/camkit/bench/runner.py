@@ -11,6 +11,9 @@ class, the least predicted class and (for misclassified images) the true class i
 ``image`` (prediction per image), ``map`` (one per model x method x image x target kind),
 ``skip`` (unreadable image), ``error`` (a method that cannot run on a model), ``figure`` and
 ``unit`` (the marker written after a unit's records: the unit is done).
+
+Times (``time_map_s``) cover the map computation only, after each method has run once untimed on one
+image of the model in this process (:func:`_warm_up`), so no method is charged with the warm-up.
 """
 from __future__ import annotations
 
@@ -219,10 +222,29 @@ def _metrics(model: nn.Module, b: Batch, maps: torch.Tensor, config: BenchConfig
     return out
 
 
+_WARMED: set[tuple[str, str, str]] = set()
+
+
+def _warm_up(shard: Shard, method: str, model: nn.Module, b: Batch, config: BenchConfig) -> None:
+    """Run ``method`` once, untimed, on one image the first time this process explains with it on this
+    model: first calls pay for lazy initialisation (autograd, allocator, kernels), which is no part of
+    the method's cost. A failure is left to the timed call, which records it."""
+    key = (shard.model, config.device, method)
+    if key in _WARMED:
+        return
+    _WARMED.add(key)
+    one = Batch(b.indices[:1], b.samples[:1], b.x[:1], b.logits[:1], b.targets[:1], b.kinds, b.correct[:1])
+    try:
+        _maps(model, method, one, config)
+    except Exception:
+        pass
+
+
 def _map_records(shard: Shard, method: str, model: nn.Module, b: Batch, config: BenchConfig) -> list[Record]:
     from .. import viz
 
     device = b.x.device
+    _warm_up(shard, method, model, b, config)
     _sync(device)
     t0 = time.perf_counter()
     maps, layers = _maps(model, method, b, config)
@@ -338,4 +360,28 @@ def _run_figures(shard: Shard, config: BenchConfig) -> Iterator[Record]:
             png, caption = fig
             yield {"type": "figure", "key": f"{shard.model}|{FIGURES}|{name}", "model": shard.model,
                    "figure": name, "caption": caption, "artifacts": {f"{name}.png": _b64(png)}}
+        yield _randomization_record(shard, model, b, config)
     yield _unit(shard, FIGURES)
+
+
+def _randomization_record(shard: Shard, model: nn.Module, b: Batch, config: BenchConfig) -> Record:
+    """The cascading parameter-randomisation curve of every method (the figure is drawn by the report):
+    per method, the mean over the images of the Spearman correlation after each step."""
+    layers = metrics.default_randomization_layers(model)
+    layer = getattr(model, "default_layer", "auto")
+    curves: dict[str, list[float]] = {}
+    failed: dict[str, str] = {}
+    for method in shard.methods:
+        if method.startswith(BASELINE_PREFIX):
+            continue
+        options = config.protocol.method_options.get(method, {})
+        factory = functools.partial(create, method, layer=layer, **options)
+        try:
+            res = metrics.randomization_test(factory, model, b.x, b.targets[:, 0].tolist(),
+                                             layers=layers, seed=config.protocol.seed + SANITY_SEED_OFFSET)
+        except Exception as exc:  # a method that cannot run on this model has no curve
+            failed[method] = f"{type(exc).__name__}: {exc}"
+            continue
+        curves[method] = res.spearman.mean(1).tolist()
+    return {"type": "figure", "key": f"{shard.model}|{FIGURES}|randomization", "model": shard.model,
+            "figure": "randomization", "layers": layers, "curves": curves, "failed": failed, "images": len(b.indices)}

@@ -6,7 +6,7 @@
 
 The run directory holds ``run.json`` (configuration and fingerprint), ``results.jsonl`` (every
 record), ``artifacts/`` (overlays and figures the records point to), ``figures/``, ``table.md``,
-``table.csv`` and ``report.html``. Running again into the same directory resumes: finished units
+``table.csv``, ``significance.csv`` and ``report.html``. Running again into the same directory resumes: finished units
 are skipped; a different protocol, data or batch size is refused (it would mix numbers).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .config import BenchConfig
 from .engines import get_engine
 from .html import FigureRef, render
 from .plan import make_plan
-from .report import Summary, csv_text, markdown, summarize
+from .report import Summary, csv_text, markdown, significance_text, summarize
 from .sources import load_model, load_source, model_label
 from .store import RESULTS, ResultStore, _safe, read_records
 
@@ -100,11 +100,11 @@ def run_bench(
     from tqdm import tqdm
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, config, resume)
-    source = load_source(config.data)  # fail early on bad data and models (loaded once, cached)
+    source = load_source(config.data)  # fail early on bad (or no) data and models (loaded once, cached)
     for model in config.models:
         load_model(model, config.device)
+    out.mkdir(parents=True, exist_ok=True)
     report_config = _merge(config, out)
     _atomic_write(out / RUN_FILE, json.dumps({"config": report_config.to_dict(), "fingerprint": config.fingerprint(),
                                               "problems": source.problems, "images": len(source)}, indent=2))
@@ -151,9 +151,18 @@ def _figure_refs(out: Path, records: list[dict[str, Any]], summary: Summary, con
         name = f"iou_{_safe(model)}.png"
         _atomic_write(folder / name, png)
         refs.append(FigureRef(f"{model_label(model)}: IoU of the top and least predicted class", f"figures/{name}", caption))
-    titles = {"layers": "Grad-CAM layer by layer", "guided": "Guided Grad-CAM"}
+    titles = {"layers": "Grad-CAM layer by layer", "guided": "Guided Grad-CAM",
+              "randomization": "sanity check, cascading parameter randomisation"}
     for r in sorted((r for r in records if r.get("type") == "figure"),
                     key=lambda r: (r["figure"], summary.models.index(r["model"]) if r["model"] in summary.models else 99)):
+        if r["figure"] == "randomization" and r.get("curves"):  # drawn here from the record's numbers
+            png, caption = figs.randomization_curve(r["curves"], r["layers"], model_label(r["model"]), r["images"])
+            if r.get("failed"):
+                caption += " No curve (the method cannot run on this model): " + "; ".join(
+                    f"{k}: {v}" for k, v in r["failed"].items())
+            name = f"randomization_{_safe(r['model'])}.png"
+            _atomic_write(folder / name, png)
+            refs.append(FigureRef(f"{model_label(r['model'])}: {titles['randomization']}", f"figures/{name}", caption))
         for file in (r.get("files") or {}).values():
             if not (out / file).exists():
                 continue
@@ -179,6 +188,7 @@ def write_report(out_dir: str | os.PathLike[str], config: Optional[BenchConfig] 
     summary = summarize(records, config, problems)
     _atomic_write(out / "table.md", markdown(summary))
     _atomic_write(out / "table.csv", csv_text(summary))
+    _atomic_write(out / "significance.csv", significance_text(summary))
     refs = _figure_refs(out, records, summary, config)
     info = {
         "data": config.data,
@@ -188,7 +198,7 @@ def write_report(out_dir: str | os.PathLike[str], config: Optional[BenchConfig] 
         "records": len(records),
         "torn lines dropped": dropped,
         "images skipped (unreadable)": len(summary.skipped),
-        "tables": "table.md, table.csv (same numbers)",
+        "tables": "table.md, table.csv (same numbers, with intervals), significance.csv (tests against the baselines)",
     }
     _atomic_write(out / "report.html", render(summary, records, refs, info))
     return summary
