@@ -415,3 +415,18 @@ def test_one_call_with_k_targets_equals_separate_calls():
     both = camkit.GradCAM(model, layer="layer4")(x, targets=t)
     for k in range(3):
         torch.testing.assert_close(both[:, k], camkit.GradCAM(model, layer="layer4")(x, targets=t[:, k].tolist()))
+
+
+def test_each_method_is_warmed_up_once_per_model_before_it_is_timed(monkeypatch):
+    """The first explain call of a method on a model in a process is an untimed one-image call."""
+    from camkit.bench import runner
+
+    calls = []
+    real = runner._maps
+    monkeypatch.setattr(runner, "_maps", lambda model, method, b, config, targets=None: (
+        calls.append((method, len(b.indices))), real(model, method, b, config, targets))[1])
+    monkeypatch.setattr(runner, "_WARMED", set())
+    config = BenchConfig(**{**CONFIG.__dict__, "protocol": Protocol(perturbation_steps=2, box_thresholds=5, sanity=False)})
+    for start in (0, 2):
+        list(run_shard(Shard("digits_resnet=random", "images", start, start + 2, ("gradcam", "layercam")), config))
+    assert calls == [("gradcam", 1), ("gradcam", 2), ("layercam", 1), ("layercam", 2), ("gradcam", 2), ("layercam", 2)]

@@ -1,11 +1,21 @@
-"""The Ray engine gives the local engine's results, resumes the same way and survives a killed worker.
+"""The Ray engine gives the local engine's results, resumes the same way and survives a killed worker;
+the README's cluster steps (token authentication) work with a head and a second node on this machine.
 
-Starts a local Ray instance with 2 CPUs; skipped where Ray is not installed (``camkit[ray]``).
+Starts a local Ray instance with 2 CPUs, and for the cluster test a head and a worker node with
+``ray start --block`` (bound to 127.0.0.1, stopped by PID); skipped where Ray is not installed
+(``camkit[ray]``).
 """
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +46,7 @@ def ray_local(tmp_path_factory):
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "CAMKIT_TEST_MARKER")}
     os.environ["PYTHONPATH"] = os.pathsep.join([SRC, TESTS, os.environ.get("PYTHONPATH", "")])
     os.environ["CAMKIT_TEST_MARKER"] = str(marker)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield marker
     ray.shutdown()
     for k, v in saved.items():
@@ -102,3 +112,92 @@ def test_ray_resume_skips_finished_shards(tmp_path, ray_local):
 def test_ray_engine_errors_are_readable():
     with pytest.raises(Exception, match="num_workers"):
         RayEngine(num_workers=0)
+
+
+def test_without_address_a_fresh_local_instance_is_started(monkeypatch):
+    """Not whatever cluster an earlier ``ray start`` recorded on the machine (Ray's address=None does that)."""
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda address=None, **kw: seen.update(address=address, **kw))
+    RayEngine(num_cpus=1)._connect()
+    assert seen["address"] == "local" and seen["num_cpus"] == 1
+    RayEngine(address="auto")._connect()
+    assert seen["address"] == "auto"
+
+
+# ------------------------------------------------------------------ a two-node cluster, as the README says
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``ray start ARGS --block`` on 127.0.0.1 with 1 CPU and its own agent ports; returns once it is up."""
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", *args, "--block", "--node-ip-address", "127.0.0.1",
+           "--num-cpus", "1", "--disable-usage-stats", "--dashboard-agent-listen-port", str(_port()),
+           "--metrics-export-port", str(_port()), "--runtime-env-agent-port", str(_port())]
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        text = log.read_text(errors="replace")
+        if "block forever" in text:
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    _stop([proc])
+    pytest.fail(f"ray start {' '.join(args)} did not come up:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each ``ray start --block`` by PID (it stops the node's processes), SIGKILL if it hangs."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)  # the node's own process group (start_new_session)
+            p.wait()
+
+
+@pytest.fixture()
+def cluster(tmp_path):
+    """A head and a second node with token authentication, as the README's steps: RAY_AUTH_MODE=token and
+    one token for every node and the driver (here a fresh token file, not ~/.ray/auth_token)."""
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    env.pop("RAY_ADDRESS", None)
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths live under it
+    port = _port()
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(_ray_start(["--head", "--port", str(port), "--temp-dir", temp, "--include-dashboard", "false"],
+                                env, tmp_path / "head.log"))
+        # comes up only once the head accepted it (without the token: InvalidAuthToken, and it exits)
+        procs.append(_ray_start(["--address", f"127.0.0.1:{port}"], env, tmp_path / "node.log"))
+        yield f"127.0.0.1:{port}", env
+    finally:
+        _stop(procs)
+
+
+def test_bench_on_a_two_node_cluster_equals_the_local_run(cluster, tmp_path):
+    address, env = cluster
+    args = ["bench", "--models", "digits_resnet=random", "--methods", "gradcam", "--data", "digits:4", "--batch-size",
+            "2", "--steps", "2", "--gallery", "1", "--threads", "1", "-q"]
+    done = subprocess.run([sys.executable, "-m", "camkit", *args, "--engine", "ray", "--address", address,
+                           "--num-workers", "2", "-o", str(tmp_path / "ray")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from camkit.cli import main
+
+    assert main([*args, "-o", str(tmp_path / "local")]) == 0
+    for name in ("table.csv", "significance.csv"):
+        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text()
+    assert _records(tmp_path / "ray") == _records(tmp_path / "local")

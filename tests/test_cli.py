@@ -76,6 +76,43 @@ def test_explain_class_target_by_name_and_index(images, tmp_path):
     assert (out / "in_0_layercam.png").is_file()
 
 
+def test_explain_with_defaults_writes_gradcam_into_camkit_explain(images, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["explain", images[0], "--model", "digits_resnet", "--threads", "1"]) == 0
+    out = tmp_path / "camkit-explain"
+    assert sorted(p.name for p in out.iterdir()) == ["in_0_gradcam.npy", "in_0_gradcam.png"]
+    assert f"maps written to {out.resolve()}" in capsys.readouterr().out
+    m = np.load(out / "in_0_gradcam.npy")
+    import camkit
+    from camkit.bench import load_model
+    from camkit.data import resize_image
+    from camkit.data.imageio import read_image
+
+    model = load_model("digits_resnet")
+    x = resize_image(read_image(images[0]), tuple(model.input_size))[None]
+    torch.testing.assert_close(torch.from_numpy(m), camkit.GradCAM(model, layer=model.default_layer)(x)[0])  # top-1
+
+
+def _empty_data(tmp_path: Path) -> list[tuple[str, str]]:
+    """(--data, where the error must say camkit looked) for data that yields no image."""
+    (tmp_path / "empty").mkdir()
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    (listed / "boxes.json").write_text('{"images": [{"file": "gone.png", "label": 1, "boxes": []}]}')
+    return [("digits:0", "digits:0 asks for 0"), (f"folder:{tmp_path / 'empty'}", str(tmp_path / "empty")),
+            (f"folder:{listed}", "missing_image: 1")]
+
+
+def test_no_images_is_an_error_that_says_where_camkit_looked(tmp_path, capsys):
+    for data, where in _empty_data(tmp_path):
+        out = tmp_path / "out"
+        assert main(["bench", "--models", "digits_resnet=random", "--methods", "gradcam", "--data", data,
+                     "-q", "-o", str(out)]) == 1, data
+        err = capsys.readouterr().err
+        assert "no images were found" in err and where in err, err
+        assert not out.exists()  # no empty report
+
+
 @pytest.mark.parametrize("argv, message", [
     (["bench", "--models", "nosuchnet", "--data", "digits:2"], "unknown model"),
     (["bench", "--models", "digits_resnet", "--data", "nosuchdata"], "unknown data"),

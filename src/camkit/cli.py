@@ -1,6 +1,6 @@
 """The ``camkit`` command: thin argument parsing over the library.
 
-    camkit explain IMAGE... --model NAME --method gradcam[,layercam] -o DIR
+    camkit explain IMAGE... --model NAME [--method gradcam[,layercam]] [-o DIR]
     camkit bench --models A,B --methods all --data digits --limit 100 -o DIR
     camkit demo [-o DIR]
     camkit report DIR
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 DEFAULT_OUT = "camkit-report"
+DEFAULT_EXPLAIN_OUT = "camkit-explain"
 
 
 def _csv(text: str) -> list[str]:
@@ -128,6 +129,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 picture.save(f"{base}.png")
                 np.save(f"{base}.npy", maps[i, k].detach().cpu().numpy())
                 print(f"  {cls.name} -> {base}.png ({name(c) if c is not None else 'callable'}) + .npy")
+    print(f"camkit explain: maps written to {out.resolve()}")
     return 0
 
 
@@ -233,10 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("images", nargs="+", metavar="IMAGE")
     e.add_argument("--model", required=True, help="zoo model name (camkit list)")
     e.add_argument("--weights", default=None, help="state-dict path, a named weights set, or 'random'")
-    e.add_argument("--method", required=True, help="method name(s), comma-separated")
+    e.add_argument("--method", default="gradcam", help="method name(s), comma-separated (default: gradcam)")
     e.add_argument("--layer", default=None, help="layer name (default: the model's default layer)")
     e.add_argument("--target", default="top1", help="top1, topK (e.g. top3), a class index or a class name")
-    e.add_argument("-o", "--output", required=True, help="output directory")
+    e.add_argument("-o", "--output", default=DEFAULT_EXPLAIN_OUT, help=f"output directory (default: {DEFAULT_EXPLAIN_OUT})")
     common(e)
     e.set_defaults(func=cmd_explain)
 
@@ -252,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a run in OUTPUT (default); --no-resume refuses a directory with results")
     b.add_argument("--engine", default="local", choices=list_engines(), help="where shards run (default: local)")
     b.add_argument("--address", default=None,
-                   help="with --engine ray: 'auto' (this machine's cluster), ray://HOST:PORT, or none for a local Ray")
+                   help="with --engine ray: 'auto' (this machine's cluster), HOST:PORT (a head), ray://HOST:PORT, "
+                   "or none for a fresh local Ray")
     b.add_argument("--num-workers", type=int, default=None, help="with --engine ray: shards in flight (default: cluster CPUs)")
     b.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --engine ray: GPUs per task (use with --device cuda)")
     b.add_argument("--threshold", type=float, default=None, help="box threshold, fraction of the map max (0.15)")

@@ -8,8 +8,15 @@ the same way: a finished shard is not redone, a shard that was in flight is redo
 (its units were never written, so nothing is duplicated). A worker that dies mid-shard costs a
 retry of that shard only (``max_retries``).
 
-``address``: ``None`` starts a local Ray instance (``num_cpus`` CPUs), ``"auto"`` joins the cluster
-this machine belongs to, ``"ray://host:10001"`` a remote one. ``num_workers``: shards in flight at
+``address``: ``None`` starts a fresh local Ray instance (``num_cpus`` CPUs; Ray's ``"local"``, so a
+cluster recorded on the machine by an earlier ``ray start`` is not joined), ``"auto"`` joins the
+cluster this machine belongs to, ``"HOST:6379"`` a cluster's head, ``"ray://host:10001"`` a remote
+one through Ray Client. Ray 2.60 turns token authentication on by default (``ray.init`` creates
+``~/.ray/auth_token``, ``ray start --head`` uses it when present), but a node joining with ``ray start
+--address`` and a driver given an explicit address only send the token when ``RAY_AUTH_MODE=token``
+is set: set it, with the same token (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN`` or
+``RAY_AUTH_TOKEN_PATH``), on every node and for ``camkit bench`` (README: Running on a Ray cluster).
+``num_workers``: shards in flight at
 once (default: the cluster's CPUs). ``gpus_per_worker``: GPUs each task reserves (use with
 ``--device cuda``).
 """
@@ -59,8 +66,8 @@ class RayEngine:
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if self.address is None and self.num_cpus is not None:
                 kwargs["num_cpus"] = self.num_cpus
-            try:
-                ray.init(address=self.address, **kwargs)
+            try:  # "local": a fresh instance, never a cluster Ray recorded on this machine earlier
+                ray.init(address=self.address or "local", **kwargs)
             except ConnectionError as e:
                 raise CamkitError(f"cannot reach the Ray cluster at {self.address!r}: {e}") from e
         return ray

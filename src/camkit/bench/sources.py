@@ -27,6 +27,7 @@ DATASETS = {
     "folder:PATH": "images under PATH with PATH/boxes.json or boxes.csv (or PATH = that file)",
 }
 DIGITS_DEFAULT_N = 100
+BOXES_FILES = ("boxes.json", "boxes.csv", "annotations.json", "annotations.csv")
 DIGITS_SEED = 1
 
 
@@ -84,10 +85,24 @@ def _folder(path: Path) -> Any:
 
     if path.is_file():
         return folder(path.parent, path)
-    for name in ("boxes.json", "boxes.csv", "annotations.json", "annotations.csv"):
+    for name in BOXES_FILES:
         if (path / name).is_file():
             return folder(path, path / name)
-    raise CamkitError(f"folder dataset {str(path)!r}: no boxes.json or boxes.csv in it (or give the file's path)")
+    if not any(p.is_file() for p in path.rglob("*")):
+        raise CamkitError(f"no images were found: the folder {str(path)!r} is empty (camkit looks there for the "
+                          f"images and a {' or '.join(BOXES_FILES[:2])} that lists them with their boxes)")
+    raise CamkitError(f"folder dataset {str(path)!r}: no {' or '.join(BOXES_FILES[:2])} in it (or give the file's path)")
+
+
+def _where(kind: str, arg: str) -> str:
+    """Where a data spec looked for images, for the error when it found none."""
+    if kind == "digits":
+        return f"digits:{arg} asks for {arg} generated images; use digits:N with N >= 1"
+    if kind == "folder":
+        return f"camkit looked for the images that the boxes file in {arg!r} lists, relative to its folder"
+    if kind == "imagenet":
+        return f"camkit looked under {arg!r} for images with a Pascal-VOC XML file of the same name"
+    return f"data {kind!r}"
 
 
 @functools.lru_cache(maxsize=4)
@@ -122,4 +137,7 @@ def load_source(spec: str) -> Source:
     if len(set(ids)) != len(ids):
         raise CamkitError(f"data {spec!r} has duplicate image ids; every image needs a unique id")
     problems = dict(getattr(ds, "problems", {}) or {})
+    if not ids:
+        left_out = f"; left out: {', '.join(f'{k}: {v}' for k, v in sorted(problems.items()))}" if problems else ""
+        raise CamkitError(f"no images were found for --data {spec}: {_where(kind, arg)}{left_out}")
     return Source(ds, ids, problems, getattr(ds, "categories", None))
