@@ -60,6 +60,8 @@ def test_compare_uses_the_images_both_methods_have():
     common = np.array([0.9 - 0.1, 0.7 - 0.2, 0.6 - 0.2])
     assert c.n == 3 and c.diff == pytest.approx(common.mean())
     assert c.low > 0 and c.p == pytest.approx(2 / (stats.RESAMPLES + 1))  # every resample favours a
+    tie = stats.compare(a, a + 1e-9)  # identical maps up to float noise (CAM and Grad-CAM on a GAP head)
+    assert (tie.diff, tie.low, tie.high, tie.p, tie.n) == (0.0, 0.0, 0.0, 1.0, 4)
 
 
 def test_bootstrap_p_and_holm_by_hand():

@@ -78,9 +78,9 @@ class Family:
 
     def compare(self, a: str, b: str) -> stats.Comparison:
         """Paired ``a - b``; reuses the shared resamples when both have values on the same images."""
-        if np.array_equal(self.known[a], self.known[b]):
-            return stats.difference(self.point[a] - self.point[b], self.dist[a] - self.dist[b],
-                                    int(self.known[a].sum()))
+        rows = self.known[a]
+        if np.array_equal(rows, self.known[b]):
+            return stats.difference(self.values[a][rows], self.values[b][rows], self.dist[a], self.dist[b])
         return stats.compare(self.values[a], self.values[b], self.resamples, self.seed)
 
     def best(self, candidates: Sequence[str]) -> Optional[str]:

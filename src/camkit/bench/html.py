@@ -89,6 +89,12 @@ def metric_table(s: Summary, cols: Sequence[Column]) -> str:
     return f"<table>{top}{sub}{count}{''.join(rows)}</table>"
 
 
+def _signed(v: float, decimals: int, plus: str = "+") -> str:
+    """``v`` rounded, never "-0.000"."""
+    r = round(v, decimals) + 0.0
+    return f"{r:{plus}.{decimals}f}"
+
+
 def pairwise_tables(s: Summary) -> str:
     """Per model and metric (IoU, deletion, insertion): row method minus column method with its interval;
     green where the row is significantly better (the interval excludes 0), red where it is worse."""
@@ -112,8 +118,9 @@ def pairwise_tables(s: Summary) -> str:
                     excl = c.low > 0 or c.high < 0
                     good = (c.diff > 0) == (col.better == "higher")
                     cls = (' class="win"' if good else ' class="loss"') if excl else ""
-                    iv = f"[{c.low:.{col.decimals - 1}f}, {c.high:.{col.decimals - 1}f}]"
-                    cells.append(f'<td{cls}>{c.diff:+.{col.decimals}f}<br><span class="ci">{esc(iv)}</span></td>')
+                    d = col.decimals - 1
+                    iv = f"[{_signed(c.low, d, '')}, {_signed(c.high, d, '')}]"
+                    cells.append(f'<td{cls}>{_signed(c.diff, col.decimals)}<br><span class="ci">{esc(iv)}</span></td>')
                 rows.append(f'<tr><td class="l">{esc(a)}</td>{"".join(cells)}</tr>')
             out.append(f"<h3>{esc(model_label(m))}: {esc(col.label)} {'↑' if col.better == 'higher' else '↓'}</h3>"
                        f"<table>{head}{''.join(rows)}</table>")

@@ -7,6 +7,10 @@ image with a box. A second table adds the Pointing Game, the Energy Pointing Gam
 Deletion / Insertion AUC and the IoU of the least predicted class. Then accuracy per model and the
 protocol. Timings are not in these tables (they differ between two runs of the same thing); they
 are in the HTML report and the summary.
+
+Every cell is an aggregate of per-image values (:class:`Column`): the tables carry its 95% bootstrap
+interval and n, ``significance.csv`` each method against the best baseline map, and the HTML report
+the method-vs-method differences -- all from :mod:`.evidence` / :mod:`.stats` on those values.
 """
 from __future__ import annotations
 

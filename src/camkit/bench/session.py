@@ -6,8 +6,9 @@
 
 The run directory holds ``run.json`` (configuration and fingerprint), ``results.jsonl`` (every
 record), ``artifacts/`` (overlays and figures the records point to), ``figures/``, ``table.md``,
-``table.csv``, ``significance.csv`` and ``report.html``. Running again into the same directory resumes: finished units
-are skipped; a different protocol, data or batch size is refused (it would mix numbers).
+``table.csv``, ``significance.csv`` and ``report.html``. Running again into the same directory
+resumes: finished units are skipped; a different protocol, data or batch size is refused (it would
+mix numbers).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from .config import BenchConfig
 from .engines import get_engine
 from .html import FigureRef, render
 from .plan import make_plan
-from .report import Summary, csv_text, markdown, significance_text, summarize
+from .report import Summary, csv_text, interval_text, markdown, significance_text, summarize
 from .sources import load_model, load_source, model_label
 from .store import RESULTS, ResultStore, _safe, read_records
 
@@ -216,7 +217,7 @@ def summary_text(result: BenchResult) -> str:
                 if not me.startswith("baseline:") and s.values[("iou", m, me)] is not None]
         if best:
             v, me = max(best)
-            lines.append(f"    best IoU: {me} {v:.4f}")
+            lines.append(f"    best IoU: {me} {v:.4f} {interval_text(s.intervals.get(('iou', m, me)), 4)}".rstrip())
     if s.skipped:
         lines.append(f"  unreadable images skipped: {len(s.skipped)}")
     if s.errors:

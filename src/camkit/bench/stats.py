@@ -23,6 +23,7 @@ import numpy as np
 RESAMPLES = 2000
 SEED = 0
 LEVEL = 0.95
+TIE = 1e-6  # per-image values closer than this are equal
 _CHUNK = 250  # resamples per matrix product (memory: chunk x n counts)
 
 
@@ -158,13 +159,19 @@ def compare(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int 
         nan = float("nan")
         return Comparison(nan, nan, nan, nan, 0)
     sa, sb = bootstrap([a, b], resamples, seed)
-    return difference(aggregate(a) - aggregate(b), sa - sb, int(both.sum()), level)
+    return difference(a, b, sa, sb, level)
 
 
-def difference(diff: float, diffs: np.ndarray, n: int, level: float = LEVEL) -> Comparison:
-    """A :class:`Comparison` from a point difference and its paired bootstrap distribution."""
+def difference(a: np.ndarray, b: np.ndarray, dist_a: np.ndarray, dist_b: np.ndarray, level: float = LEVEL) -> Comparison:
+    """The :class:`Comparison` of per-image values ``a``, ``b`` (the same images, all known) from their
+    bootstrap distributions on the same resamples. Values equal within :data:`TIE` on every image are
+    equal (0 [0, 0], p = 1): float noise between identical maps (CAM and Grad-CAM on a GAP head) is no
+    evidence."""
+    if np.all(np.abs(a - b) <= TIE):
+        return Comparison(0.0, 0.0, 0.0, 1.0, len(a))
+    diffs = dist_a - dist_b
     lo, hi = percentile_interval(diffs, level)
-    return Comparison(float(diff), lo, hi, bootstrap_p(diffs), n)
+    return Comparison(aggregate(a) - aggregate(b), lo, hi, bootstrap_p(diffs), len(a))
 
 
 def known(v: np.ndarray) -> np.ndarray:
