@@ -102,7 +102,8 @@ class BenchConfig:
     figure). ``data``: ``samples``, ``digits[:N]``, ``imagenet:PATH`` or ``folder:PATH``.
     ``gallery_images``: images (by dataset index) whose overlays are kept for the report's galleries;
     misclassified images up to ``4 * gallery_images`` are kept too. ``figure_images``: images of the
-    layer-by-layer and Guided Grad-CAM figures.
+    layer-by-layer and Guided Grad-CAM figures; ``curve_images``: how many of them the cascading
+    randomisation curve averages over (default: all; each costs one map per method and model block).
     """
 
     models: tuple[str, ...]
@@ -115,6 +116,7 @@ class BenchConfig:
     gallery_images: int = 12
     figure_images: int = 3
     layers_per_figure: int = 4
+    curve_images: Optional[int] = None
     note: str = ""  # shown with the tables (e.g. what a run left out and why)
 
     def __post_init__(self) -> None:
@@ -126,6 +128,8 @@ class BenchConfig:
             raise CamkitError(f"batch size must be >= 1, got {self.batch_size}")
         if self.limit is not None and self.limit < 1:
             raise CamkitError(f"limit must be >= 1, got {self.limit}")
+        if self.curve_images is not None and self.curve_images < 1:
+            raise CamkitError(f"curve_images must be >= 1 (or None: every figure image), got {self.curve_images}")
 
     def to_dict(self) -> dict[str, Any]:
         d = json.loads(json.dumps(dataclasses.asdict(self)))

@@ -360,13 +360,14 @@ def _run_figures(shard: Shard, config: BenchConfig) -> Iterator[Record]:
             png, caption = fig
             yield {"type": "figure", "key": f"{shard.model}|{FIGURES}|{name}", "model": shard.model,
                    "figure": name, "caption": caption, "artifacts": {f"{name}.png": _b64(png)}}
-        yield _randomization_record(shard, model, b, config)
+        yield _randomization_record(shard, model, b, config, config.curve_images or len(b.indices))
     yield _unit(shard, FIGURES)
 
 
-def _randomization_record(shard: Shard, model: nn.Module, b: Batch, config: BenchConfig) -> Record:
+def _randomization_record(shard: Shard, model: nn.Module, b: Batch, config: BenchConfig, images: int) -> Record:
     """The cascading parameter-randomisation curve of every method (the figure is drawn by the report):
-    per method, the mean over the images of the Spearman correlation after each step."""
+    per method, the mean over the first ``images`` images of the Spearman correlation after each step."""
+    x, targets = b.x[:images], b.targets[:images, 0].tolist()
     layers = metrics.default_randomization_layers(model)
     layer = getattr(model, "default_layer", "auto")
     curves: dict[str, list[float]] = {}
@@ -377,11 +378,11 @@ def _randomization_record(shard: Shard, model: nn.Module, b: Batch, config: Benc
         options = config.protocol.method_options.get(method, {})
         factory = functools.partial(create, method, layer=layer, **options)
         try:
-            res = metrics.randomization_test(factory, model, b.x, b.targets[:, 0].tolist(),
+            res = metrics.randomization_test(factory, model, x, targets,
                                              layers=layers, seed=config.protocol.seed + SANITY_SEED_OFFSET)
         except Exception as exc:  # a method that cannot run on this model has no curve
             failed[method] = f"{type(exc).__name__}: {exc}"
             continue
         curves[method] = res.spearman.mean(1).tolist()
     return {"type": "figure", "key": f"{shard.model}|{FIGURES}|randomization", "model": shard.model,
-            "figure": "randomization", "layers": layers, "curves": curves, "failed": failed, "images": len(b.indices)}
+            "figure": "randomization", "layers": layers, "curves": curves, "failed": failed, "images": len(x)}
