@@ -47,6 +47,12 @@ def forward(
                     f"layer {names[i]!r} returns {type(out).__name__}, not a tensor; choose a layer "
                     "whose output is a tensor (e.g. its parent or child)"
                 )
+            if captured[i] is not None:
+                raise InputError(
+                    f"layer {names[i]!r} is called more than once in one forward (outputs "
+                    f"{tuple(captured[i].shape)} and {tuple(out.shape)}), so its output is not one feature map; "
+                    "choose a layer the forward calls once (e.g. its parent block)"
+                )
             if record:
                 if not out.requires_grad:
                     out = out.detach().requires_grad_(True)

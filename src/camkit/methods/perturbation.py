@@ -370,7 +370,7 @@ class AblationCAM(BaseCAM):
         batch = x.shape[0]
         c = ctx.acts[i].shape[1]
         out = []
-        ablate = _Ablator(act, ctx.to_grid[i], ctx.pass_.names[i], plain=act.dim() == 4 and self.reshape is None)
+        ablate = _Ablator(act, ctx.to_grid[i], ctx.pass_.names[i], plain=getattr(ctx.to_grid[i], "kind", None) == "nchw")
         live = ctx.to_grid[i](act).flatten(2).ne(0).any(-1)  # (B, C): an all-zero channel ablates to itself
         for b in range(batch):
             alive = live[b].nonzero().flatten().to(act.device)
