@@ -126,8 +126,15 @@ def _head(transformers: Any, config: Any, source: str) -> tuple[Any, str]:
         "camkit explains those (a base model without a head has no class scores)")
 
 
+def _mismatch(item: Any) -> str:
+    if isinstance(item, (tuple, list)) and len(item) == 3:  # (key, shape in the file, shape in the model)
+        return f"{item[0]}: file {tuple(item[1])} vs model {tuple(item[2])}"
+    return str(item)
+
+
 def _check_loading(info: dict[str, Any], source: str) -> None:
-    missing, mismatched = sorted(info.get("missing_keys") or []), sorted(map(str, info.get("mismatched_keys") or []))
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(_mismatch(m) for m in info.get("mismatched_keys") or [])
     if missing or mismatched:
         raise UnsupportedModelError(
             f"{source}: the weights do not match the architecture in config.json (missing keys: {missing[:8]}, "
@@ -152,7 +159,12 @@ def load_hf(path: str, weights: Weights = "default", **kwargs: Any) -> PixelMode
     if weights is None:
         net = auto_cls.from_config(config)
     elif weights == "default":
-        net, info = auto_cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True, **kwargs)
+        kwargs.setdefault("ignore_mismatched_sizes", True)  # reported by _check_loading, with the keys
+        try:
+            net, info = auto_cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
+                                                 **kwargs)
+        except (OSError, RuntimeError, ValueError) as exc:  # no weights file, shape mismatch, bad option
+            raise UnsupportedModelError(f"{source}: transformers could not load the model: {exc}") from exc
         _check_loading(info, source)
     else:
         raise UnsupportedModelError(f"{source}: weights come from the directory; pass no weights (or None for "
