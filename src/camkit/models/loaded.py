@@ -104,8 +104,8 @@ def _default_layer(model: PixelModel) -> Optional[str]:
             return auto_layer(model, x)
         return backbone_layer(model, x)
     except CamkitError as exc:
-        warnings.warn(f"{type(model).__name__}: no default layer ({exc}); layer='auto' will choose on your "
-                      "images, or pass layer='name'", stacklevel=3)
+        warnings.warn(f"{type(model).__name__}: no default layer chosen at load time ({exc}); layer='auto' "
+                      "will try again on your images", stacklevel=5)
         return None
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union
@@ -76,9 +77,17 @@ def read_state_dict(path: str | os.PathLike[str], ema: bool = False) -> dict[str
     return _strip_wrappers(dict(obj))
 
 
-def load_file_weights(model: nn.Module, weights: str | os.PathLike[str], label: str, ema: bool = False) -> None:
+def load_file_weights(model: nn.Module, weights: Weights, label: str, ema: bool = False) -> None:
     """Strictly load the state-dict file ``weights`` into ``model`` (see :func:`read_state_dict`);
-    ``label`` names the model in errors. Only files: a name like ``"imagenet"`` is refused."""
+    ``label`` names the model in messages. Only files: a name like ``"imagenet"`` is refused.
+    None keeps the random initialisation; so does ``"default"`` (no weights asked for), with a warning.
+    """
+    if weights == "default":
+        warnings.warn(f"{label}: no weights given, the model is randomly initialised (camkit never downloads); "
+                      "pass weights=PATH to a checkpoint file, or weights=None to silence this", stacklevel=4)
+        return
+    if weights is None:
+        return
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(

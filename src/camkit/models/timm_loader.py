@@ -8,7 +8,6 @@ the class count matches an ImageNet subset, else None.
 from __future__ import annotations
 
 import difflib
-import warnings
 from typing import Any, Optional
 
 from camkit.errors import UnsupportedModelError
@@ -66,13 +65,7 @@ def load_timm(name: str, weights: Weights = "default", **kwargs: Any) -> PixelMo
     """
     timm = require("timm", "timm", "timm:NAME")
     net = _create(timm, name, dict(kwargs))
-    if weights == "default":
-        warnings.warn(f"timm:{name}: no weights given, the model is randomly initialised (camkit never "
-                      "downloads); pass weights=PATH to a checkpoint file, or weights=None to silence this",
-                      stacklevel=3)
-        weights = None
-    if weights is not None:
-        load_file_weights(net, weights, f"timm:{name}", ema=True)
+    load_file_weights(net, weights, f"timm:{name}", ema=True)
     cfg = net.pretrained_cfg
     return adopt(net, mean=cfg["mean"], std=cfg["std"], input_size=_input_size(net, kwargs),
                  categories=_categories(net), task="classification",

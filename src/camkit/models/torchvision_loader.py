@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import warnings
 from typing import Any, Optional
 
 from torch import nn
@@ -80,13 +79,7 @@ def load_torchvision(name: str, weights: Weights = "default", **kwargs: Any) -> 
     builder = _builder(name)
     task = _task(name, builder)
     net = _build(name, builder, dict(kwargs))
-    if weights == "default":
-        warnings.warn(f"torchvision:{name}: no weights given, the model is randomly initialised (camkit never "
-                      "downloads); pass weights=PATH to a state-dict file, or weights=None to silence this",
-                      stacklevel=3)
-        weights = None
-    if weights is not None:
-        load_file_weights(net, weights, f"torchvision:{name}")
+    load_file_weights(net, weights, f"torchvision:{name}")
     meta_weights = tvm.get_model_weights(name).DEFAULT
     categories = list(meta_weights.meta.get("categories") or []) or None
     n = _classes(net, task)
