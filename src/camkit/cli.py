@@ -97,13 +97,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     images = []
     for path in args.images:
         try:
-            images.append(resize_image(read_image(path), size))
+            images.append(resize_image(read_image(path), size, getattr(model, "interpolation", "bilinear")))
         except (OSError, ValueError, SyntaxError) as exc:
             raise camkit.CamkitError(f"cannot read image {path!r}: {exc}") from exc
     x = torch.stack(images).to(args.device)
     cats = getattr(model, "categories", None)
     targets = _target(args.target, cats)
-    layer = args.layer or getattr(model, "default_layer", "auto")
+    layer = args.layer or getattr(model, "default_layer", None) or "auto"
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     name = lambda c: cats[c] if cats and 0 <= c < len(cats) else str(c)  # noqa: E731
@@ -196,9 +196,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     print("methods:  " + ", ".join(camkit.list_methods()))
     print("models:   " + ", ".join(camkit.models.list_models()))
+    for _module, _function, usage in camkit.models.PREFIXES.values():
+        name, text = usage.split("  ", 1)
+        print(f"  {name:<17} {text}")
     print("datasets:")
     for name, text in DATASETS.items():
-        print(f"  {name:<15} {text}")
+        print(f"  {name:<17} {text}")
     print("engines:  " + ", ".join(list_engines()))
     return 0
 
@@ -231,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explain", help="maps of one or more images", description="Explain images with one or "
                        "more methods: writes overlays (PNG) and raw maps (.npy), prints the predicted classes.")
     e.add_argument("images", nargs="+", metavar="IMAGE")
-    e.add_argument("--model", required=True, help="zoo model name (camkit list)")
+    e.add_argument("--model", required=True, help="zoo model name, timm:NAME, hf:DIR or torchvision:NAME (camkit list)")
     e.add_argument("--weights", default=None, help="state-dict path, a named weights set, or 'random'")
     e.add_argument("--method", required=True, help="method name(s), comma-separated")
     e.add_argument("--layer", default=None, help="layer name (default: the model's default layer)")
@@ -242,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="methods x models x data -> tables, figures, HTML report",
                        description="Run the benchmark; rerun the same command to resume an interrupted run.")
-    b.add_argument("--models", required=True, help="comma-separated zoo names, each optionally NAME=WEIGHTS")
+    b.add_argument("--models", required=True, help="comma-separated zoo names (or timm:NAME, hf:DIR, torchvision:NAME), "
+                   "each optionally NAME=WEIGHTS")
     b.add_argument("--methods", default="all", help="'all' or comma-separated method names (default: all)")
     b.add_argument("--data", default="digits", help="samples | digits[:N] | imagenet:PATH | folder:PATH")
     b.add_argument("--limit", type=int, default=None, help="use the first N images")

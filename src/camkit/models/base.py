@@ -33,8 +33,11 @@ class PixelModel(nn.Module):
     """
 
     input_size: tuple[int, int]
-    default_layer: str
+    default_layer: str | None  # None: none chosen at load time, layer="auto" chooses per call
     categories: list[str] | None
+    task: str = "classification"  # or "segmentation", "detection" (models loaded by name)
+    interpolation: str = "bilinear"  # how camkit resizes images for the model ("bicubic" or "bilinear")
+    crop_pct: float | None = None  # the model's eval crop (input / resize side), kept for reference
 
     def set_pixel_interface(
         self,
