@@ -118,14 +118,14 @@ def _backbone_prefix(model: nn.Module) -> str:
 
 
 def backbone_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """The module that last outputs a feature map ``(B, C, h, w)`` with ``h * w > 1`` (or tokens that
-    read as a grid) inside the backbone, in execution order: ``backbone.layer4`` on torchvision FCN /
+    """The module that last outputs a feature map (a grid of this input in any layout camkit reads, see
+    :func:`camkit.core.layout.readings`) inside the backbone, in execution order: ``backbone.layer4`` on torchvision FCN /
     DeepLabV3, ``backbone.body.layer4`` on Faster R-CNN ResNet-50 FPN (the last stage before the FPN).
 
     The backbone is ``backbone.body``, else ``backbone``, else the Hugging Face base model
     (``base_model_prefix``, e.g. ``segformer``), else the whole model. One forward, no gradients.
     """
-    from camkit.core.tokens import patch_size, token_grid
+    from camkit.core.layout import patch_size, readings
 
     prefix = _backbone_prefix(model)
     patch = patch_size(model)
@@ -136,8 +136,7 @@ def backbone_layer(model: nn.Module, x: torch.Tensor) -> str:
         def record(_m: nn.Module, _i: Any, out: Any) -> None:
             if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
                 return
-            if (out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1) or (
-                    out.dim() == 3 and token_grid(out, 1, hw, patch) is not None):
+            if readings(out, 1, hw, patch):
                 last.append(name)
         return record
 
