@@ -1,4 +1,5 @@
-"""Which scores to explain: ``None`` (top-1), an int, a list of ints, ``TopK``, ``BottomK`` or a callable."""
+"""Which scores to explain: ``None`` (top-1), an int, a list of ints, ``TopK``, ``BottomK``, a callable
+or a list of one callable per image."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,7 +30,60 @@ class BottomK(_Ranked):
 
 
 ScoreFn = Callable[[Any], torch.Tensor]
-TargetSpec = Union[None, int, Sequence[int], torch.Tensor, TopK, BottomK, ScoreFn]
+TargetSpec = Union[None, int, Sequence[int], torch.Tensor, TopK, BottomK, ScoreFn, Sequence[ScoreFn]]
+
+
+def _row(output: Any, i: int, batch: int) -> Any:
+    """Image ``i``'s part of a model output: tensors with a batch dimension are indexed, containers
+    recursed into, anything else passed as is."""
+    if isinstance(output, torch.Tensor):
+        return output[i] if output.dim() > 0 and output.shape[0] == batch else output
+    if isinstance(output, (tuple, list)):
+        items = [_row(v, i, batch) for v in output]
+        return type(output)(*items) if hasattr(output, "_fields") else type(output)(items)
+    if isinstance(output, dict):
+        return {k: _row(v, i, batch) for k, v in output.items()}
+    logits = getattr(output, "logits", None)
+    return logits[i] if isinstance(logits, torch.Tensor) else output
+
+
+def _rows_of(output: Any) -> Optional[int]:
+    """The batch size of a model output: the first dimension of its first tensor."""
+    if isinstance(output, torch.Tensor):
+        return output.shape[0] if output.dim() > 0 else None
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) \
+        else [getattr(output, "logits", None)]
+    return next((n for n in map(_rows_of, values) if n is not None), None)
+
+
+@dataclass(frozen=True)
+class PerImage:
+    """One score callable per image (pytorch-grad-cam's habit): ``fns[i](output of image i)`` -> a scalar
+    (or ``(K,)``) tensor. Row ``r`` of a batch is image ``images[r]`` of the original batch, so batches
+    of copies (noisy or ablated inputs) are scored by the right callable; an output with one row is
+    scored by every callable (one input shared by all images)."""
+
+    fns: tuple[ScoreFn, ...]
+    images: tuple[int, ...]
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        rows = _rows_of(output)
+        if rows not in (1, len(self.images)):
+            raise TargetError(f"{len(self.images)} per-image target callables for a model output of {rows} rows")
+        scores = []
+        for r, i in enumerate(self.images):
+            s = self.fns[i](_row(output, 0 if rows == 1 else r, rows or 1))
+            if not isinstance(s, torch.Tensor):
+                raise TargetError(f"target callable {i} must return a tensor score, got {type(s).__name__}")
+            scores.append(s.reshape(-1))
+        if len({s.numel() for s in scores}) != 1:
+            raise TargetError(f"per-image target callables returned different numbers of scores: "
+                              f"{[s.numel() for s in scores]}")
+        return torch.stack(scores)
+
+    def rows(self, rows: Sequence[int]) -> "PerImage":
+        """The callables of a batch whose row ``r`` is row ``rows[r]`` of this one."""
+        return PerImage(self.fns, tuple(self.images[int(r)] for r in rows))
 
 
 @dataclass
@@ -52,11 +106,22 @@ class Targets:
 
     def repeat(self, n: int) -> "Targets":
         """Targets for a batch where every image is repeated ``n`` times in a row."""
+        if isinstance(self.fn, PerImage):
+            return self.rows(torch.arange(len(self.fn.images)).repeat_interleave(n))
         idx = None if self.indices is None else self.indices.repeat_interleave(n, dim=0)
         return Targets(idx, self.keep_k, self.fn)
 
+    def rows(self, rows: torch.Tensor) -> "Targets":
+        """The targets of a batch whose row ``r`` is image ``rows[r]`` (copies of some images). A plain
+        callable acts row by row and is kept as is; per-image callables are re-indexed."""
+        idx = None if self.indices is None else self.indices[rows.to(self.indices.device)]
+        fn = self.fn.rows(rows.tolist()) if isinstance(self.fn, PerImage) else self.fn
+        return Targets(idx, self.keep_k, fn)
 
-def _check_logits(logits: Optional[torch.Tensor], batch: int) -> torch.Tensor:
+
+def _check_logits(logits: Optional[torch.Tensor], batch: int, why: str = "") -> torch.Tensor:
+    if logits is None and why:
+        raise TargetError(f"class targets need the model's class scores: {why}")
     if logits is None or logits.dim() != 2:
         shape = None if logits is None else tuple(logits.shape)
         raise TargetError(
@@ -68,12 +133,20 @@ def _check_logits(logits: Optional[torch.Tensor], batch: int) -> torch.Tensor:
     return logits
 
 
-def resolve_targets(spec: TargetSpec, logits: Optional[torch.Tensor], batch: int) -> Targets:
+def resolve_targets(spec: TargetSpec, logits: Optional[torch.Tensor], batch: int, why: str = "") -> Targets:
     """Resolve a target spec against the model's logits ``(B, N)``; a ``(B, K)`` int tensor or nested
-    list gives K given classes per image (kept as a K dimension, like TopK)."""
+    list gives K given classes per image (kept as a K dimension, like TopK). ``why``: the reason
+    ``logits`` is None, for the error message."""
     if callable(spec) and not isinstance(spec, (TopK, BottomK, torch.Tensor)):
         return Targets(None, False, spec)
-    logits = _check_logits(logits, batch)
+    if isinstance(spec, (list, tuple)) and spec and any(callable(f) for f in spec):
+        if not all(callable(f) for f in spec):
+            raise TargetError("targets mixes callables and class indices; give one kind for every image")
+        if len(spec) != batch:
+            raise TargetError(f"got {len(spec)} target callables for a batch of {batch} images; pass one "
+                              "per image (or a single callable for the whole batch)")
+        return Targets(None, False, PerImage(tuple(spec), tuple(range(batch))))
+    logits = _check_logits(logits, batch, why)
     n = logits.shape[1]
     dev = logits.device
     if spec is None:

@@ -21,6 +21,7 @@ from ..core.state import preserved
 from ..core.targets import TargetSpec, Targets, resolve_targets
 from ..core.tokens import as_grid, patch_size, token_grid
 from ..errors import CamkitError, InputError, LayerNotFoundError
+from .smoothing import Augment, aug_explain, augmentations, channel_contributions, eigen_compute
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
 
@@ -75,7 +76,10 @@ class BaseCAM:
     of them (maps of several layers are fused by element-wise max); ``eval_mode`` explain the model
     in eval mode (dropout off, BatchNorm running statistics; the flags are restored afterwards);
     ``reshape`` a callable turning the layer output into ``(B, C, h, w)`` for layouts camkit cannot
-    infer (tokens are handled automatically).
+    infer (tokens are handled automatically). ``aug_smooth`` (True or an
+    :class:`~camkit.methods.smoothing.Augment`) averages the maps of flipped and rescaled views in the
+    input frame; ``eigen_smooth`` keeps the first principal component of the per-channel
+    contributions (see :mod:`camkit.methods.smoothing`).
     """
 
     name: ClassVar[str] = ""
@@ -88,6 +92,8 @@ class BaseCAM:
         *,
         eval_mode: bool = True,
         reshape: Optional[Reshape] = None,
+        aug_smooth: Union[bool, Augment] = False,
+        eigen_smooth: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -95,6 +101,8 @@ class BaseCAM:
         self.layer = layer
         self.eval_mode = eval_mode
         self.reshape = reshape
+        self.aug_smooth = augmentations(aug_smooth)
+        self.eigen_smooth = bool(eigen_smooth)
         self._patch = patch_size(model)
         self._in_channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
@@ -115,17 +123,19 @@ class BaseCAM:
 
     def explain(self, x: torch.Tensor, targets: TargetSpec = None) -> Explanation:
         """Compute the maps and everything behind them; see :class:`Explanation`."""
+        if self.aug_smooth is not None:
+            return aug_explain(self, x, targets)
         x = self._check_input(x)
         # autograd on for target scores even under a caller's no_grad; the engine turns it off before the target
         with preserved(self.model, self.eval_mode), torch.enable_grad():
             names, modules = self._layers(x)
             p = self._forward(x, modules, names)
-            t = resolve_targets(targets, p.logits, x.shape[0])
+            t = resolve_targets(targets, p.logits, x.shape[0], p.logits_error)
             scores = t.scores(p.output, p.logits)
             to_grid = [self._grid_fn(a, n, x) for a, n in zip(p.acts, names)]
             acts = [f(a.detach()).float() for f, a in zip(to_grid, p.acts)]
             ctx = Context(self.model, x, p, t, scores, acts, modules, to_grid)
-            raw, weights = self.compute(ctx)
+            raw, weights = eigen_compute(self, ctx) if self.eigen_smooth else self.compute(ctx)
         raw = [torch.relu(r) for r in raw]
         maps = finalize(raw, (x.shape[-2], x.shape[-1]))
         squeeze = (lambda v: v[:, 0] if v is not None else None) if not t.keep_k else (lambda v: v)
@@ -143,6 +153,11 @@ class BaseCAM:
     def compute(self, ctx: Context) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
         """Per layer: raw map ``(B, K, h, w)`` before ReLU, and weights ``(B, K, C)`` or None."""
         raise NotImplementedError
+
+    def contributions(self, ctx: Context) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
+        """Per layer: the per-channel terms ``(B, K, C, h, w)`` whose channel sum is the raw map (what
+        ``eigen_smooth`` projects), and the weights. Default: ``w_c A_c`` from :meth:`compute`'s weights."""
+        return channel_contributions(self.compute(ctx), ctx.acts, type(self).__name__)
 
     def _forward(self, x: torch.Tensor, modules: list[nn.Module], names: list[str]) -> engine.Pass:
         """The explained forward pass; a hook point for methods that observe more of it (Ablation-CAM)."""

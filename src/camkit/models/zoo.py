@@ -54,6 +54,13 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def default_weights(name: str) -> str | None:
+    """The weights ``load(name)`` uses: a named set, or None when the model starts from random weights."""
+    if name not in _REGISTRY:
+        raise UnsupportedModelError(f"unknown model {name!r}; known: {list_models()}")
+    return _REGISTRY[name].default
+
+
 def load(name: str, weights: Weights = "default") -> PixelModel:
     """Model ``name`` in eval mode, taking RGB pixels in [0, 1] of shape ``(B, 3, H, W)``.
 
