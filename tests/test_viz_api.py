@@ -27,6 +27,7 @@ def test_every_image_form_gives_the_same_overlay():
              np.dstack([u8, np.full(u8.shape[:2], 255, np.uint8)])]  # RGBA
     for form in forms:
         np.testing.assert_array_equal(np.asarray(viz.overlay(form, m)), ref)
+        torch.testing.assert_close(viz.to_tensor(form), torch.from_numpy(u8).permute(2, 0, 1).float() / 255)
     assert viz.image_size(Image.fromarray(u8)) == viz.image_size(torch.from_numpy(u8).permute(2, 0, 1)) == (26, 40)
     # the case: a PIL photo is no longer clipped to a white overlay
     photo = viz.to_pil(Image.fromarray(u8))

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 ArrayLike = Union[torch.Tensor, np.ndarray]
 ImageLike = Union[Image.Image, torch.Tensor, np.ndarray]
 
-__all__ = ["overlay", "heatmap", "attribution", "to_pil", "grid", "encode", "draw_boxes", "show", "to_original",
+__all__ = ["overlay", "heatmap", "attribution", "to_pil", "to_tensor", "grid", "encode", "draw_boxes", "show", "to_original",
            "image_size"]
 _CHANNELS = (1, 3, 4)
 
@@ -104,6 +104,11 @@ def image_size(image: ImageLike) -> tuple[int, int]:
     if len(shape) == 2:
         return int(shape[0]), int(shape[1])
     raise InputError(f"image must be (3, H, W), (H, W, 3) or (H, W), got shape {shape}")
+
+
+def to_tensor(image: ImageLike) -> torch.Tensor:
+    """Any accepted image as a float32 ``(3, H, W)`` tensor in [0, 1] (what camkit models take)."""
+    return torch.from_numpy(np.ascontiguousarray(_hwc(image).transpose(2, 0, 1)))
 
 
 def to_pil(image: ImageLike) -> Image.Image:
