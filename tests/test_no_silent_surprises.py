@@ -12,7 +12,7 @@ from torch import nn
 import camkit
 from camkit.bench.report import run_counts
 from camkit.bench.sources import model_label, random_weights
-from camkit.core.outputs import to_logits
+from camkit.core.outputs import probe_score, to_logits
 from toy_models import FunctionalNet, GapNet
 
 
@@ -49,6 +49,8 @@ def test_outputs_with_exactly_one_score_tensor_still_work():
     assert to_logits((torch.zeros(5, 4), torch.zeros(2, 9)), batch=2).shape == (2, 9)
     with pytest.raises(camkit.TargetError, match="could be class scores"):
         to_logits([torch.zeros(2, 4), torch.zeros(2, 9)])
+    # probing which layers an output depends on needs no choice: every floating tensor counts
+    assert float(probe_score((torch.tensor([[1.0, 5.0]]), {"a": torch.tensor([2.0]), "i": torch.tensor([9])}))) == 7.0
 
 
 @pytest.mark.parametrize("name", ["gradcam", "smoothgradcam++", "scorecam", "ablationcam", "fullgrad",

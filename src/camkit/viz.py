@@ -275,8 +275,8 @@ def _columns(e: "Explanation", b: int) -> tuple[torch.Tensor, Optional[torch.Ten
     """``(maps (B, K, ...), targets (B, K) or None, scores (B, K), probabilities (B, K) or None, signed)``;
     ``signed``: maps are input-space attributions (Guided Backprop) rather than [0, 1] maps."""
     maps, targets, scores = e.maps.detach().float().cpu(), e.targets, e.scores.detach().float().cpu()
-    signed = targets is not None and targets.dim() == 1 and maps.dim() == 4 and maps.shape[1] == 3 \
-        or maps.dim() == 5
+    signed = maps.dim() == 5 or (maps.dim() == 4 and maps.shape[1] == 3 and targets is not None
+                                 and targets.dim() == 1)  # (B, 3, H, W) with one class per image
     if maps.dim() == 3 or (signed and maps.dim() == 4):
         maps = maps.unsqueeze(1)
     if maps.shape[0] != b:

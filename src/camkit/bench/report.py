@@ -188,8 +188,8 @@ def markdown(s: Summary) -> str:
     out = ["# camkit benchmark", "",
            f"Data: `{s.data}`; models: {', '.join(model_label(m) for m in s.models)}; "
            f"{run_counts(s.methods)}." + (f" Note: {s.note}" if s.note else ""), ""]
-    out += [f"**Warning: {random_weights_warning(m)}.**" for m in s.models if random_weights(m)]
-    out += ["", "## Table 8: localisation and confidence (predicted class)", ""]
+    out += [line for m in s.models if random_weights(m) for line in (f"**Warning: {random_weights_warning(m)}.**", "")]
+    out += ["## Table 8: localisation and confidence (predicted class)", ""]
     out += _md_table(s, s.table8)
     out += ["", "## Further metrics (predicted class unless stated)", ""]
     out += _md_table(s, s.more)

@@ -65,3 +65,26 @@ def to_logits(output: Any, batch: Optional[int] = None) -> torch.Tensor:
         "return a tensor, a tuple with one (B, num_classes) tensor, a dict with 'logits', or pass "
         "targets=callable(output) -> (B,) scores."
     )
+
+
+
+def _maxima(output: Any) -> list[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        return [output.max()] if output.is_floating_point() and output.numel() else []
+    if isinstance(output, dict):
+        values: Any = output.values()
+    elif isinstance(output, (tuple, list)):
+        values = output
+    else:
+        values = [getattr(output, "logits", None)]
+    return [m for v in values for m in _maxima(v)]
+
+
+def probe_score(output: Any) -> torch.Tensor:
+    """A scalar that depends on every floating-point tensor of a model output (the sum of their
+    maxima), for probing which layers the output depends on: unlike :func:`to_logits` it never has
+    to choose between several candidate score tensors."""
+    maxima = _maxima(output)
+    if not maxima:
+        raise TargetError(f"the model output ({type(output).__name__}) holds no floating-point tensor")
+    return torch.stack(maxima).sum()
