@@ -27,7 +27,7 @@ from torch import nn
 
 from ..core import engine
 from ..core.layers import resolve_layers
-from ..core.postprocess import normalize, upsample
+from ..core.postprocess import upsample
 from ..errors import InputError, UnsupportedModelError
 from .base import BaseCAM, Context
 from .gradient import Maps
@@ -60,9 +60,13 @@ def effective_bias(m: nn.Module) -> torch.Tensor:
 
 def psi(t: torch.Tensor) -> torch.Tensor:
     """``|t|`` min-max rescaled over channels and positions, summed over channels: ``(B, K, C, h, w)`` ->
-    ``(B, K, h, w)``."""
-    b, k, c, h, w = t.shape
-    return normalize(t.abs().reshape(b, k, c, h * w)).view(b, k, c, h, w).sum(dim=2)
+    ``(B, K, h, w)``, as ``(sum_c |t_c| - C min|t|) / (max|t| - min|t|)`` (0 where ``|t|`` is constant),
+    without materialising the rescaled tensor."""
+    a = t.abs()
+    lo, hi = torch.aminmax(a.flatten(2), dim=-1)  # (B, K)
+    span = (hi - lo)[..., None, None]
+    total = a.sum(dim=2) - t.shape[2] * lo[..., None, None]
+    return torch.where(span > 0, total / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(total))
 
 
 @dataclass
