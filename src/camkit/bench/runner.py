@@ -148,9 +148,9 @@ def _maps(model: nn.Module, method: str, b: Batch, config: BenchConfig,
     if method.startswith(BASELINE_PREFIX):
         m = _baseline(method[len(BASELINE_PREFIX):], b, config.protocol.seed)
         return m[:, None].expand(-1, targets.shape[1], -1, -1), []
-    layer = getattr(model, "default_layer", None) or "auto"
     options = config.protocol.method_options.get(method, {})
-    e = create(method, model, layer=layer, **options).explain(b.x, targets=targets)
+    # "auto": the zoo model's default_layer; FullGrad: every biased conv / BatchNorm layer
+    e = create(method, model, layer="auto", **options).explain(b.x, targets=targets)
     return e.maps.float(), list(e.layers)
 
 

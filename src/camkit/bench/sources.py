@@ -59,6 +59,28 @@ def parse_model_spec(spec: str) -> tuple[str, Any]:
     return name, None if weights.lower() in _RANDOM else weights
 
 
+def random_weights(spec: str) -> bool:
+    """Whether model ``spec`` runs with randomly initialised weights (``name=random``, or a zoo model
+    without default weights given none): its maps and predictions say nothing about a trained model."""
+    from ..models.zoo import default_weights
+
+    name, weights = parse_model_spec(spec)
+    try:
+        return weights is None or (weights == "default" and default_weights(name) is None)
+    except CamkitError:  # an unknown name: loading it reports that
+        return False
+
+
+def random_weights_warning(spec: str) -> str:
+    """The warning for a model that runs with random weights (see :func:`random_weights`)."""
+    name, weights = parse_model_spec(spec)
+    if weights is None:
+        return f"{name} runs with random weights, as asked: its predictions and maps say nothing about a trained {name}"
+    return (f"{name} runs with RANDOM weights, none were given: its predictions and maps say nothing about a "
+            f"trained {name}; give weights 'imagenet' (torchvision's cached file) or a state-dict path "
+            f"(explain --weights W, bench --models {name}=W)")
+
+
 @functools.lru_cache(maxsize=8)
 def load_model(spec: str, device: str = "cpu") -> nn.Module:
     """The zoo model of ``spec`` in eval mode on ``device`` (cached per process)."""
@@ -75,9 +97,11 @@ def load_model(spec: str, device: str = "cpu") -> nn.Module:
 def model_label(spec: str) -> str:
     """The model's display name: the zoo name, plus the weights when they were given."""
     name, weights = parse_model_spec(spec)
+    if random_weights(spec):
+        return f"{name} (random)"
     if weights == "default":
         return name
-    return f"{name} ({'random' if weights is None else Path(str(weights)).name})"
+    return f"{name} ({Path(str(weights)).name})"
 
 
 @dataclass

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import InputError, LayerNotFoundError
+from ..errors import CamkitError, InputError, LayerNotFoundError
 from .layers import POOLING
 from .layout import Layout, describe_failure, patch_size, readings
-from .outputs import to_logits
+from .outputs import probe_score, to_logits
 
 _ATTENTION = {F.scaled_dot_product_attention, F.multi_head_attention_forward}
 _SOFTMAX = {torch.softmax, F.softmax, torch.Tensor.softmax}
@@ -230,11 +230,14 @@ def _upstream(node: Any) -> set[Any]:
 def _choose(model: nn.Module, p: Probe, output: Any) -> str:
     try:
         score = to_logits(output).reshape(1, -1).max()
-    except Exception as e:
-        raise LayerNotFoundError(
-            f"layer='auto' needs class scores to find the layer the prediction depends on, but the output of "
-            f"{type(model).__name__} has none ({e}); pass layer='name'"
-        ) from None
+    except CamkitError:  # no single score tensor: a scalar that depends on every output tensor
+        try:
+            score = probe_score(output)
+        except CamkitError as e:
+            raise LayerNotFoundError(
+                f"layer='auto' needs a score to find the layer the prediction depends on, but the output of "
+                f"{type(model).__name__} has none ({e}); pass layer='name'"
+            ) from None
     cands = _candidates(p)
     if not cands or not score.requires_grad:
         raise LayerNotFoundError(

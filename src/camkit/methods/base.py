@@ -20,6 +20,7 @@ from ..core.postprocess import finalize
 from ..core.state import preserved
 from ..core.targets import TargetSpec, Targets, resolve_targets
 from ..errors import CamkitError, InputError
+from .smoothing import Augment, aug_explain, augmentations, channel_contributions, eigen_compute
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
 
@@ -79,7 +80,10 @@ class BaseCAM:
     channels-last ``(B, h, w, C)`` or ``"tokens"`` ``(B | N, prefix + h*w, C)``; by default camkit reads
     it from evidence (:mod:`camkit.core.layout`, :mod:`camkit.core.probe`) and refuses outputs that
     are not feature maps (attention internals, MLP hidden widths, unrolled tokens). ``reshape`` a
-    callable turning the layer output into ``(B, C, h, w)`` for anything else.
+    callable turning the layer output into ``(B, C, h, w)`` for anything else. ``aug_smooth`` (True or an
+    :class:`~camkit.methods.smoothing.Augment`) averages the maps of flipped and rescaled views in the
+    input frame; ``eigen_smooth`` keeps the first principal component of the per-channel
+    contributions (see :mod:`camkit.methods.smoothing`).
     """
 
     name: ClassVar[str] = ""
@@ -93,6 +97,8 @@ class BaseCAM:
         eval_mode: bool = True,
         reshape: Optional[Reshape] = None,
         layout: Optional[str] = None,
+        aug_smooth: Union[bool, Augment] = False,
+        eigen_smooth: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -105,6 +111,8 @@ class BaseCAM:
         self.eval_mode = eval_mode
         self.reshape = reshape
         self.layout = layout
+        self.aug_smooth = augmentations(aug_smooth)
+        self.eigen_smooth = bool(eigen_smooth)
         self._patch = patch_size(model)
         self._in_channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
@@ -125,17 +133,19 @@ class BaseCAM:
 
     def explain(self, x: torch.Tensor, targets: TargetSpec = None) -> Explanation:
         """Compute the maps and everything behind them; see :class:`Explanation`."""
+        if self.aug_smooth is not None:
+            return aug_explain(self, x, targets)
         x = self._check_input(x)
         # autograd on for target scores even under a caller's no_grad; the engine turns it off before the target
         with preserved(self.model, self.eval_mode), torch.enable_grad():
             names, modules = self._layers(x)
             p = self._forward(x, modules, names)
-            t = resolve_targets(targets, p.logits, x.shape[0])
+            t = resolve_targets(targets, p.logits, x.shape[0], p.logits_error)
             scores = t.scores(p.output, p.logits)
             to_grid = [self._read(a, n, m, x) for a, n, m in zip(p.acts, names, modules)]
             acts = [f(a.detach()).float() for f, a in zip(to_grid, p.acts)]
             ctx = Context(self.model, x, p, t, scores, acts, modules, to_grid)
-            raw, weights = self.compute(ctx)
+            raw, weights = eigen_compute(self, ctx) if self.eigen_smooth else self.compute(ctx)
         raw = [torch.relu(r) for r in raw]
         maps = finalize(raw, (x.shape[-2], x.shape[-1]))
         squeeze = (lambda v: v[:, 0] if v is not None else None) if not t.keep_k else (lambda v: v)
@@ -154,6 +164,11 @@ class BaseCAM:
     def compute(self, ctx: Context) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
         """Per layer: raw map ``(B, K, h, w)`` before ReLU, and weights ``(B, K, C)`` or None."""
         raise NotImplementedError
+
+    def contributions(self, ctx: Context) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
+        """Per layer: the per-channel terms ``(B, K, C, h, w)`` whose channel sum is the raw map (what
+        ``eigen_smooth`` projects), and the weights. Default: ``w_c A_c`` from :meth:`compute`'s weights."""
+        return channel_contributions(self.compute(ctx), ctx.acts, type(self).__name__)
 
     def _forward(self, x: torch.Tensor, modules: list[nn.Module], names: list[str]) -> engine.Pass:
         """The explained forward pass; a hook point for methods that observe more of it (Ablation-CAM)."""

@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from camkit.core.pixels import check_range
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -69,6 +71,7 @@ class PixelModel(nn.Module):
         return super().forward(t)  # type: ignore[misc]
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        check_range(x, self)  # 0..255 or normalised input would run silently wrong; warns once
         return self.forward_preprocessed(self.preprocess(x))
 
 

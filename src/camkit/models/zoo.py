@@ -68,6 +68,17 @@ PREFIXES: dict[str, tuple[str, str, str]] = {
 }
 
 
+def default_weights(name: str) -> str | None:
+    """The weights ``load(name)`` uses: a named set, or None when the model starts from random weights
+    (prefixed names -- ``timm:``, ``torchvision:`` -- start random; ``hf:DIR`` loads the directory's)."""
+    prefix, sep, _ = name.partition(":")
+    if sep and prefix.lower() in PREFIXES:
+        return "directory" if prefix.lower() == "hf" else None
+    if name not in _REGISTRY:
+        raise UnsupportedModelError(f"unknown model {name!r}; known: {list_models()}")
+    return _REGISTRY[name].default
+
+
 def load(name: str, weights: Weights = "default", **kwargs: Any) -> PixelModel:
     """Model ``name`` in eval mode, taking RGB pixels in [0, 1] of shape ``(B, 3, H, W)``.
 
