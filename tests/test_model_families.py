@@ -280,3 +280,15 @@ def test_hiera_unrolled_stage_is_refused_and_its_last_stage_read(one_thread):
     with pytest.raises(camkit.InputError, match="not in raster order"):
         camkit.GradCAM(model, layer="blocks.4").explain(x)
     assert camkit.GradCAM(model, layer="blocks.11").explain(x).layout == ["tokens: 0 prefix, 7×7"]
+
+
+@pytest.mark.parametrize("which", ["tokens", "nhwc"])
+def test_guided_gradcam_uses_the_same_layout(which, one_thread):
+    model, size, layer, _, _ = _token_model() if which == "tokens" else _nhwc_model()
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(3))
+    guided = camkit.GuidedGradCAM(model).explain(x)
+    cam = camkit.GradCAM(model).explain(x)
+    assert guided.layers == [layer]
+    torch.testing.assert_close(guided.raw, cam.raw)
+    attr = camkit.GuidedBackprop(model).explain(x).maps
+    torch.testing.assert_close(guided.maps, attr * cam.maps[:, None], rtol=1e-4, atol=1e-7)
