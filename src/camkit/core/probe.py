@@ -85,9 +85,10 @@ def _over_last_dim(args: tuple, kwargs: dict) -> bool:
     return dim in (-1, t.dim() - 1)
 
 
-def trace(model: nn.Module, x: torch.Tensor) -> tuple[list[Call], Any]:
-    """Run ``model(x)`` recording every module call (ended order) and its output; returns the
-    calls and the model output. Autograd follows the caller's grad mode."""
+def trace(model: nn.Module, x: torch.Tensor, keep: bool = True) -> tuple[list[Call], Any]:
+    """Run ``model(x)`` recording every module call (ended order), its output shape and, with
+    ``keep``, the output itself; returns the calls and the model output. Autograd follows the
+    caller's grad mode."""
     stack: list[Call] = []
     calls: list[Call] = []
     handles = []
@@ -105,7 +106,7 @@ def trace(model: nn.Module, x: torch.Tensor) -> tuple[list[Call], Any]:
         call = stack.pop()
         call.order = len(calls)
         if isinstance(out, torch.Tensor) and out.is_floating_point():
-            call.out, call.shape = out, out.shape
+            call.out, call.shape = (out if keep else None), out.shape
         calls.append(call)
 
     try:
@@ -166,10 +167,10 @@ def _summarise(model: nn.Module, calls: list[Call], input_hw: tuple[int, int]) -
     stream: dict[tuple[int, ...], set[int]] = {}
     patch = patch_size(model)
     for c in calls:
-        if id(c) in around and c.parent is not None and c.out is not None:
-            for r in readings(c.out, 1, input_hw, patch):
+        if id(c) in around and c.parent is not None and c.shape is not None:
+            for r in readings(torch.empty(c.shape, device="meta"), 1, input_hw, patch):
                 if r.kind in ("tokens", "nhwc"):
-                    stream.setdefault(_grid_key(c.out.shape, r), set()).add(int(c.out.shape[-1]))
+                    stream.setdefault(_grid_key(c.shape, r), set()).add(int(c.shape[-1]))
     return Probe(input_hw, patch, calls, counts, stream)
 
 
@@ -192,7 +193,7 @@ def probe(model: nn.Module, x: torch.Tensor, choose: bool = False) -> Probe:
             p.choice = _choose(model, p, output)
     else:
         with torch.no_grad():
-            calls, _ = trace(model, x1)
+            calls, _ = trace(model, x1, keep=False)
             p = _summarise(model, calls, hw)
     for c in p.calls:
         c.out = None  # drop the tensors (and the graph)
@@ -283,7 +284,7 @@ def _second_size(model: nn.Module, x: torch.Tensor, p: Probe) -> None:
     x2 = F.interpolate(x[:1].detach(), size=hw2, mode="bilinear", align_corners=False)
     try:
         with torch.no_grad():
-            calls, _ = trace(model, x2)
+            calls, _ = trace(model, x2, keep=False)
     except Exception:
         return  # a model that takes one input size: no evidence from a second one
     for c in calls:
