@@ -1,0 +1,125 @@
+"""Ablation-CAM in closed form when what follows the layer is affine in it.
+
+With ``y = F(A)`` the explained score of the layer output ``A`` and ``A_k`` its channel ``k`` (other
+channels zero), Ablation-CAM needs ``y - y_k = F(A) - F(A - A_k)`` for every channel. When ``F`` is
+affine along every such ablation -- global average pooling, flatten, linear layers, eval-mode
+BatchNorm and dropout, and ReLU applied to the layer output itself: the heads of ResNet, DenseNet,
+EfficientNet, RegNet --
+
+    y - y_k = sum_ij (dF/dA)_kij A_kij
+
+so every channel's difference comes from one backward pass through the tail and one product, instead
+of ``C`` ablated copies of the activation run through the tail.
+
+It is used only when shown to hold for the call at hand, else the caller replays the ablations:
+
+1. the op-by-op check of :class:`~camkit.core.affine.AffineWatch` on a replay of the unablated layer
+   output (any op that is not affine in it, a data-dependent branch or a random draw rejects);
+2. on every image, replays of the unablated copy, of probe channels (those with the largest predicted
+   differences and random others) and of all channels zeroed at once (for ``(B, C, h, w)`` layers)
+   must score what the closed form predicts, within a tolerance set by the arithmetic's precision
+   (``64 eps (|y| + sum_k |y - y_k|)``), again under the op-by-op check.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import torch
+
+from ..core.affine import AffineWatch, NotAffine
+from ..errors import CamkitError, NoGradientError
+from .base import Context
+from .gradient import grid_grads
+
+log = logging.getLogger(__name__)
+
+#: (image b, ablated layer outputs: n copies in the layer's own layout, n) -> (n, K) scores
+Replay = Callable[[int, torch.Tensor, int], torch.Tensor]
+#: (image b, channels (n,), -1 = none zeroed) -> n copies of image b's layer output, channel ks[j] zeroed in copy j
+Ablate = Callable[[int, torch.Tensor], torch.Tensor]
+
+PROBES = 8  # probe channels per image: half the largest predicted differences, half random
+TOLERANCE = 64  # in units of eps * (|y| + sum_k |y - y_k|)
+
+
+class ClosedForm:
+    """Closed-form Ablation-CAM weights for the layers of one call; the gradients of all layers are
+    computed once, when a layer first passes the op-by-op check."""
+
+    def __init__(self, ctx: Context, batch_size: int, compute_dtype: Optional[torch.dtype] = None) -> None:
+        self.ctx, self.batch_size, self.compute_dtype = ctx, batch_size, compute_dtype
+        self._grads: Optional[list[torch.Tensor]] = None
+
+    def weights(self, i: int, ablate: Ablate, replay: Replay, plain: bool) -> Optional[torch.Tensor]:
+        """``(B, K, C)`` weights ``(y - y_k) / |y|`` of layer ``i``, or None where the closed form is
+        not shown to hold (the caller then replays). ``plain``: the layer output is ``(B, C, h, w)``."""
+        raw, grid = self.ctx.pass_.acts[i], self.ctx.acts[i]
+        try:
+            self._scores(0, ablate(0, torch.full((1,), -1, device=raw.device)), 1, replay)  # op-by-op check
+            if self._grads is None:
+                try:
+                    self._grads = grid_grads(self.ctx)
+                except NoGradientError as e:
+                    raise _Rejected(str(e)) from None
+            d = (self._grads[i].double() * grid.double().unsqueeze(1)).sum((-2, -1))  # (B, K, C): y - y_k
+            for b in range(grid.shape[0]):
+                self._verify(b, d[b], raw, grid[b], ablate, replay, plain)
+        except _Rejected as e:
+            log.debug("Ablation-CAM layer %r: replaying the ablations (%s)", self.ctx.pass_.names[i], e)
+            return None
+        log.debug("Ablation-CAM layer %r: closed form (the tail is affine in the layer)", self.ctx.pass_.names[i])
+        y = self.ctx.scores.detach().double()
+        denom = torch.where(y.abs() > 0, y.abs(), torch.ones_like(y))
+        return (d / denom.unsqueeze(-1)).float()
+
+    def _scores(self, b: int, ablated: torch.Tensor, n: int, replay: Replay) -> torch.Tensor:
+        """``(n, K)`` scores of a replay under the op-by-op check; :class:`_Rejected` if they are not
+        affine in the layer output."""
+        watch = AffineWatch(ablated)
+        try:
+            with watch:
+                s = replay(b, ablated, n)
+        except NotAffine as e:
+            raise _Rejected(str(e)) from None
+        except (RuntimeError, CamkitError, ValueError, TypeError, IndexError) as e:
+            raise _Rejected(f"the replay raised {type(e).__name__}: {e}") from None
+        if not watch.affine(s):
+            raise _Rejected(watch.reason or "the explained score is not computed from the layer by torch ops")
+        return s.detach().double()
+
+    def _verify(self, b: int, d: torch.Tensor, raw: torch.Tensor, grid: torch.Tensor, ablate: Ablate,
+                replay: Replay, plain: bool) -> None:
+        """Replays of image ``b`` -- unablated, probe channels, (plain layers) every channel zeroed --
+        against the closed form's differences ``d`` ``(K, C)``; :class:`_Rejected` if one disagrees."""
+        ks = _probes(d, grid.flatten(1).ne(0).any(1), PROBES, seed=b)
+        rows = torch.cat([ks.new_full((1,), -1), ks])
+        chunks = [rows[j:j + self.batch_size] for j in range(0, rows.numel(), self.batch_size)]
+        s = torch.cat([self._scores(b, ablate(b, ks), ks.numel(), replay) for ks in chunks])
+        y = s[0]
+        checks = [(y, self.ctx.scores[b].detach().double()), ((y - s[1:]).t(), d[:, ks])]
+        if plain:
+            checks.append((y - self._scores(b, torch.zeros_like(raw[b:b + 1]), 1, replay)[0], d.sum(-1)))
+        eps = max(torch.finfo(torch.float32).eps, torch.finfo(self.compute_dtype or raw.dtype).eps)
+        tol = TOLERANCE * eps * (y.abs() + d.abs().sum(-1))  # (K,)
+        for got, want in checks:
+            err = (got - want).abs()
+            err = err.amax(-1) if err.dim() == 2 else err
+            if (err > tol).any():
+                raise _Rejected(f"image {b}: a replay differs from the closed form by {err.max().item():.3g} "
+                                f"(tolerance {tol.min().item():.3g})")
+
+
+class _Rejected(Exception):
+    pass
+
+
+def _probes(d: torch.Tensor, live: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Up to ``n`` live channels: the largest ``|y - y_k|`` over targets, then random ones."""
+    idx = live.nonzero().flatten().to(d.device)
+    if idx.numel() <= n:
+        return idx
+    top = idx[d.abs().amax(0)[idx].topk(n // 2).indices]
+    rest = idx[~torch.isin(idx, top)]
+    pick = torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(seed))[: n - top.numel()]
+    return torch.cat([top, rest[pick.to(rest.device)]])
