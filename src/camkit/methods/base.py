@@ -17,6 +17,7 @@ from ..core import engine
 from ..core.layers import POOLING, LayerSpec, resolve_layers
 from ..core.outputs import to_logits
 from ..core.postprocess import finalize
+from ..core.precision import check_finite, model_forward, parse_precision
 from ..core.state import preserved
 from ..core.targets import TargetSpec, Targets, resolve_targets
 from ..core.tokens import as_grid, patch_size, token_grid
@@ -75,7 +76,9 @@ class BaseCAM:
     of them (maps of several layers are fused by element-wise max); ``eval_mode`` explain the model
     in eval mode (dropout off, BatchNorm running statistics; the flags are restored afterwards);
     ``reshape`` a callable turning the layer output into ``(B, C, h, w)`` for layouts camkit cannot
-    infer (tokens are handled automatically).
+    infer (tokens are handled automatically); ``precision`` ``"fp32"``, ``"bf16"`` or ``"fp16"``: the
+    model's forward runs under autocast while weights and maps stay float32, and ``channels_last``
+    runs it in channels-last memory format (see :mod:`camkit.core.precision`).
     """
 
     name: ClassVar[str] = ""
@@ -88,6 +91,8 @@ class BaseCAM:
         *,
         eval_mode: bool = True,
         reshape: Optional[Reshape] = None,
+        precision: str = "fp32",
+        channels_last: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -95,6 +100,10 @@ class BaseCAM:
         self.layer = layer
         self.eval_mode = eval_mode
         self.reshape = reshape
+        self.precision = parse_precision(precision)
+        if not isinstance(channels_last, bool):
+            raise InputError(f"channels_last must be True or False, got {channels_last!r}")
+        self.channels_last = channels_last
         self._patch = patch_size(model)
         self._in_channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
@@ -117,7 +126,7 @@ class BaseCAM:
         """Compute the maps and everything behind them; see :class:`Explanation`."""
         x = self._check_input(x)
         # autograd on for target scores even under a caller's no_grad; the engine turns it off before the target
-        with preserved(self.model, self.eval_mode), torch.enable_grad():
+        with preserved(self.model, self.eval_mode), torch.enable_grad(), self._forward_mode(x):
             names, modules = self._layers(x)
             p = self._forward(x, modules, names)
             t = resolve_targets(targets, p.logits, x.shape[0])
@@ -126,6 +135,7 @@ class BaseCAM:
             acts = [f(a.detach()).float() for f, a in zip(to_grid, p.acts)]
             ctx = Context(self.model, x, p, t, scores, acts, modules, to_grid)
             raw, weights = self.compute(ctx)
+        check_finite(self.precision, scores, raw)
         raw = [torch.relu(r) for r in raw]
         maps = finalize(raw, (x.shape[-2], x.shape[-1]))
         squeeze = (lambda v: v[:, 0] if v is not None else None) if not t.keep_k else (lambda v: v)
@@ -149,6 +159,10 @@ class BaseCAM:
         return engine.forward(self.model, x, modules, names, record=self.uses_gradients)
 
     # -- helpers -----------------------------------------------------------------------------------------
+    def _forward_mode(self, x: torch.Tensor) -> Any:
+        """Context in which the model's calls run at ``precision`` / ``channels_last``."""
+        return model_forward(self.model, self.precision, self.channels_last, x.device)
+
     def _check_input(self, x: Any) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise InputError(f"input must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
