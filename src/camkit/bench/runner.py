@@ -149,7 +149,8 @@ def _maps(model: nn.Module, method: str, b: Batch, config: BenchConfig,
         m = _baseline(method[len(BASELINE_PREFIX):], b, config.protocol.seed)
         return m[:, None].expand(-1, targets.shape[1], -1, -1), []
     layer = getattr(model, "default_layer", "auto")
-    options = config.protocol.method_options.get(method, {})
+    p = config.protocol
+    options = {"precision": p.precision, "channels_last": p.channels_last, **p.method_options.get(method, {})}
     e = create(method, model, layer=layer, **options).explain(b.x, targets=targets)
     return e.maps.float(), list(e.layers)
 

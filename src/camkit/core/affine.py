@@ -91,6 +91,7 @@ class AffineWatch(TorchDispatchMode):
         super().__init__()
         self._derived: dict[int, tuple[torch.Tensor, int]] = {id(source): (source, HOMOGENEOUS)}
         self.reason: Optional[str] = None
+        self.ops: set[str] = set()  # names of the ops applied to derived tensors
 
     def kind(self, t: Any) -> Optional[int]:
         """``HOMOGENEOUS`` or ``AFFINE`` for a derived tensor, None for anything else."""
@@ -115,7 +116,9 @@ class AffineWatch(TorchDispatchMode):
             return func(*args, **kwargs)
         if name in _SHAPE_ONLY:
             return func(*args, **kwargs)
-        result = self._classify(name[:-1] if name.endswith("_") else name, args, kwargs, func)
+        base = name[:-1] if name.endswith("_") else name
+        self.ops.add(base)
+        result = self._classify(base, args, kwargs, func)
         written = _written(func, args, kwargs)
         if any(self.kind(t) is None for t in written):
             self._fail(f"{func} writes values computed from the layer into a tensor made before it")

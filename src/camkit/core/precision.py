@@ -39,6 +39,13 @@ def autocast_dtype(precision: str) -> Optional[torch.dtype]:
     return PRECISIONS[precision]
 
 
+def score_tolerance(precision: str) -> float:
+    """Relative tolerance for two computations of one score (e.g. a head verified by recomputing it):
+    1e-3 in float32, 4 eps of the autocast dtype otherwise (bf16: 0.031, fp16: 0.0039)."""
+    dtype = autocast_dtype(precision)
+    return 1e-3 if dtype is None else max(1e-3, 4 * torch.finfo(dtype).eps)
+
+
 def check_available(precision: str, device: torch.device) -> None:
     """:class:`CamkitError` if ``precision`` cannot run (usefully) on ``device``."""
     if precision == "fp32":

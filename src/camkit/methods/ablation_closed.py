@@ -50,6 +50,7 @@ class ClosedForm:
     def __init__(self, ctx: Context, batch_size: int, compute_dtype: Optional[torch.dtype] = None) -> None:
         self.ctx, self.batch_size, self.compute_dtype = ctx, batch_size, compute_dtype
         self._grads: Optional[list[torch.Tensor]] = None
+        self._ops: set[str] = set()
 
     def weights(self, i: int, ablate: Ablate, replay: Replay, plain: bool) -> Optional[torch.Tensor]:
         """``(B, K, C)`` weights ``(y - y_k) / |y|`` of layer ``i``, or None where the closed form is
@@ -86,6 +87,7 @@ class ClosedForm:
             raise _Rejected(f"the replay raised {type(e).__name__}: {e}") from None
         if not watch.affine(s):
             raise _Rejected(watch.reason or "the explained score is not computed from the layer by torch ops")
+        self._ops |= watch.ops
         return s.detach().double()
 
     def _verify(self, b: int, d: torch.Tensor, raw: torch.Tensor, grid: torch.Tensor, ablate: Ablate,
@@ -100,7 +102,7 @@ class ClosedForm:
         checks = [(y, self.ctx.scores[b].detach().double()), ((y - s[1:]).t(), d[:, ks])]
         if plain:
             checks.append((y - self._scores(b, torch.zeros_like(raw[b:b + 1]), 1, replay)[0], d.sum(-1)))
-        eps = max(torch.finfo(torch.float32).eps, torch.finfo(self.compute_dtype or raw.dtype).eps)
+        eps = self._eps(raw)
         tol = TOLERANCE * eps * (y.abs() + d.abs().sum(-1))  # (K,)
         for got, want in checks:
             err = (got - want).abs()
@@ -108,6 +110,22 @@ class ClosedForm:
             if (err > tol).any():
                 raise _Rejected(f"image {b}: a replay differs from the closed form by {err.max().item():.3g} "
                                 f"(tolerance {tol.min().item():.3g})")
+
+
+    def _eps(self, raw: torch.Tensor) -> float:
+        """Machine epsilon of the tail's arithmetic: float32 at least, the autocast dtype, and TF32
+        where CUDA may use it for the tail's matrix products or convolutions."""
+        eps = max(torch.finfo(torch.float32).eps, torch.finfo(self.compute_dtype or raw.dtype).eps)
+        if raw.is_cuda and raw.dtype == torch.float32 and (
+            (torch.backends.cuda.matmul.allow_tf32 and self._ops & _MATMUL)
+            or (torch.backends.cudnn.allow_tf32 and self._ops & _CONV)
+        ):
+            eps = max(eps, 2.0 ** -10)
+        return eps
+
+
+_MATMUL = {"mm", "bmm", "mv", "dot", "vdot", "matmul", "addmm", "addmv", "addbmm", "baddbmm", "linear"}
+_CONV = {"convolution", "_convolution", "conv1d", "conv2d", "conv3d"}
 
 
 class _Rejected(Exception):

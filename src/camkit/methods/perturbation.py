@@ -20,7 +20,7 @@ from ..core.outputs import to_logits
 from ..core.postprocess import normalize, upsample
 from ..core.targets import Targets
 from ..errors import InputError, UnsupportedModelError
-from ..core.precision import autocast_dtype
+from ..core.precision import autocast_dtype, score_tolerance
 from .ablation_closed import ClosedForm
 from .base import BaseCAM, Context, positive_int
 from .gradient import Maps, weighted_sum
@@ -406,7 +406,8 @@ class AblationCAM(BaseCAM):
             y_k[alive] = s[1:]
             if verify:
                 y0 = ctx.scores[b].detach().to(y.dtype)
-                if not torch.allclose(y, y0, rtol=1e-3, atol=1e-3 * (1.0 + float(y0.abs().max()))):
+                tol = score_tolerance(self.precision)
+                if not torch.allclose(y, y0, rtol=tol, atol=tol * (1.0 + float(y0.abs().max()))):
                     raise _TailMismatch(f"the unablated replay scored {y.tolist()} instead of {y0.tolist()}")
             denom = torch.where(y.abs() > 0, y.abs(), torch.ones_like(y))
             out.append(((y - y_k) / denom).t().float())  # (K, C)
