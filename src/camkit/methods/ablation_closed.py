@@ -51,6 +51,11 @@ class ClosedForm:
         self.ctx, self.batch_size, self.compute_dtype = ctx, batch_size, compute_dtype
         self._grads: Optional[list[torch.Tensor]] = None
         self._ops: set[str] = set()
+        self._used: set[int] = set()
+
+    def used(self, i: int) -> bool:
+        """Whether layer ``i``'s weights came from the closed form."""
+        return i in self._used
 
     def weights(self, i: int, ablate: Ablate, replay: Replay, plain: bool) -> Optional[torch.Tensor]:
         """``(B, K, C)`` weights ``(y - y_k) / |y|`` of layer ``i``, or None where the closed form is
@@ -70,6 +75,7 @@ class ClosedForm:
             log.debug("Ablation-CAM layer %r: replaying the ablations (%s)", self.ctx.pass_.names[i], e)
             return None
         log.debug("Ablation-CAM layer %r: closed form (the tail is affine in the layer)", self.ctx.pass_.names[i])
+        self._used.add(i)
         y = self.ctx.scores.detach().double()
         denom = torch.where(y.abs() > 0, y.abs(), torch.ones_like(y))
         return (d / denom.unsqueeze(-1)).float()

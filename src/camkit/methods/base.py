@@ -131,6 +131,7 @@ class BaseCAM:
             p = self._forward(x, modules, names)
             t = resolve_targets(targets, p.logits, x.shape[0])
             scores = t.scores(p.output, p.logits)
+            check_finite(self.precision, scores, [])  # before a method spends time on them
             to_grid = [self._grid_fn(a, n, x) for a, n in zip(p.acts, names)]
             acts = [f(a.detach()).float() for f, a in zip(to_grid, p.acts)]
             ctx = Context(self.model, x, p, t, scores, acts, modules, to_grid)

@@ -379,6 +379,12 @@ class AblationCAM(BaseCAM):
                     )
             if w is None:
                 w = self._weights(ctx, i, tracer.plan(i, name, tail=False), verify=False)
+            if self.precision != "fp32" and not (closed is not None and closed.used(i)):
+                warnings.warn(
+                    f"Ablation-CAM replayed the ablations of layer {name!r} under precision={self.precision!r}: "
+                    "each weight is a difference of two scores with ~3 significant digits, so weights below "
+                    "~1% of the score are rounding noise; use precision='fp32' for this layer", RuntimeWarning, stacklevel=3,
+                )
             raw.append(weighted_sum(w, ctx.acts[i]))
             weights.append(w)
         return raw, weights
