@@ -1,7 +1,7 @@
 """Ablation-CAM and Score-CAM speed as multiples of a bare no-grad forward measured in the same run.
 
     python3 benchmarks/bench_perturbation.py [--models resnet18,resnet50] [--repeats 3] [--peers resnet18]
-                                             [--threads N] [--device cpu|cuda]
+                                             [--threads N] [--device cpu|cuda] [--skip-scorecam]
 
 ResNet at 224x224, one image, layer4 (random init). Reported per image, median wall time (on CUDA
 each call is timed until the device has finished; the peak memory column is
@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads (default: all cores; 1 gives steadier ratios on a shared machine)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--skip-scorecam", action="store_true", help="time Ablation-CAM only (Score-CAM runs C forwards)")
     args = ap.parse_args()
     dev = args.device
     torch.set_num_threads(args.threads)
@@ -122,6 +123,8 @@ def main() -> None:
             cam = closed if j == 1 else replay
             row(label, ms, ms / ratio, target, fn=lambda cam=cam: cam(x))
 
+        if args.skip_scorecam:
+            continue
         per_image = {b: forward_ms_per_image(model, b, 2, dev) for b in map(int, args.score_batches.split(","))}
         best = min(per_image, key=per_image.__getitem__)
         c = informative_channels(model, args.layer, x)

@@ -122,14 +122,15 @@ def test_affine_tails_equal_full_recomputation(tail, caplog):
     torch.testing.assert_close(replay.weights, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_closed_form_replays_few_copies():
-    """One structural replay + per image: the unablated copy and 8 probes (batch_size 4: 3 passes) and
-    the all-zero copy -- instead of 1 + 12 copies per image."""
+@pytest.mark.parametrize("batch_size,passes", [(64, [10]), (4, [4, 4, 2]), (3, [3, 3, 3, 1])])
+def test_closed_form_replays_few_copies(batch_size, passes):
+    """Per image: the unablated copy, 8 probe channels and the all-zero copy, at most ``batch_size``
+    per pass -- instead of 1 + 12 copies per image."""
     model, x = Head("gap"), _x(2)
     sizes: list[int] = []
     model.fc.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
-    camkit.AblationCAM(model, "feat", batch_size=4).explain(x)
-    assert sizes == [2, 1] + [4, 4, 1, 1] * 2
+    camkit.AblationCAM(model, "feat", batch_size=batch_size).explain(x)
+    assert sizes == [2] + passes * 2
 
 
 def test_tokens_with_mean_pooling_equal_replay(caplog):
@@ -193,10 +194,10 @@ def test_tail_affine_on_probes_but_not_everywhere_is_caught(through_numpy, caplo
     x, targets = _x(2), [0, 1]
     base = Head("gap", c=24)
     with torch.no_grad():
-        m = base.feat(base.stem(x)).mean((2, 3))
+        a = base.feat(base.stem(x))
+        m = a.mean((2, 3))
         d = base.fc.weight[targets] * m  # the closed form's y - y_k (the switch is off: no gradient)
-    probes = {k for b in range(2) for k in
-              ablation_closed._probes(d[b:b + 1], m[b] != 0, ablation_closed.PROBES, seed=b).tolist()}
+    probes = {k for b in range(2) for k in ablation_closed._probes(a[b], ablation_closed.PROBES, seed=b).tolist()}
     js = [k for k in range(24) if k not in probes and (m[:, k] > 0.02).all()]
     assert js, "no channel outside the probes with the switch off in both images"
     model = Switch(js[0], through_numpy)

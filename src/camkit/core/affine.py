@@ -27,7 +27,6 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 HOMOGENEOUS, AFFINE = 2, 1
 
@@ -80,7 +79,14 @@ _RANDOM = set(
 
 
 def _tensors(obj: Any) -> list[torch.Tensor]:
-    return [t for t in tree_flatten(obj)[0] if isinstance(t, torch.Tensor)]
+    """The tensors in an aten argument (a tensor or a list of them), its args tuple or kwargs dict."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _tensors(o)]
+    return []
 
 
 class AffineWatch(TorchDispatchMode):

@@ -12,13 +12,12 @@ so every channel's difference comes from one backward pass through the tail and 
 of ``C`` ablated copies of the activation run through the tail.
 
 It is used only when shown to hold for the call at hand, else the caller replays the ablations:
-
-1. the op-by-op check of :class:`~camkit.core.affine.AffineWatch` on a replay of the unablated layer
-   output (any op that is not affine in it, a data-dependent branch or a random draw rejects);
-2. on every image, replays of the unablated copy, of probe channels (those with the largest predicted
-   differences and random others) and of all channels zeroed at once (for ``(B, C, h, w)`` layers)
-   must score what the closed form predicts, within a tolerance set by the arithmetic's precision
-   (``64 eps (|y| + sum_k |y - y_k|)``), again under the op-by-op check.
+on every image, one replay -- the unablated copy, probe channels zeroed one at a time (those with the
+largest activation mass, and random others) and, for ``(B, C, h, w)`` layers, all channels zeroed at
+once -- runs under the op-by-op check of :class:`~camkit.core.affine.AffineWatch` (any op that is
+not affine in the layer output, a data-dependent branch or a random draw rejects, at that op), and
+must score what the closed form predicts within a tolerance set by the arithmetic's precision:
+``64 eps (|y| + sum_k |y - y_k|)``.
 """
 from __future__ import annotations
 
@@ -39,7 +38,7 @@ Replay = Callable[[int, torch.Tensor, int], torch.Tensor]
 #: (image b, channels (n,), -1 = none zeroed) -> n copies of image b's layer output, channel ks[j] zeroed in copy j
 Ablate = Callable[[int, torch.Tensor], torch.Tensor]
 
-PROBES = 8  # probe channels per image: half the largest predicted differences, half random
+PROBES = 8  # probe channels per image: half the largest activation mass, half random
 TOLERANCE = 64  # in units of eps * (|y| + sum_k |y - y_k|)
 
 
@@ -62,15 +61,17 @@ class ClosedForm:
         not shown to hold (the caller then replays). ``plain``: the layer output is ``(B, C, h, w)``."""
         raw, grid = self.ctx.pass_.acts[i], self.ctx.acts[i]
         try:
-            self._scores(0, ablate(0, torch.full((1,), -1, device=raw.device)), 1, replay)  # op-by-op check
+            # replays first: the op-by-op check stops a tail that is not affine at its first such op,
+            # before any gradient is computed
+            probes = [self._replay_probes(b, raw, grid[b], ablate, replay, plain) for b in range(grid.shape[0])]
             if self._grads is None:
                 try:
                     self._grads = grid_grads(self.ctx)
                 except NoGradientError as e:
                     raise _Rejected(str(e)) from None
             d = (self._grads[i].double() * grid.double().unsqueeze(1)).sum((-2, -1))  # (B, K, C): y - y_k
-            for b in range(grid.shape[0]):
-                self._verify(b, d[b], raw, grid[b], ablate, replay, plain)
+            for b, (ks, s) in enumerate(probes):
+                self._compare(b, d[b], ks, s, plain, raw)
         except _Rejected as e:
             log.debug("Ablation-CAM layer %r: replaying the ablations (%s)", self.ctx.pass_.names[i], e)
             return None
@@ -79,6 +80,23 @@ class ClosedForm:
         y = self.ctx.scores.detach().double()
         denom = torch.where(y.abs() > 0, y.abs(), torch.ones_like(y))
         return (d / denom.unsqueeze(-1)).float()
+
+    def _replay_probes(self, b: int, raw: torch.Tensor, grid: torch.Tensor, ablate: Ablate, replay: Replay,
+                       plain: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image ``b``'s probe channels and the scores of its replays ``(rows, K)``: unablated, each probe
+        channel zeroed and, for plain layers, every channel zeroed (in the last pass if there is room)."""
+        ks = _probes(grid, PROBES, seed=b)
+        rows = torch.cat([ks.new_full((1,), -1), ks])
+        parts = []
+        for j in range(0, rows.numel(), self.batch_size):
+            sel = rows[j:j + self.batch_size]
+            ablated, n = ablate(b, sel), sel.numel()
+            if plain and j + n == rows.numel() and n < self.batch_size:
+                ablated, n = torch.cat([ablated, torch.zeros_like(ablated[:1])]), n + 1
+            parts.append(self._scores(b, ablated, n, replay))
+        if plain and sum(p.shape[0] for p in parts) == rows.numel():  # no room left: a pass of its own
+            parts.append(self._scores(b, torch.zeros_like(raw[b:b + 1]), 1, replay))
+        return ks, torch.cat(parts)
 
     def _scores(self, b: int, ablated: torch.Tensor, n: int, replay: Replay) -> torch.Tensor:
         """``(n, K)`` scores of a replay under the op-by-op check; :class:`_Rejected` if they are not
@@ -96,27 +114,21 @@ class ClosedForm:
         self._ops |= watch.ops
         return s.detach().double()
 
-    def _verify(self, b: int, d: torch.Tensor, raw: torch.Tensor, grid: torch.Tensor, ablate: Ablate,
-                replay: Replay, plain: bool) -> None:
-        """Replays of image ``b`` -- unablated, probe channels, (plain layers) every channel zeroed --
-        against the closed form's differences ``d`` ``(K, C)``; :class:`_Rejected` if one disagrees."""
-        ks = _probes(d, grid.flatten(1).ne(0).any(1), PROBES, seed=b)
-        rows = torch.cat([ks.new_full((1,), -1), ks])
-        chunks = [rows[j:j + self.batch_size] for j in range(0, rows.numel(), self.batch_size)]
-        s = torch.cat([self._scores(b, ablate(b, ks), ks.numel(), replay) for ks in chunks])
+    def _compare(self, b: int, d: torch.Tensor, ks: torch.Tensor, s: torch.Tensor, plain: bool,
+                 raw: torch.Tensor) -> None:
+        """The replayed scores ``s`` of image ``b`` against the closed form's ``y - y_k`` ``d`` ``(K, C)``;
+        :class:`_Rejected` if one differs by more than the tolerance."""
         y = s[0]
-        checks = [(y, self.ctx.scores[b].detach().double()), ((y - s[1:]).t(), d[:, ks])]
+        checks = [(y, self.ctx.scores[b].detach().double()), ((y - s[1:1 + ks.numel()]).t(), d[:, ks])]
         if plain:
-            checks.append((y - self._scores(b, torch.zeros_like(raw[b:b + 1]), 1, replay)[0], d.sum(-1)))
-        eps = self._eps(raw)
-        tol = TOLERANCE * eps * (y.abs() + d.abs().sum(-1))  # (K,)
+            checks.append((y - s[-1], d.sum(-1)))
+        tol = TOLERANCE * self._eps(raw) * (y.abs() + d.abs().sum(-1))  # (K,)
         for got, want in checks:
             err = (got - want).abs()
             err = err.amax(-1) if err.dim() == 2 else err
             if (err > tol).any():
                 raise _Rejected(f"image {b}: a replay differs from the closed form by {err.max().item():.3g} "
                                 f"(tolerance {tol.min().item():.3g})")
-
 
     def _eps(self, raw: torch.Tensor) -> float:
         """Machine epsilon of the tail's arithmetic: float32 at least, the autocast dtype, and TF32
@@ -138,12 +150,14 @@ class _Rejected(Exception):
     pass
 
 
-def _probes(d: torch.Tensor, live: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """Up to ``n`` live channels: the largest ``|y - y_k|`` over targets, then random ones."""
-    idx = live.nonzero().flatten().to(d.device)
+def _probes(grid: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Up to ``n`` channels of one image's ``(C, h, w)`` activations that are not all zero: those with
+    the largest activation mass ``sum_ij |A_kij|``, then random ones."""
+    mass = grid.abs().flatten(1).sum(1)
+    idx = mass.nonzero().flatten()
     if idx.numel() <= n:
         return idx
-    top = idx[d.abs().amax(0)[idx].topk(n // 2).indices]
+    top = idx[mass[idx].topk(n // 2).indices]
     rest = idx[~torch.isin(idx, top)]
     pick = torch.randperm(rest.numel(), generator=torch.Generator().manual_seed(seed))[: n - top.numel()]
     return torch.cat([top, rest[pick.to(rest.device)]])
