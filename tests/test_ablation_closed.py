@@ -16,6 +16,7 @@ import camkit
 from camkit.core.affine import AffineWatch, NotAffine
 from camkit.data import batches, digits
 from camkit.methods import ablation_closed
+from test_perturbation import naive_ablation as naive
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LOG = "camkit.methods.ablation_closed"
@@ -37,27 +38,6 @@ def _same(closed, replay):
     assert scale > 0
     torch.testing.assert_close(closed.weights, replay.weights, rtol=1e-4, atol=1e-5 * float(scale))
     torch.testing.assert_close(closed.maps, replay.maps, rtol=1e-3, atol=1e-4)
-
-
-def naive(model, layer, x, cls):
-    """``(y - y_k) / |y|`` by zeroing channel k with a hook and rerunning the model: ``(B, K, C)``."""
-    module = model.get_submodule(layer)
-    with torch.no_grad():
-        y = model(x).gather(1, cls)
-        store = {}
-        h = module.register_forward_hook(lambda m, i, o: store.update(a=o))
-        model(x)
-        h.remove()
-        out = []
-        for k in range(store["a"].shape[1]):
-            def zero(m, i, o, k=k):
-                o = o.clone()
-                o[:, k] = 0
-                return o
-            h = module.register_forward_hook(zero)
-            out.append((y - model(x).gather(1, cls)) / y.abs())
-            h.remove()
-    return torch.stack(out, -1)
 
 
 # -- affine tails: the closed form is used and equals the replay -------------------------------------------
