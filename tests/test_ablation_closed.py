@@ -210,6 +210,9 @@ def test_replay_forced(caplog):
     (lambda a, w: a.amax((2, 3)).sum(), False),
     (lambda a, w: a.sum() if bool(a.sum() > 0) else -a.sum(), False),  # data-dependent branch
     (lambda a, w: F.dropout(a, 0.5, training=True).sum(), False),  # a random draw
+    (lambda a, w: torch.div(a, 0.3, rounding_mode="floor").sum(), False),
+    (lambda a, w: a.to(torch.int32).float().sum(), False),
+    (lambda a, w: torch.where(a.detach() > 0, a, 0.0).sum(), False),  # the condition reads the values
 ])
 def test_affine_watch(fn, ok):
     a = torch.randn(2, 4, 4, 4)

@@ -36,8 +36,8 @@ class NotAffine(Exception):
 
 
 # name (aten, in-place "_" dropped) -> (result, slots where derived tensors may appear, product slots
-# of which at most one may be derived, extra condition on the arguments)
-_Rule = tuple[str, tuple[int, ...], tuple[int, ...], Optional[Callable[[tuple], bool]]]
+# of which at most one may be derived, extra condition on (args, kwargs))
+_Rule = tuple[str, tuple[int, ...], tuple[int, ...], Optional[Callable[[tuple, dict], bool]]]
 _KEEP, _HOMOG, _AFFINE = "keep", "homogeneous", "affine"
 _RULES: dict[str, _Rule] = {}
 for _n in (
@@ -49,11 +49,11 @@ for _n in (
     _RULES[_n] = (_KEEP, (0,), (), None)
 _RULES["where"] = (_KEEP, (1, 2), (), None)  # a constant condition picks elements
 _RULES["mul"] = (_KEEP, (0, 1), (0, 1), None)
-_RULES["div"] = (_KEEP, (0,), (), None)
-_RULES["native_dropout"] = (_KEEP, (0,), (), lambda a: a[2] is False)  # eval: the input
+_RULES["div"] = (_KEEP, (0,), (), lambda a, kw: kw.get("rounding_mode") is None)  # not floor / trunc
+_RULES["native_dropout"] = (_KEEP, (0,), (), lambda a, kw: a[2] is False)  # eval: the input
 for _n in ("relu", "leaky_relu", "abs"):
     _RULES[_n] = (_HOMOG, (0,), (), None)
-_RULES["threshold"] = (_HOMOG, (0,), (), lambda a: a[1] == 0 and a[2] == 0)  # = relu
+_RULES["threshold"] = (_HOMOG, (0,), (), lambda a, kw: a[1] == 0 and a[2] == 0)  # = relu
 for _n in ("add", "sub", "rsub"):
     _RULES[_n] = (_AFFINE, (0, 1), (), None)
 for _n in (
@@ -64,7 +64,7 @@ for _n in (
 ).split():
     _RULES[_n] = (_AFFINE, (0,), (), None)
 for _n in ("native_batch_norm", "cudnn_batch_norm", "miopen_batch_norm"):
-    _RULES[_n] = (_AFFINE, (0,), (), lambda a: a[5] is False)  # eval: running statistics
+    _RULES[_n] = (_AFFINE, (0,), (), lambda a, kw: a[5] is False)  # eval: running statistics
 for _n in ("mm", "bmm", "mv", "dot", "vdot", "matmul"):
     _RULES[_n] = (_AFFINE, (0, 1), (0, 1), None)
 for _n in ("addmm", "addmv", "addbmm", "baddbmm"):
@@ -134,10 +134,11 @@ class AffineWatch(TorchDispatchMode):
             for key, (d, k) in list(self._derived.items()):
                 if d.untyped_storage().data_ptr() == store:
                     self._derived[key] = (d, min(k, result))
-        for t in _tensors(out):
-            if not t.is_floating_point():
-                self._fail(f"{func} turns values computed from the layer into {t.dtype}")
-            if self.kind(t) is None:
+        outs = _tensors(out)
+        if outs and not any(t.is_floating_point() for t in outs):
+            self._fail(f"{func} turns values computed from the layer into {outs[0].dtype}")
+        for t in outs:  # (non-floating by-products, e.g. cuDNN batch norm's workspace, are not values)
+            if t.is_floating_point() and self.kind(t) is None:
                 self._derived[id(t)] = (t, result)
         return out
 
@@ -159,7 +160,7 @@ class AffineWatch(TorchDispatchMode):
             kinds += ks
         if factors > 1:
             self._fail(f"{func} multiplies two values computed from the layer")
-        if when is not None and not when(args):
+        if when is not None and not when(args, kwargs):
             self._fail(f"{func} with these arguments (training mode, a non-zero threshold) is not affine")
         if mode == _HOMOG and min(kinds) != HOMOGENEOUS:
             self._fail(f"{func} acts on a value that is not a scaled or moved copy of the layer's output, so "

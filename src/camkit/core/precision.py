@@ -50,7 +50,8 @@ def check_available(precision: str, device: torch.device) -> None:
     """:class:`CamkitError` if ``precision`` cannot run (usefully) on ``device``."""
     if precision == "fp32":
         return
-    if not torch.amp.is_autocast_available(device.type):
+    available = getattr(torch.amp, "is_autocast_available", lambda kind: kind in ("cpu", "cuda"))  # torch < 2.4
+    if not available(device.type):
         raise CamkitError(f"precision={precision!r}: torch has no autocast for device type {device.type!r}; use 'fp32'")
     if device.type == "cpu" and precision == "fp16" and not getattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)():
         raise CamkitError(
