@@ -3,7 +3,8 @@ target layer is changed, with no gradients.
 
 - Ablation-CAM: ``w_k = (y - y_k) / |y|``, ``y_k`` the score with channel ``k`` of the layer zeroed.
   Only the network *after* the layer depends on the ablation, so the layer's output is computed
-  once and only the tail runs on batches of ablated copies (see :class:`AblationCAM`).
+  once and only the tail runs on batches of ablated copies (see :class:`AblationCAM`); where the
+  tail is affine in the layer, one backward pass gives every channel (:mod:`.ablation_closed`).
 - Score-CAM: ``w = softmax_k(s(x * M_k))``, ``M_k`` channel ``k`` upsampled and min-max normalised.
 """
 from __future__ import annotations
@@ -19,8 +20,8 @@ from ..core import engine
 from ..core.outputs import to_logits
 from ..core.postprocess import normalize, upsample
 from ..core.targets import Targets
-from ..errors import InputError, UnsupportedModelError
 from ..core.precision import autocast_dtype, score_tolerance
+from ..errors import InputError, UnsupportedModelError
 from .ablation_closed import ClosedForm
 from .base import BaseCAM, Context, positive_int
 from .gradient import Maps, weighted_sum
