@@ -41,10 +41,8 @@ def _logits_or_none(output: Any) -> Optional[torch.Tensor]:
 
 
 def _rows(targets: Targets, rows: torch.Tensor) -> Targets:
-    """The targets of images ``rows`` (a batch made of copies of some images). A callable target must
-    act row by row, so it is kept as is."""
-    idx = None if targets.indices is None else targets.indices[rows.to(targets.indices.device)]
-    return Targets(idx, targets.keep_k, targets.fn)
+    """The targets of images ``rows`` (a batch made of copies of some images), see :meth:`Targets.rows`."""
+    return targets.rows(rows)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -354,7 +352,7 @@ class AblationCAM(BaseCAM):
         finally:
             for h in handles:
                 h.remove()
-        return _TracedPass(p.output, p.logits, p.acts, p.names, tracer)
+        return p.extended(_TracedPass, tracer=tracer)
 
     def compute(self, ctx: Context) -> Maps:
         tracer = getattr(ctx.pass_, "tracer", None)
@@ -434,8 +432,8 @@ class AblationCAM(BaseCAM):
         return _rows(ctx.targets, torch.full((n,), b, dtype=torch.long)).scores(output, _logits_or_none(output))
 
     def _plain(self, ctx: Context, i: int) -> bool:
-        """The layer's output is a ``(B, C, h, w)`` grid (no reshape function)."""
-        return ctx.pass_.acts[i].dim() == 4 and self.reshape is None
+        """The layer's output is read as a ``(B, C, h, w)`` grid as it is."""
+        return getattr(ctx.to_grid[i], "kind", None) == "nchw"
 
 
 # ---------------------------------------------------------------------------------------------------
