@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -185,6 +186,7 @@ def cluster(tmp_path):
         yield f"127.0.0.1:{port}", env
     finally:
         _stop(procs)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_bench_on_a_two_node_cluster_equals_the_local_run(cluster, tmp_path):
