@@ -8,8 +8,6 @@ user's ``.grad`` is never touched.
 """
 from __future__ import annotations
 
-import warnings
-from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -17,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError, NoGradientError
+from .hooks import Hooks
 from .outputs import to_logits
 
 
@@ -56,9 +55,9 @@ def forward(
 
         return hook
 
-    with ExitStack() as stack:
+    with Hooks() as hooks:  # they fire for this call only, not for other threads using the model
         for i, m in enumerate(modules):
-            stack.callback(m.register_forward_hook(make_hook(i)).remove)
+            hooks.on_forward(m, make_hook(i))
         with torch.no_grad():
             output = model(x)
     missing = [n for n, a in zip(names, captured) if a is None]
@@ -89,14 +88,12 @@ def gradients(p: Pass, scores: torch.Tensor) -> list[torch.Tensor]:
         if k_total > 1:
             eye = torch.eye(k_total, dtype=scores.dtype, device=scores.device)
             one_hot = eye[:, None, :].expand(k_total, *scores.shape)  # (K, B, K): select score k
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error")  # a slow per-sample fallback: use the loop instead
-                    grads = torch.autograd.grad(
-                        scores, p.acts, grad_outputs=one_hot, is_grads_batched=True,
-                        retain_graph=True, allow_unused=True,
-                    )
-            except (RuntimeError, UserWarning, NotImplementedError):
+            try:  # (no warnings filter here: it is process-wide and would reach other threads)
+                grads = torch.autograd.grad(
+                    scores, p.acts, grad_outputs=one_hot, is_grads_batched=True,
+                    retain_graph=True, allow_unused=True,
+                )
+            except (RuntimeError, NotImplementedError):
                 grads = None
         if grads is None:
             per_k = [

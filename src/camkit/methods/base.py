@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..core import engine
+from ..core.hooks import Hooks
 from ..core.layers import POOLING, LayerSpec, resolve_layers
 from ..core.outputs import to_logits
 from ..core.postprocess import finalize
@@ -207,7 +208,6 @@ def auto_layer(model: nn.Module, x: torch.Tensor, patch: Optional[tuple[int, int
     """
     fired: list[tuple[str, torch.Tensor]] = []
     pooled: set[int] = set()
-    handles = []
 
     def make_hook(name: str, module: nn.Module):
         def hook(_m: nn.Module, _i: Any, out: Any) -> None:
@@ -217,10 +217,10 @@ def auto_layer(model: nn.Module, x: torch.Tensor, patch: Optional[tuple[int, int
                     pooled.add(id(out))
         return hook
 
-    for name, m in model.named_modules():
-        if name:
-            handles.append(m.register_forward_hook(make_hook(name, m)))
-    try:
+    with Hooks() as hooks:  # they fire for this call only, not for other threads using the model
+        for name, m in model.named_modules():
+            if name:
+                hooks.on_forward(m, make_hook(name, m))
         with torch.enable_grad():
             xin = x.detach().clone().requires_grad_(True)
             out = model(xin)
@@ -241,9 +241,6 @@ def auto_layer(model: nn.Module, x: torch.Tensor, patch: Optional[tuple[int, int
                     f"found no layer with a spatial output in {type(model).__name__}; pass layer='name'"
                 )
             grads = torch.autograd.grad(score, [t for _, t, _ in cands], allow_unused=True)
-    finally:
-        for h in handles:
-            h.remove()
     for (name, _t, grid), g in reversed(list(zip(cands, grads))):
         if g is None:
             continue

@@ -92,7 +92,9 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     The survey prints ``D1`` in alpha's numerator; with ``n = 1`` the method must reduce to
     Grad-CAM++, whose numerator is the second-order term, so ``D2`` is used.
     ``batch_size`` bounds how many noisy copies go through the model at once; ``seed`` makes the
-    noise reproducible (default: a fixed seed, so the same input gives the same map).
+    noise reproducible (default: a fixed seed, so the same input gives the same map). Every image of
+    a batch gets the same n noise draws, so an image's map does not depend on its batch or
+    ``batch_size``.
     """
 
     uses_gradients = True
@@ -113,12 +115,15 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         else:
             gen.seed()
         span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(b, 1, 1, 1)
+        # one draw of n noise images, copy j of every image gets the j-th: an image's map does not
+        # depend on the other images of the batch nor on batch_size
+        noise_n = torch.randn((self.n,) + tuple(x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
         sums: Optional[list[list[torch.Tensor]]] = None  # per layer: [sum g, sum g^2, sum g^3]
         per_batch = max(1, self.batch_size // b)
         done = 0
         while done < self.n:
             m = min(per_batch, self.n - done)
-            noise = torch.randn((b * m,) + tuple(x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
+            noise = noise_n[done:done + m].repeat(b, 1, 1, 1)  # (b * m, ...), image-major like repeat_interleave
             xn = x.repeat_interleave(m, dim=0) + noise * self.noise * span.repeat_interleave(m, dim=0)
             p = engine.forward(self.model, xn, ctx.modules, ctx.pass_.names, record=True)
             grads = engine.gradients(p, ctx.targets.repeat(m).scores(p.output, p.logits))
