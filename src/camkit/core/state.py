@@ -80,7 +80,7 @@ def _release(modules: list[nn.Module], params: list[torch.Tensor]) -> None:
                 hooks = m.__dict__.get(name)
                 if hooks:
                     for key in [k for k, h in list(hooks.items()) if is_stale(h)]:
-                        del hooks[key]
+                        hooks.pop(key, None)  # its owner may have removed it since the snapshot
         for p in params:
             held = _HELD[id(p)]
             held.count -= 1
