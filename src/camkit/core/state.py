@@ -67,25 +67,27 @@ def _acquire(model: nn.Module, modules: list[nn.Module], params: list[torch.Tens
                 held.evaled = held.evaled or (held.training and not m.training)
 
 
+def _let_go(obj: Any) -> Optional[_Held]:
+    """One call less holds ``obj``; returns its record when that was the last call."""
+    held = _HELD[id(obj)]
+    held.count -= 1
+    return _HELD.pop(id(obj)) if held.count == 0 else None
+
+
 def _release(modules: list[nn.Module], params: list[torch.Tensor]) -> None:
     with _GUARD:
         for m in modules:
-            held = _HELD[id(m)]
-            held.count -= 1
-            if held.count == 0:
-                del _HELD[id(m)]
-                if m.training != held.training:
-                    m.training = held.training
+            held = _let_go(m)
+            if held is not None and m.training != held.training:
+                m.training = held.training
             for name in _HOOK_DICTS:
                 hooks = m.__dict__.get(name)
                 if hooks:
                     for key in [k for k, h in list(hooks.items()) if is_stale(h)]:
                         hooks.pop(key, None)  # its owner may have removed it since the snapshot
         for p in params:
-            held = _HELD[id(p)]
-            held.count -= 1
-            if held.count == 0:
-                del _HELD[id(p)]
+            held = _let_go(p)
+            if held is not None:
                 if p.requires_grad != held.requires_grad:
                     p.requires_grad_(held.requires_grad)
                 if p.grad is not held.grad:

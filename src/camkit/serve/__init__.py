@@ -43,12 +43,17 @@ def run(model_specs: Sequence[str], host: str = "127.0.0.1", port: int = 8000, d
             sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
+            sock.listen(2048)  # connections wait in the backlog from now on, not refused before uvicorn starts
             bound = sock.getsockname()[1]
             shown = f"[{host}]" if ":" in host else host
             print(f"camkit serve: http://{shown}:{bound}/ (models: {', '.join(models)}; API docs at /docs; "
                   "Ctrl-C stops)", flush=True)
             server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
-            server.run(sockets=[sock])
+            try:
+                server.run(sockets=[sock])
+            except KeyboardInterrupt:  # uvicorn stopped gracefully, then re-raised the signal
+                pass
+            print("camkit serve: stopped", flush=True)
         finally:
             tempfile.tempdir = previous
             sys.stdout.flush()

@@ -143,6 +143,10 @@ def create_app(
     async def bad_request(_r: Request, e: BadRequest) -> JSONResponse:
         return _error(e.status, str(e))
 
+    @app.exception_handler(Exception)
+    async def internal(_r: Request, e: Exception) -> JSONResponse:  # a bug: say what, keep serving
+        return _error(500, f"internal error: {type(e).__name__}: {e}")
+
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
