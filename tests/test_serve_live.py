@@ -192,12 +192,19 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         assert [c.split(" ·")[0] for c in captions] == ["gradcam", "eigencam"]
         classes = driver.find_element(By.ID, "classes").text.lower()
         assert "cat" in classes and "cat" in captions[0].lower()  # ImageNet weights: an Egyptian / tiger cat
+        # a class found by typing its name: one map per method, of that class
+        Select(driver.find_element(By.ID, "target-kind")).select_by_value("class")
+        driver.find_element(By.ID, "class-name").send_keys("tiger cat")
+        assert driver.find_element(By.ID, "class-hint").text == "class 282: tiger cat"
+        driver.find_element(By.ID, "explain").click()
+        wait.until(lambda d: all("(282)" in e.text for e in d.find_elements(By.CSS_SELECTOR, "figure.result .label")))
+        assert len(driver.find_elements(By.CSS_SELECTOR, "figure.result img.heat")) == 2
         opacity = driver.find_element(By.ID, "opacity")
         driver.execute_script("arguments[0].value = 80; arguments[0].dispatchEvent(new Event('input'))", opacity)
         assert driver.execute_script("return document.querySelector('img.heat').style.opacity") == "0.8"
         driver.execute_script("arguments[0].value = 50; arguments[0].dispatchEvent(new Event('input'))", opacity)
         height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1400, min(max(height + 200, 600), 2000))  # the whole page in the screenshot
+        driver.set_window_size(1400, min(max(height + 120, 600), 2000))  # the whole page in the screenshot
         png = driver.get_screenshot_as_png()
         assert Image.open(io.BytesIO(png)).size[0] > 0
         if SCREENSHOT:

@@ -194,15 +194,26 @@ def display_image(image: torch.Tensor) -> torch.Tensor:
     return image if scale >= 1 else resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale))))
 
 
+def png_bytes(picture: Any) -> bytes:
+    """A PIL image as PNG with fast compression (level 1: about 5x faster than the default on
+    photos, files about 10 % larger)."""
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
 def encode_maps(image: torch.Tensor, maps: torch.Tensor, attribution: bool) -> tuple[bytes, bytes, bytes]:
-    """PNG of the overlay (map blended at alpha 0.5 over the image, at the image's size), PNG of the
-    coloured map alone (for the page's opacity slider), and the map's ``.npy`` bytes."""
+    """PNG of the overlay (the coloured map blended at alpha 0.5 over the image, at the image's
+    size, as :func:`camkit.viz.overlay` draws it), PNG of the coloured map alone (for the page's
+    opacity slider), and the map's ``.npy`` bytes."""
+    from PIL import Image
+
     h, w = image.shape[-2:]
     if attribution:
-        pic = viz.to_pil(to_image(maps)).resize((w, h))
-        return viz.encode(pic), viz.encode(pic), npy_bytes(maps)
+        pic = png_bytes(viz.to_pil(to_image(maps)).resize((w, h)))
+        return pic, pic, npy_bytes(maps)
     heat = viz.heatmap(maps, size=(h, w))
-    return viz.encode(viz.overlay(image, maps)), viz.encode(heat), npy_bytes(maps)
+    return png_bytes(Image.blend(viz.to_pil(image), heat, 0.5)), png_bytes(heat), npy_bytes(maps)
 
 
 def top_classes(logits: Optional[torch.Tensor], categories: Optional[Sequence[str]], k: int) -> list[dict[str, Any]]:
