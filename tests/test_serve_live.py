@@ -203,8 +203,8 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         driver.execute_script("arguments[0].value = 80; arguments[0].dispatchEvent(new Event('input'))", opacity)
         assert driver.execute_script("return document.querySelector('img.heat').style.opacity") == "0.8"
         driver.execute_script("arguments[0].value = 50; arguments[0].dispatchEvent(new Event('input'))", opacity)
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(1400, min(max(height + 120, 600), 2000))  # the whole page in the screenshot
+        height = driver.execute_script("return document.querySelector('main').getBoundingClientRect().bottom")
+        driver.set_window_size(1400, min(max(int(height) + 140, 600), 2000))  # the whole page in the screenshot
         png = driver.get_screenshot_as_png()
         assert Image.open(io.BytesIO(png)).size[0] > 0
         if SCREENSHOT:
