@@ -221,7 +221,7 @@ def test_bad_upload_over_loopback_and_no_files_outside_the_temp_dir(server):
     assert httpx.get(server.url + "/health", timeout=60).json()["status"] == "ok"
     running = _files(server.dirs["tmp"])
     assert running and all(p.startswith("camkit-serve-") for p in running)  # its own temp dir only
-    server.proc.send_signal(signal.SIGINT)
+    server.proc.send_signal(signal.SIGTERM)  # as a process manager stops it (Ctrl-C: SIGINT, the same path)
     assert server.proc.wait(60) == 0
     assert _files(server.dirs["home"]) == [] and _files(server.dirs["cwd"]) == []
     assert _files(server.dirs["tmp"]) == []  # removed on exit

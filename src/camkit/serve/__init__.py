@@ -10,9 +10,11 @@ removed on exit (uploads are held in memory).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from typing import Any, Sequence
 
 __all__ = ["create_app", "run"]
@@ -23,6 +25,10 @@ def create_app(*args: Any, **kwargs: Any) -> Any:
     from .app import create_app as make
 
     return make(*args, **kwargs)
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def run(model_specs: Sequence[str], host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
@@ -49,10 +55,16 @@ def run(model_specs: Sequence[str], host: str = "127.0.0.1", port: int = 8000, d
             print(f"camkit serve: http://{shown}:{bound}/ (models: {', '.join(models)}; API docs at /docs; "
                   "Ctrl-C stops)", flush=True)
             server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+            on_term = signal.getsignal(signal.SIGTERM)
+            if threading.current_thread() is threading.main_thread():  # SIGTERM too cleans up on the way out
+                signal.signal(signal.SIGTERM, _interrupt)
             try:
                 server.run(sockets=[sock])
             except KeyboardInterrupt:  # uvicorn stopped gracefully, then re-raised the signal
                 pass
+            finally:
+                if threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGTERM, on_term)
             print("camkit serve: stopped", flush=True)
         finally:
             tempfile.tempdir = previous
