@@ -119,12 +119,13 @@ def test_loopback_load_answers_equal_the_library_and_memory_stays_flat(server):
             t.join(240)
 
     start = time.monotonic()
-    burst(1)  # warm-up: first calls, allocator pools
+    burst(2)  # warm-up: first calls, allocator pools, every batch size
     warm = server.rss_mb()
     results.clear()
     burst(per_client)
     grown = server.rss_mb() - warm
     took = time.monotonic() - start
+    print(f"server RSS {warm:.0f} MB after the warm-up rounds, {grown:+.1f} MB after {clients * per_client} more requests")
     assert not errors, errors[:3]
     assert len(results) == clients * per_client
     batched = 0
