@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated row labels to time (substring match), e.g. fullgrad")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
@@ -71,16 +72,30 @@ def main() -> None:
                 with torch.no_grad():
                     return model(x)
 
+            def full_backward() -> object:  # FullGrad's floor: autograd from the input, no parameter gradients
+                xi = x.clone().requires_grad_(True)
+                return torch.autograd.grad(model(xi).amax(1).sum(), xi)
+
             rows.append(("no-grad forward", fwd))
-            for m in ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"]:
+            rows.append(("forward + full backward (FullGrad's floor)", full_backward))
+            for m in ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigengradcam"]:
                 cam = camkit.create(m, model, layer=layer)
                 rows.append((f"camkit {m}", lambda cam=cam: cam(x)))
             g = camkit.GradCAM(model, layer=layer)
             rows.append(("camkit gradcam TopK(5)", lambda: g(x, targets=camkit.TopK(5))))
             sg = camkit.SmoothGradCAMPlusPlus(model, layer=layer, n=8)
             rows.append(("camkit smoothgradcam++ (n=8)", lambda: sg(x)))
+            fg = camkit.FullGrad(model)
+            rows.append(("camkit fullgrad", lambda: fg(x)))
+            ge = camkit.GradCAM(model, layer=layer, eigen_smooth=True)
+            rows.append(("camkit gradcam eigen_smooth", lambda: ge(x)))
+            ga = camkit.GradCAM(model, layer=layer, aug_smooth=True)
+            rows.append(("camkit gradcam aug_smooth (6 views)", lambda: ga(x)))
             if not args.no_peers:
                 rows += [(k, lambda f=f: f(x)) for k, f in peers(model, layer).items()]
+            if args.only:
+                keep = [w.strip() for w in args.only.split(",")]
+                rows = [r for i, r in enumerate(rows) if i == 0 or any(w in r[0] for w in keep)]
             repeats = args.repeats if b == 1 else max(2, args.repeats // 2)
             for label, fn in rows:
                 # forward and method timed in turn, so a change in machine load hits both

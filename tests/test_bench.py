@@ -150,6 +150,8 @@ def test_markdown_has_table8_layout(run):
     for needle in ("Pointing game", "Energy pointing game", "MaxBoxAcc", "Deletion AUC", "Insertion AUC",
                    "Classification accuracy", "## Protocol", "baseline:center_gaussian"):
         assert needle in md
+    assert "; 2 methods and 3 baselines." in md  # counted by kind (issue 13: it said "5 methods and baselines")
+    assert "**Warning: digits_resnet runs with random weights" in md
 
 
 def test_corrupt_image_is_skipped_and_counted(run):

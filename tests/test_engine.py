@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import camkit
-from camkit.core.tokens import token_grid
+from camkit.core.layout import readings
 from toy_models import FunctionalNet, GapNet, TinyViT
 
 GRADIENT_METHODS = ["gradcam", "gradcam++", "smoothgradcam++", "xgradcam", "layercam", "hirescam"]
@@ -259,8 +259,8 @@ def test_vit_tokens_become_a_grid_with_inferred_prefix(prefix, seq_first):
 
 def test_token_grid_inference_without_patch_size():
     t = torch.zeros(2, 1 + 4 + 12, 8)  # 1 class + 4 register tokens, 3x4 grid, input 30x40
-    grid = token_grid(t, 2, (30, 40), None)
-    assert (grid.prefix, grid.h, grid.w) == (5, 3, 4)
+    grid = readings(t, 2, (30, 40), None)[0]
+    assert (grid.kind, grid.prefix, grid.h, grid.w) == ("tokens", 5, 3, 4)
 
 
 def test_auto_layer_uses_the_models_default_layer_attribute():

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import camkit.models as cm
-from camkit.core.tokens import patch_size, token_grid
+from camkit.core.layout import patch_size, readings
 from camkit.data import batches, digits
 from camkit.models.zoo import WEIGHTS_DIR
 
@@ -57,5 +57,5 @@ def test_digits_models_have_cam_friendly_structure() -> None:
         assert model.categories == [str(d) for d in range(10)] and model.input_size == (64, 64)
     # the hybrid ViT's conv stem hides the 8-pixel token pitch from the patch-size probe; the token grid is
     # still read as 1 class token + an 8x8 grid (the input's aspect ratio)
-    grid = token_grid(torch.zeros(2, 65, 64), 2, (64, 64), patch_size(vit))
-    assert grid is not None and (grid.prefix, grid.h, grid.w) == (1, 8, 8)
+    grid = readings(torch.zeros(2, 65, 64), 2, (64, 64), patch_size(vit))[0]
+    assert (grid.kind, grid.prefix, grid.h, grid.w) == ("tokens", 1, 8, 8)

@@ -18,6 +18,7 @@ from .methods import (
     CAM, BaseCAM, Explanation, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, SmoothGradCAMPlusPlus,
     XGradCAM, create, list_methods,
     AblationCAM, ScoreCAM, EigenCAM, GuidedBackprop, GuidedGradCAM, to_image,
+    Augment, EigenGradCAM, FullGrad,
 )
 
 __version__ = "0.1.0"
@@ -35,5 +36,6 @@ __all__ = [
     "CAM", "GradCAM", "GradCAMPlusPlus", "SmoothGradCAMPlusPlus", "XGradCAM", "LayerCAM", "HiResCAM",
     "BaseCAM", "Explanation", "TopK", "BottomK", "create", "list_methods",
     "AblationCAM", "ScoreCAM", "EigenCAM", "GuidedBackprop", "GuidedGradCAM", "to_image",
+    "Augment", "EigenGradCAM", "FullGrad",
     "CamkitError", "InputError", "LayerNotFoundError", "NoGradientError", "TargetError", "UnsupportedModelError",
 ]

@@ -80,31 +80,60 @@ def _stem(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem).strip("._") or "image"
 
 
+def _warn(command: str, text: str) -> None:
+    print(f"camkit {command}: warning: {text}", file=sys.stderr)
+
+
+def _picture_size(spec: str, original: tuple[int, int], model_size: tuple[int, int]) -> tuple[int, int]:
+    """``--size``: ``original`` (the image's own), ``model`` (the input the map was computed on), or N
+    (the original's aspect, longer side N pixels)."""
+    import camkit
+
+    if spec == "original":
+        return original
+    if spec == "model":
+        return model_size
+    if not spec.isdigit() or int(spec) < 1:
+        raise camkit.CamkitError(f"--size must be original, model or a number of pixels, got {spec!r}")
+    scale = int(spec) / max(original)
+    return max(1, round(original[0] * scale)), max(1, round(original[1] * scale))
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
     import camkit
     from camkit import viz
-    from camkit.bench.sources import load_model
+    from camkit.bench.sources import load_model, random_weights, random_weights_warning
     from camkit.core.outputs import to_logits
     from camkit.data import resize_image
+    from camkit.data.geometry import Frame, fit
     from camkit.data.imageio import read_image
     from camkit.methods import get, to_image
 
     spec = args.model if args.weights is None else f"{args.model}={args.weights}"
     model = load_model(spec, args.device)
+    if random_weights(spec):
+        _warn("explain", random_weights_warning(spec))
     size = tuple(model.input_size)
-    images = []
+    images, pictures = [], []  # model inputs; (frame, image) of each written picture
     for path in args.images:
         try:
-            images.append(resize_image(read_image(path), size))
+            original = read_image(path)
         except (OSError, ValueError, SyntaxError) as exc:
             raise camkit.CamkitError(f"cannot read image {path!r}: {exc}") from exc
+        xi, frame = fit(original, size, args.fit, interpolation=getattr(model, "interpolation", "bilinear"))
+        images.append(xi)
+        out_size = _picture_size(args.size, frame.original, size)
+        if args.size == "model":
+            pictures.append((None, xi))
+        else:  # the map goes back through the preprocessing geometry, onto the image at out_size
+            pictures.append((Frame.fit(out_size, size, args.fit), resize_image(original, out_size)))
     x = torch.stack(images).to(args.device)
     cats = getattr(model, "categories", None)
     targets = _target(args.target, cats)
-    layer = args.layer or getattr(model, "default_layer", "auto")
+    layer = args.layer or "auto"  # "auto": the zoo model's default_layer (FullGrad: all its biased layers)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     name = lambda c: cats[c] if cats and 0 <= c < len(cats) else str(c)  # noqa: E731
@@ -125,9 +154,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 c = int(classes[i, k]) if classes is not None else None
                 suffix = "" if maps.shape[1] == 1 else f"_k{k + 1}"
                 base = out / f"{_stem(path)}_{re.sub(r'[^A-Za-z0-9+_-]', '', cls.name)}{suffix}"
-                picture = viz.to_pil(to_image(maps[i, k])) if guided else viz.overlay(x[i], maps[i, k])
+                frame, image = pictures[i]
+                m = maps[i, k].detach().cpu() if frame is None else frame.to_original(maps[i, k].detach().cpu())
+                picture = viz.to_pil(to_image(m)) if guided else viz.overlay(image, m)
                 picture.save(f"{base}.png")
-                np.save(f"{base}.npy", maps[i, k].detach().cpu().numpy())
+                np.save(f"{base}.npy", m.numpy())
                 print(f"  {cls.name} -> {base}.png ({name(c) if c is not None else 'callable'}) + .npy")
     return 0
 
@@ -152,6 +183,7 @@ def _protocol(args: argparse.Namespace) -> Any:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from camkit.bench import BenchConfig, resolve_methods, run_bench, summary_text
+    from camkit.bench.sources import random_weights, random_weights_warning
 
     config = BenchConfig(
         models=tuple(_csv(args.models)), methods=resolve_methods(args.methods), data=args.data, limit=args.limit,
@@ -165,6 +197,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           "gpus_per_worker": args.gpus_per_worker}
     elif (args.address, args.num_workers, args.gpus_per_worker) != (None, None, 0.0):
         raise CamkitError("--address, --num-workers and --gpus-per-worker need --engine ray")
+    for spec in config.models:
+        if random_weights(spec):
+            _warn("bench", random_weights_warning(spec))
     result = run_bench(config, args.output, resume=args.resume, engine=args.engine, progress=not args.quiet,
                        engine_options=engine_options)
     print(summary_text(result))
@@ -197,9 +232,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     print("methods:  " + ", ".join(camkit.list_methods()))
     print("models:   " + ", ".join(camkit.models.list_models()))
+    for _module, _function, usage in camkit.models.PREFIXES.values():
+        name, text = usage.split("  ", 1)
+        print(f"  {name:<17} {text}")
     print("datasets:")
     for name, text in DATASETS.items():
-        print(f"  {name:<15} {text}")
+        print(f"  {name:<17} {text}")
     print("engines:  " + ", ".join(list_engines()))
     return 0
 
@@ -244,18 +282,24 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explain", help="maps of one or more images", description="Explain images with one or "
                        "more methods: writes overlays (PNG) and raw maps (.npy), prints the predicted classes.")
     e.add_argument("images", nargs="+", metavar="IMAGE")
-    e.add_argument("--model", required=True, help="zoo model name (camkit list)")
+    e.add_argument("--model", required=True, help="zoo model name, timm:NAME, hf:DIR or torchvision:NAME (camkit list)")
     e.add_argument("--weights", default=None, help="state-dict path, a named weights set, or 'random'")
     e.add_argument("--method", required=True, help="method name(s), comma-separated")
     e.add_argument("--layer", default=None, help="layer name (default: the model's default layer)")
     e.add_argument("--target", default="top1", help="top1, topK (e.g. top3), a class index or a class name")
     e.add_argument("-o", "--output", required=True, help="output directory")
+    e.add_argument("--size", default="original", help="size of the written overlays and .npy maps: original "
+                   "(each image's own, default), model (the model's input) or N (longer side N pixels)")
+    e.add_argument("--fit", default="stretch", choices=("stretch", "letterbox", "crop"),
+                   help="how an image becomes the model's input: stretch (resize, default), letterbox (resize "
+                   "keeping the aspect ratio, pad) or crop (resize to cover, centre crop); maps go back the same way")
     common(e)
     e.set_defaults(func=cmd_explain)
 
     b = sub.add_parser("bench", help="methods x models x data -> tables, figures, HTML report",
                        description="Run the benchmark; rerun the same command to resume an interrupted run.")
-    b.add_argument("--models", required=True, help="comma-separated zoo names, each optionally NAME=WEIGHTS")
+    b.add_argument("--models", required=True, help="comma-separated zoo names (or timm:NAME, hf:DIR, torchvision:NAME), "
+                   "each optionally NAME=WEIGHTS")
     b.add_argument("--methods", default="all", help="'all' or comma-separated method names (default: all)")
     b.add_argument("--data", default="digits", help="samples | digits[:N] | imagenet:PATH | folder:PATH")
     b.add_argument("--limit", type=int, default=None, help="use the first N images")

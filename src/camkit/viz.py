@@ -1,25 +1,38 @@
-"""Pictures of explanations: a map over an image, signed attributions, grids; all return PIL images.
+"""Pictures of explanations: a map over an image, signed attributions, labelled grids; all return PIL
+images (which Jupyter shows inline).
 
->>> camkit.viz.overlay(image, maps[0]).save("cat.png")      # image (3, H, W) in [0, 1], map (h, w)
+>>> camkit.viz.overlay(Image.open("cat.jpg"), maps[0]).save("cat.png")   # map resized to the photo
+>>> camkit.viz.show(cam.explain(x, targets=camkit.TopK(3)), x, labels=model.categories)
 
-Everything takes torch tensors (any device) or numpy arrays; nothing here needs a display
-(colour maps come from matplotlib's registry, no figure is opened).
+Images may be PIL images, numpy arrays or torch tensors (any device), channels-first ``(3, H, W)``
+or channels-last ``(H, W, 3)`` (or grey ``(H, W)``): ``uint8`` is read as 0..255 and divided by
+255, floats must already be in [0, 1] (anything else is an error that says how to fix it, never a
+silent clip). Maps are ``(h, w)`` in [0, 1] and are resized bilinearly to the image. Nothing here
+needs a display (colour maps come from matplotlib's registry, no figure is opened).
 """
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
-from typing import Optional, Union
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
+from .core.pixels import TOLERANCE, advice
 from .errors import InputError
 
-ArrayLike = Union[torch.Tensor, np.ndarray]
+if TYPE_CHECKING:
+    from .data.geometry import Frame
+    from .methods.base import Explanation
 
-__all__ = ["overlay", "heatmap", "attribution", "to_pil", "grid", "encode", "draw_boxes"]
+ArrayLike = Union[torch.Tensor, np.ndarray]
+ImageLike = Union[Image.Image, torch.Tensor, np.ndarray]
+
+__all__ = ["overlay", "heatmap", "attribution", "to_pil", "to_tensor", "grid", "encode", "draw_boxes", "show", "to_original",
+           "image_size"]
+_CHANNELS = (1, 3, 4)
 
 
 def _np(x: ArrayLike) -> np.ndarray:
@@ -28,35 +41,92 @@ def _np(x: ArrayLike) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-def _hwc(image: ArrayLike) -> np.ndarray:
-    """(3, H, W) tensor, (H, W, 3) array or (H, W), floats in [0, 1] -> (H, W, 3) float32 in [0, 1].
+def _channels_last(shape: tuple[int, ...], torch_convention: bool) -> bool:
+    """Whether a 3-D image of ``shape`` is ``(H, W, C)``: the axis that can be channels (1, 3 or 4)
+    decides; when both can, tensors are read channels-first and arrays channels-last."""
+    first, last = shape[0] in _CHANNELS, shape[-1] in _CHANNELS
+    return last and not (first and torch_convention)
 
-    Tensors are read channels-first (torch convention); numpy arrays channels-last unless their
-    last axis cannot be channels."""
-    a = _np(image)
-    if a.ndim == 3 and (isinstance(image, torch.Tensor) or a.shape[-1] not in (1, 3)):
-        a = np.transpose(a, (1, 2, 0))
-    elif a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[-1] not in (1, 3):
-        raise InputError(f"image must be (3, H, W), (H, W, 3) or (H, W), got shape {tuple(_np(image).shape)}")
-    if a.shape[-1] == 1:
-        a = np.repeat(a, 3, axis=-1)
+
+def _hwc(image: ImageLike) -> np.ndarray:
+    """Any accepted image (see the module docstring) -> ``(H, W, 3)`` float32 in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    is_tensor = isinstance(image, torch.Tensor)
+    raw = image.detach().cpu().numpy() if is_tensor else np.asarray(image)
+    shape = tuple(raw.shape)
+    if raw.ndim == 4 and shape[0] == 1:
+        raw = raw[0]
+    if raw.ndim == 3 and not (raw.shape[0] in _CHANNELS or raw.shape[-1] in _CHANNELS):
+        raise InputError(f"image must be (3, H, W), (H, W, 3) or (H, W), got shape {shape}")
+    if raw.ndim == 3 and not _channels_last(raw.shape, is_tensor):
+        raw = np.moveaxis(raw, 0, -1)
+    elif raw.ndim == 2:
+        raw = raw[..., None]
+    if raw.ndim != 3:
+        hint = "; for a batch use camkit.viz.show(explanation, images)" if raw.ndim == 4 else ""
+        raise InputError(f"image must be (3, H, W), (H, W, 3) or (H, W), got shape {shape}{hint}")
+    a = _unit_range(raw)
+    if a.shape[-1] == 4:  # RGBA: drop alpha
+        a = a[..., :3]
+    return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a
+
+
+def _unit_range(raw: np.ndarray) -> np.ndarray:
+    """Pixels as float32 in [0, 1]: uint8 / 255, uint16 / 65535, bool as 0/1, floats checked."""
+    if raw.dtype == np.uint8:
+        return raw.astype(np.float32) / 255.0
+    if raw.dtype == np.uint16:
+        return raw.astype(np.float32) / 65535.0
+    if raw.dtype == np.bool_:
+        return raw.astype(np.float32)
+    if not np.issubdtype(raw.dtype, np.floating):
+        raise InputError(f"image of dtype {raw.dtype}: pass uint8 (0..255) or floats in [0, 1] "
+                         "(e.g. x.to(torch.uint8) or x / 255)")
+    a = np.nan_to_num(raw.astype(np.float32), nan=0.0)
+    if a.size:
+        lo, hi = float(a.min()), float(a.max())
+        if lo < -TOLERANCE or hi > 1 + TOLERANCE:
+            raise InputError(f"float image values must be in [0, 1], got [{lo:.3g}, {hi:.3g}]: {advice(lo, hi)}")
     return np.clip(a, 0.0, 1.0)
 
 
-def to_pil(image: ArrayLike) -> Image.Image:
-    """An image in [0, 1] ((3, H, W), (H, W, 3) or (H, W)) as an RGB PIL image."""
+def image_size(image: ImageLike) -> tuple[int, int]:
+    """``(H, W)`` of an image in any accepted form."""
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    shape = tuple(image.shape)
+    if len(shape) == 4 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) == 3:
+        last = _channels_last(shape, isinstance(image, torch.Tensor))
+        return (int(shape[0]), int(shape[1])) if last else (int(shape[1]), int(shape[2]))
+    if len(shape) == 2:
+        return int(shape[0]), int(shape[1])
+    raise InputError(f"image must be (3, H, W), (H, W, 3) or (H, W), got shape {shape}")
+
+
+def to_tensor(image: ImageLike) -> torch.Tensor:
+    """Any accepted image as a float32 ``(3, H, W)`` tensor in [0, 1] (what camkit models take)."""
+    return torch.from_numpy(np.ascontiguousarray(_hwc(image).transpose(2, 0, 1)))
+
+
+def to_pil(image: ImageLike) -> Image.Image:
+    """Any accepted image (see the module docstring) as an RGB PIL image."""
     return Image.fromarray((_hwc(image) * 255 + 0.5).astype(np.uint8), mode="RGB")
 
 
 def _map2d(m: ArrayLike, size: tuple[int, int]) -> np.ndarray:
-    """A (h, w) map resized bilinearly to ``size`` = (H, W), clipped to [0, 1]."""
+    """A (h, w) map in [0, 1] resized bilinearly to ``size`` = (H, W)."""
     a = _np(m)
     a = np.squeeze(a)
     if a.ndim != 2:
-        raise InputError(f"a map must be 2-D (h, w), got shape {tuple(_np(m).shape)}")
+        raise InputError(f"a map must be 2-D (h, w), got shape {tuple(_np(m).shape)}; for a batch or TopK "
+                         "maps use camkit.viz.show(explanation, images), or pick one: maps[i] / maps[i, k]")
     a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0)
+    if a.size and (a.min() < -TOLERANCE or a.max() > 1 + TOLERANCE):
+        raise InputError(f"map values must be in [0, 1] (Explanation.maps are), got [{a.min():.3g}, {a.max():.3g}]; "
+                         "min-max normalise it first, e.g. camkit.core.postprocess.normalize(m)")
     if a.shape != size:
         t = torch.from_numpy(np.ascontiguousarray(a))[None, None]
         a = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
@@ -76,9 +146,12 @@ def heatmap(m: ArrayLike, cmap: str = "jet", size: Optional[tuple[int, int]] = N
     return to_pil(_colormap(a, cmap))
 
 
-def overlay(image: ArrayLike, m: ArrayLike, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
+def overlay(image: ImageLike, m: ArrayLike, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
     """The map (resized bilinearly to the image) coloured with ``cmap`` and blended over the image:
-    ``(1 - alpha) * image + alpha * colour(map)``."""
+    ``(1 - alpha) * image + alpha * colour(map)``, at the image's size.
+
+    ``image``: PIL, uint8 or float in [0, 1], HWC or CHW (see the module docstring). A map computed
+    on a letterboxed or cropped input needs :func:`to_original` first; a plain resize is undone here."""
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha must be in [0, 1], got {alpha}")
     img = _hwc(image)
@@ -133,3 +206,136 @@ def encode(image: Image.Image, fmt: str = "PNG", max_side: Optional[int] = None,
     else:
         image.save(buf, format=fmt.upper())
     return buf.getvalue()
+
+
+def to_original(maps: torch.Tensor, image: Union[tuple[int, int], ImageLike, "Frame"], fit: str = "stretch",
+                fill: float = 0.0) -> torch.Tensor:
+    """Maps ``(..., h, w)`` computed on a model input back on the original image: ``(..., H, W)``.
+
+    ``image``: the original ``(H, W)``, the image itself, or the :class:`~camkit.data.geometry.Frame`
+    of its preprocessing; ``fit`` how the image was fitted to the ``(h, w)`` input (``stretch``,
+    ``letterbox`` or ``crop``, see :mod:`camkit.data.geometry`): the map goes back through the same
+    geometry (a plain bilinear resize for ``stretch``; pixels a crop cut off get ``fill``).
+    """
+    from .data.geometry import Frame
+
+    if not isinstance(maps, torch.Tensor):
+        maps = torch.as_tensor(np.asarray(maps, dtype=np.float32))
+    if isinstance(image, Frame):
+        frame = image
+    else:
+        size = image if isinstance(image, tuple) and len(image) == 2 and all(isinstance(v, int) for v in image) \
+            else image_size(image)  # type: ignore[arg-type]
+        frame = Frame.fit(size, (maps.shape[-2], maps.shape[-1]), fit)
+    return frame.to_original(maps, fill)
+
+
+# ------------------------------------------------------------------------------------------- show
+
+def _font(size: int) -> Any:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the small bitmap font
+        return ImageFont.load_default()
+
+
+def _titled(picture: Image.Image, title: str, font: Any, line: int) -> Image.Image:
+    """``picture`` under a white strip holding ``title`` (shortened with '…' to fit its width)."""
+    out = Image.new("RGB", (picture.width, picture.height + line), "white")
+    out.paste(picture.convert("RGB"), (0, line))
+    draw = ImageDraw.Draw(out)
+    text = title
+    while text and draw.textlength(text, font=font) > picture.width - 4:
+        text = text[:-2] + "…" if len(text) > 2 else ""
+    draw.text((2, 1), text, fill="black", font=font)
+    return out
+
+
+def _fit_cell(picture: Image.Image, cell: int) -> Image.Image:
+    scale = cell / max(picture.size)
+    return picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.BILINEAR)
+
+
+def _class_name(labels: Union[Sequence[str], Mapping[int, str], Callable[[int], str], None], c: int) -> str:
+    if labels is None:
+        return f"class {c}"
+    if callable(labels):
+        return str(labels(c))
+    try:
+        return str(labels[c]).split(",")[0]
+    except (IndexError, KeyError):
+        return f"class {c}"
+
+
+def _probability(p: float) -> str:
+    return f"{p:.2f}" if p >= 0.01 else f"{p:.0e}"
+
+
+def _columns(e: "Explanation", b: int) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor], bool]:
+    """``(maps (B, K, ...), targets (B, K) or None, scores (B, K), probabilities (B, K) or None, signed)``;
+    ``signed``: maps are input-space attributions (Guided Backprop) rather than [0, 1] maps."""
+    maps, targets, scores = e.maps.detach().float().cpu(), e.targets, e.scores.detach().float().cpu()
+    signed = maps.dim() == 5 or (maps.dim() == 4 and maps.shape[1] == 3 and targets is not None
+                                 and targets.dim() == 1)  # (B, 3, H, W) with one class per image
+    if maps.dim() == 3 or (signed and maps.dim() == 4):
+        maps = maps.unsqueeze(1)
+    if maps.shape[0] != b:
+        raise InputError(f"the explanation has {maps.shape[0]} images but {b} were given")
+    scores = scores.reshape(b, -1)
+    t = None if targets is None else targets.detach().cpu().reshape(b, -1)
+    probs = None
+    if e.logits is not None and t is not None and e.logits.dim() == 2:
+        probs = e.logits.detach().float().cpu().softmax(1).gather(1, t)
+    return maps, t, scores, probs, signed
+
+
+def show(
+    explanation: Union["Explanation", Mapping[str, "Explanation"]],
+    images: Union[torch.Tensor, Sequence[ImageLike]],
+    labels: Union[Sequence[str], Mapping[int, str], Callable[[int], str], None] = None,
+    *,
+    boxes: Optional[Sequence[Any]] = None,
+    frames: Optional[Sequence["Frame"]] = None,
+    titles: Optional[Sequence[str]] = None,
+    cell: int = 224,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+) -> Image.Image:
+    """A labelled grid: one row per image, the image then one overlay per class (TopK) and method.
+
+    ``explanation``: what a method's ``explain`` returned, or ``{"name": explanation, ...}`` for one
+    column group per method. ``images``: the explained batch ``(B, 3, H, W)`` or one image per row in
+    any accepted form, e.g. the original photos (maps are brought to each image's size; pass the
+    ``frames`` of a letterbox/crop preprocessing to undo it exactly). ``labels``: class names
+    (``model.categories``), a mapping or a callable. Titles: class name and probability (softmax of
+    the logits; the raw score for a callable target). ``boxes``: per image, ``(N, 4)`` boxes
+    ``x0, y0, x1, y1`` in that image's pixels, drawn on every cell of its row. Guided Backprop
+    attributions are drawn with :func:`attribution`. Returns a PIL image (shown inline by Jupyter).
+    """
+    groups = dict(explanation) if isinstance(explanation, Mapping) else {"": explanation}
+    if not groups:
+        raise InputError("show needs at least one explanation")
+    rows = list(images) if not isinstance(images, torch.Tensor) or images.dim() == 4 else [images]
+    b = len(rows)
+    for name, given in (("boxes", boxes), ("frames", frames), ("titles", titles)):
+        if given is not None and len(given) != b:
+            raise InputError(f"{name} has {len(given)} entries for {b} images")
+    font = _font(max(10, cell // 16))
+    line = max(10, cell // 16) + 6
+    columns = {name: _columns(e, b) for name, e in groups.items()}
+    cells: list[Image.Image] = []
+    ncols = 1 + sum(c[0].shape[1] for c in columns.values())
+    for i, image in enumerate(rows):
+        base = to_pil(image)
+        mark = (lambda pic: draw_boxes(pic, boxes[i], width=max(2, pic.width // 150))) if boxes is not None \
+            and len(boxes[i]) else (lambda pic: pic)
+        cells.append(_titled(_fit_cell(mark(base), cell), titles[i] if titles else f"image {i}", font, line))
+        for name, (maps, t, scores, probs, signed) in columns.items():
+            for k in range(maps.shape[1]):
+                m = to_original(maps[i, k], frames[i] if frames is not None else (base.height, base.width))
+                pic = attribution(m) if signed else overlay(base, m, alpha=alpha, cmap=cmap)
+                what = _class_name(labels, int(t[i, k])) if t is not None else "target"
+                value = _probability(float(probs[i, k])) if probs is not None else f"score {float(scores[i, k]):.3g}"
+                title = f"{name + ': ' if name else ''}{what} {value}"
+                cells.append(_titled(_fit_cell(mark(pic), cell), title, font, line))
+    return grid(cells, cols=ncols, pad=4)

@@ -169,7 +169,7 @@ def guided_figure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ids:
         return None
     from ..methods import GradCAM, to_image
 
-    layer = getattr(model, "default_layer", "auto")
+    layer = getattr(model, "default_layer", None) or "auto"
     t = targets.tolist()
     cam = GradCAM(model, layer=layer)(x, targets=t)
     backprop = get("guided-backprop")(model, layer=layer)(x, targets=t)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from .report import Column, Summary, fmt
-from .sources import model_label
+from .sources import model_label, random_weights, random_weights_warning
 
 Record = dict[str, Any]
 GALLERY_ROWS = 8
@@ -178,11 +178,14 @@ def render(s: Summary, records: Sequence[Record], figures: Sequence[FigureRef], 
     skipped = ", ".join(esc(i) for i in s.skipped) or "none"
     problems = ", ".join(f"{esc(k)}: {v}" for k, v in sorted(s.problems.items())) or "none"
     protocol = "".join(f"<li>{esc(p)}</li>" for p in s.protocol)
+    warnings = "".join(f"<p class='err'><b>Warning: {esc(random_weights_warning(m))}.</b></p>"
+                       for m in s.models if random_weights(m))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>camkit benchmark</title><style>{STYLE}</style></head>
 <body>
 <h1>camkit benchmark</h1>
 <table>{facts}</table>
+{warnings}
 <h2>Table 8: localisation and confidence (predicted class)</h2>
 {metric_table(s, s.table8)}
 <h2>Further metrics</h2>

@@ -22,7 +22,7 @@ import torch
 
 from .. import metrics
 from .config import BASELINE_PREFIX, BenchConfig
-from .sources import model_label
+from .sources import model_label, random_weights, random_weights_warning
 
 Record = dict[str, Any]
 
@@ -172,12 +172,24 @@ def _md_table(s: Summary, cols: list[Column]) -> list[str]:
     return lines
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def run_counts(methods: Sequence[str]) -> str:
+    """``"3 methods and 3 baselines"``: the rows of the tables, counted by kind."""
+    n_base = sum(m.startswith(BASELINE_PREFIX) for m in methods)
+    text = _plural(len(methods) - n_base, "method")
+    return text + (f" and {_plural(n_base, 'baseline')}" if n_base else "")
+
+
 def markdown(s: Summary) -> str:
     """``table.md``: Table 8, the further metrics, accuracy, problems and the protocol."""
     out = ["# camkit benchmark", "",
            f"Data: `{s.data}`; models: {', '.join(model_label(m) for m in s.models)}; "
-           f"{len(s.methods)} methods and baselines." + (f" Note: {s.note}" if s.note else ""), "",
-           "## Table 8: localisation and confidence (predicted class)", ""]
+           f"{run_counts(s.methods)}." + (f" Note: {s.note}" if s.note else ""), ""]
+    out += [line for m in s.models if random_weights(m) for line in (f"**Warning: {random_weights_warning(m)}.**", "")]
+    out += ["## Table 8: localisation and confidence (predicted class)", ""]
     out += _md_table(s, s.table8)
     out += ["", "## Further metrics (predicted class unless stated)", ""]
     out += _md_table(s, s.more)

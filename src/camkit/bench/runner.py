@@ -81,7 +81,7 @@ def _read(source: Source, indices: range) -> tuple[list[tuple[int, Any]], list[R
 
 def _predict(model: nn.Module, items: list[tuple[int, Any]], device: torch.device) -> Batch:
     size = tuple(getattr(model, "input_size", items[0][1].size))
-    samples = [s.resized(size) for _, s in items]
+    samples = [s.resized(size, getattr(model, "interpolation", "bilinear")) for _, s in items]
     x = torch.stack([s.image for s in samples]).to(device)
     with torch.no_grad():
         logits = to_logits(model(x)).float()
@@ -148,9 +148,9 @@ def _maps(model: nn.Module, method: str, b: Batch, config: BenchConfig,
     if method.startswith(BASELINE_PREFIX):
         m = _baseline(method[len(BASELINE_PREFIX):], b, config.protocol.seed)
         return m[:, None].expand(-1, targets.shape[1], -1, -1), []
-    layer = getattr(model, "default_layer", "auto")
     options = config.protocol.method_options.get(method, {})
-    e = create(method, model, layer=layer, **options).explain(b.x, targets=targets)
+    # "auto": the zoo model's default_layer; FullGrad: every biased conv / BatchNorm layer
+    e = create(method, model, layer="auto", **options).explain(b.x, targets=targets)
     return e.maps.float(), list(e.layers)
 
 

@@ -1,7 +1,8 @@
 """Models and datasets by name, as the command line and the run configuration spell them.
 
 Model specs: ``name`` (the zoo's default weights) or ``name=weights`` where weights is a named set
-(``imagenet``, ``bundled``), ``random`` (no weights) or a state-dict path. Data specs: ``samples``
+(``imagenet``, ``bundled``), ``random`` (no weights) or a state-dict path; names may carry a prefix
+(``timm:NAME=ckpt.pth``, ``torchvision:NAME=file.pth``, ``hf:DIR``; see :func:`parse_model_spec`). Data specs: ``samples``
 (the bundled photos), ``digits`` / ``digits:N`` (N generated images, default 100, test split,
 seed 1), ``imagenet:PATH`` (ILSVRC validation images + VOC XML) and ``folder:PATH`` (a folder with
 ``boxes.json`` or ``boxes.csv``, or the path of that file). Both are loaded once per process.
@@ -30,15 +31,54 @@ DIGITS_DEFAULT_N = 100
 DIGITS_SEED = 1
 
 
+_RANDOM = ("random", "none")
+
+
 def parse_model_spec(spec: str) -> tuple[str, Any]:
-    """``"name[=weights]"`` -> ``(name, weights)`` with ``"default"`` or None (random) or the string."""
-    name, _, weights = spec.partition("=")
-    name = name.strip()
+    """``"name[=weights]"`` -> ``(name, weights)`` with ``"default"`` or None (random) or the string.
+
+    Names never contain ``=``, so the first one splits (weights paths may hold ``=`` and ``:``, e.g.
+    ``timm:vit_small_patch16_224=C:\\ckpt.pth``). ``hf:DIR`` takes its weights from DIR, which may
+    itself hold ``=``: only ``hf:DIR=random`` splits.
+    """
+    spec = spec.strip()
+    prefix, colon, rest = spec.partition(":")
+    if colon and prefix.strip().lower() == "hf":
+        left, eq, right = spec.rpartition("=")
+        if eq and right.strip().lower() in _RANDOM and not Path(rest).expanduser().is_dir():
+            return left.strip(), None
+        return spec, "default"
+    name, eq, weights = spec.partition("=")
+    name, weights = name.strip(), weights.strip()
     if not name:
         raise CamkitError(f"empty model name in {spec!r}")
-    if not weights:
+    if eq and not weights:
+        raise CamkitError(f"{spec!r}: nothing after '='; write NAME alone, NAME=PATH or NAME=random")
+    if not eq:
         return name, "default"
-    return name, None if weights.lower() in ("random", "none") else weights
+    return name, None if weights.lower() in _RANDOM else weights
+
+
+def random_weights(spec: str) -> bool:
+    """Whether model ``spec`` runs with randomly initialised weights (``name=random``, or a zoo model
+    without default weights given none): its maps and predictions say nothing about a trained model."""
+    from ..models.zoo import default_weights
+
+    name, weights = parse_model_spec(spec)
+    try:
+        return weights is None or (weights == "default" and default_weights(name) is None)
+    except CamkitError:  # an unknown name: loading it reports that
+        return False
+
+
+def random_weights_warning(spec: str) -> str:
+    """The warning for a model that runs with random weights (see :func:`random_weights`)."""
+    name, weights = parse_model_spec(spec)
+    if weights is None:
+        return f"{name} runs with random weights, as asked: its predictions and maps say nothing about a trained {name}"
+    return (f"{name} runs with RANDOM weights, none were given: its predictions and maps say nothing about a "
+            f"trained {name}; give weights 'imagenet' (torchvision's cached file) or a state-dict path "
+            f"(explain --weights W, bench --models {name}=W)")
 
 
 @functools.lru_cache(maxsize=8)
@@ -57,9 +97,11 @@ def load_model(spec: str, device: str = "cpu") -> nn.Module:
 def model_label(spec: str) -> str:
     """The model's display name: the zoo name, plus the weights when they were given."""
     name, weights = parse_model_spec(spec)
+    if random_weights(spec):
+        return f"{name} (random)"
     if weights == "default":
         return name
-    return f"{name} ({'random' if weights is None else Path(str(weights)).name})"
+    return f"{name} ({Path(str(weights)).name})"
 
 
 @dataclass

@@ -8,7 +8,7 @@ user's ``.grad`` is never touched.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Optional, Sequence
 
 import torch
@@ -27,6 +27,11 @@ class Pass:
     logits: Optional[torch.Tensor]
     acts: list[torch.Tensor]
     names: list[str]
+    logits_error: str = ""  # why ``logits`` is None (the output holds no single (B, N) class-score tensor)
+
+    def extended(self, cls: type, **extra: Any) -> Any:
+        """This pass as an instance of the subclass ``cls`` with its ``extra`` fields."""
+        return cls(**{f.name: getattr(self, f.name) for f in fields(self)}, **extra)
 
 
 def forward(
@@ -35,8 +40,13 @@ def forward(
     modules: Sequence[nn.Module],
     names: Sequence[str],
     record: bool = True,
+    from_input: bool = False,
 ) -> Pass:
-    """Run ``model(x)`` capturing the outputs of ``modules``; with ``record`` they carry a graph to the output."""
+    """Run ``model(x)`` capturing the outputs of ``modules``; with ``record`` they carry a graph to the output.
+
+    ``from_input``: record autograd from ``x`` on (pass an ``x`` that requires grad), so gradients
+    with respect to the input exist too (FullGrad); the captured outputs are then part of that graph.
+    """
     captured: list[Optional[torch.Tensor]] = [None] * len(modules)
 
     def make_hook(i: int):
@@ -45,6 +55,12 @@ def forward(
                 raise InputError(
                     f"layer {names[i]!r} returns {type(out).__name__}, not a tensor; choose a layer "
                     "whose output is a tensor (e.g. its parent or child)"
+                )
+            if captured[i] is not None:
+                raise InputError(
+                    f"layer {names[i]!r} is called more than once in one forward (outputs "
+                    f"{tuple(captured[i].shape)} and {tuple(out.shape)}), so its output is not one feature map; "
+                    "choose a layer the forward calls once (e.g. its parent block)"
                 )
             if record:
                 if not out.requires_grad:
@@ -58,16 +74,18 @@ def forward(
     with Hooks() as hooks:  # they fire for this call only, not for other threads using the model
         for i, m in enumerate(modules):
             hooks.on_forward(m, make_hook(i))
-        with torch.no_grad():
+        with torch.enable_grad() if from_input else torch.no_grad():
             output = model(x)
     missing = [n for n, a in zip(names, captured) if a is None]
     if missing:
         raise InputError(f"layer(s) {missing} were not called during the model's forward pass; pick layers the forward uses")
+    logits: Optional[torch.Tensor] = None
+    why = ""
     try:
-        logits: Optional[torch.Tensor] = to_logits(output)
-    except Exception:
-        logits = None
-    return Pass(output, logits, [a for a in captured if a is not None], list(names))
+        logits = to_logits(output, x.shape[0])
+    except Exception as exc:  # a callable target may still explain this output; keep the reason
+        why = str(exc)
+    return Pass(output, logits, [a for a in captured if a is not None], list(names), why)
 
 
 def gradients(p: Pass, scores: torch.Tensor) -> list[torch.Tensor]:

@@ -5,15 +5,19 @@ import torch
 import torch.nn.functional as F
 
 
-def normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def normalize(maps: torch.Tensor, rel_eps: float = 1e-6) -> torch.Tensor:
     """Min-max normalise each map over its last two dims to [0, 1]; a constant map becomes zeros.
 
-    ``m' = (m - min m) / (max m - min m)``, and ``0`` where ``max m - min m <= eps``.
+    ``m' = (m - min m) / (max m - min m)``, and ``0`` where ``max m - min m <= rel_eps * max |m|``
+    (constant up to float rounding). The test is relative, so a map whose values are all tiny (a
+    random-init network's activations can be 1e-14) keeps its shape.
     """
     flat = maps.flatten(-2)
     lo = flat.min(-1, keepdim=True).values
-    span = flat.max(-1, keepdim=True).values - lo
-    out = torch.where(span > eps, (flat - lo) / span.clamp_min(eps), torch.zeros_like(flat))
+    hi = flat.max(-1, keepdim=True).values
+    span = hi - lo
+    ok = (span > 0) & (span > rel_eps * torch.maximum(lo.abs(), hi.abs()))
+    out = torch.where(ok, (flat - lo) / torch.where(ok, span, torch.ones_like(span)), torch.zeros_like(flat))
     return out.view_as(maps)
 
 

@@ -1,4 +1,5 @@
-"""Which scores to explain: ``None`` (top-1), an int, a list of ints, ``TopK``, ``BottomK`` or a callable."""
+"""Which scores to explain: ``None`` (top-1), an int, a list of ints, ``TopK``, ``BottomK``, a callable
+or a list of one callable per image."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +8,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 
 from ..errors import TargetError
+from .per_image import PerImage
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class BottomK(_Ranked):
 
 
 ScoreFn = Callable[[Any], torch.Tensor]
-TargetSpec = Union[None, int, Sequence[int], torch.Tensor, TopK, BottomK, ScoreFn]
+TargetSpec = Union[None, int, Sequence[int], torch.Tensor, TopK, BottomK, ScoreFn, Sequence[ScoreFn]]
 
 
 @dataclass
@@ -52,11 +54,22 @@ class Targets:
 
     def repeat(self, n: int) -> "Targets":
         """Targets for a batch where every image is repeated ``n`` times in a row."""
+        if isinstance(self.fn, PerImage):
+            return self.rows(torch.arange(len(self.fn.images)).repeat_interleave(n))
         idx = None if self.indices is None else self.indices.repeat_interleave(n, dim=0)
         return Targets(idx, self.keep_k, self.fn)
 
+    def rows(self, rows: torch.Tensor) -> "Targets":
+        """The targets of a batch whose row ``r`` is image ``rows[r]`` (copies of some images). A plain
+        callable acts row by row and is kept as is; per-image callables are re-indexed."""
+        idx = None if self.indices is None else self.indices[rows.to(self.indices.device)]
+        fn = self.fn.rows(rows.tolist()) if isinstance(self.fn, PerImage) else self.fn
+        return Targets(idx, self.keep_k, fn)
 
-def _check_logits(logits: Optional[torch.Tensor], batch: int) -> torch.Tensor:
+
+def _check_logits(logits: Optional[torch.Tensor], batch: int, why: str = "") -> torch.Tensor:
+    if logits is None and why:
+        raise TargetError(f"class targets need the model's class scores: {why}")
     if logits is None or logits.dim() != 2:
         shape = None if logits is None else tuple(logits.shape)
         raise TargetError(
@@ -68,12 +81,20 @@ def _check_logits(logits: Optional[torch.Tensor], batch: int) -> torch.Tensor:
     return logits
 
 
-def resolve_targets(spec: TargetSpec, logits: Optional[torch.Tensor], batch: int) -> Targets:
+def resolve_targets(spec: TargetSpec, logits: Optional[torch.Tensor], batch: int, why: str = "") -> Targets:
     """Resolve a target spec against the model's logits ``(B, N)``; a ``(B, K)`` int tensor or nested
-    list gives K given classes per image (kept as a K dimension, like TopK)."""
+    list gives K given classes per image (kept as a K dimension, like TopK). ``why``: the reason
+    ``logits`` is None, for the error message."""
     if callable(spec) and not isinstance(spec, (TopK, BottomK, torch.Tensor)):
         return Targets(None, False, spec)
-    logits = _check_logits(logits, batch)
+    if isinstance(spec, (list, tuple)) and spec and any(callable(f) for f in spec):
+        if not all(callable(f) for f in spec):
+            raise TargetError("targets mixes callables and class indices; give one kind for every image")
+        if len(spec) != batch:
+            raise TargetError(f"got {len(spec)} target callables for a batch of {batch} images; pass one "
+                              "per image (or a single callable for the whole batch)")
+        return Targets(None, False, PerImage(tuple(spec), tuple(range(batch))))
+    logits = _check_logits(logits, batch, why)
     n = logits.shape[1]
     dev = logits.device
     if spec is None:

@@ -40,16 +40,15 @@ class Sample:
         """The label(s) as a list."""
         return list(self.label) if isinstance(self.label, list) else [int(self.label)]
 
-    def resized(self, size: tuple[int, int]) -> "Sample":
-        """A copy at ``size = (H, W)``: bilinear (antialiased) image, boxes scaled by ``W'/W, H'/H``.
-
-        The aspect ratio is not kept (no crop), so every box stays inside the image.
+    def resized(self, size: tuple[int, int], interpolation: str = "bilinear") -> "Sample":
+        """A copy at ``size = (H, W)``: antialiased image (see :func:`resize_image`), boxes scaled by
+        ``W'/W, H'/H``. The aspect ratio is not kept (no crop), so every box stays inside the image.
         """
         h, w = self.size
         nh, nw = int(size[0]), int(size[1])
         if (nh, nw) == (h, w):
             return self
-        image = resize_image(self.image, (nh, nw))
+        image = resize_image(self.image, (nh, nw), interpolation)
         scale = torch.tensor([nw / w, nh / h, nw / w, nh / h], dtype=self.boxes.dtype)
         mask = None
         if self.mask is not None:
@@ -57,9 +56,11 @@ class Sample:
         return replace(self, image=image, boxes=self.boxes * scale, mask=mask)
 
 
-def resize_image(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear, antialiased resize of a ``(C, H, W)`` image, clamped to [0, 1]."""
-    out = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+def resize_image(image: Tensor, size: tuple[int, int], interpolation: str = "bilinear") -> Tensor:
+    """Antialiased resize of a ``(C, H, W)`` image, clamped to [0, 1]: bicubic when ``interpolation``
+    is ``"bicubic"`` (a model's preprocessing, e.g. timm's ``pretrained_cfg``), bilinear otherwise."""
+    mode = "bicubic" if interpolation == "bicubic" else "bilinear"
+    out = F.interpolate(image[None].float(), size=size, mode=mode, antialias=True, align_corners=False)
     return out[0].clamp_(0.0, 1.0)
 
 

@@ -6,22 +6,21 @@ was, upsamples, normalises and fuses several layers.
 """
 from __future__ import annotations
 
-import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional, Union
 
 import torch
 from torch import nn
 
 from ..core import engine
-from ..core.hooks import Hooks
-from ..core.layers import POOLING, LayerSpec, resolve_layers
-from ..core.outputs import to_logits
+from ..core import probe as evidence
+from ..core.layers import LayerSpec, resolve_layers
+from ..core.layout import KINDS, Layout, custom, patch_size, readings
 from ..core.postprocess import finalize
 from ..core.state import preserved
 from ..core.targets import TargetSpec, Targets, resolve_targets
-from ..core.tokens import as_grid, patch_size, token_grid
-from ..errors import CamkitError, InputError, LayerNotFoundError
+from ..errors import CamkitError, InputError
+from .smoothing import Augment, aug_explain, augmentations, channel_contributions, eigen_compute
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
 
@@ -31,7 +30,6 @@ def positive_int(name: str, value: Any, meaning: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"{name} must be a positive int ({meaning}), got {value!r}")
     return value
-_AUTO: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], str]]" = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -43,6 +41,8 @@ class Explanation:
     several layers are fused). ``weights``: per-channel weights ``(B, [K,] C)`` where the method has
     them. ``scores``: the explained model outputs ``(B, [K])``. ``targets``: class indices
     ``(B, [K])`` (None for a callable target). ``logits``: the full model output ``(B, N)``.
+    ``layers``: the explained layers' names; ``layout``: how each layer's output was read as a grid,
+    e.g. ``"nchw 7×7"``, ``"nhwc 7×7"``, ``"tokens: 5 prefix, 16×16"``.
     """
 
     maps: torch.Tensor
@@ -52,6 +52,7 @@ class Explanation:
     targets: Optional[torch.Tensor]
     logits: Optional[torch.Tensor]
     layers: list[str]
+    layout: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -75,8 +76,14 @@ class BaseCAM:
     attribute if it has one, as camkit zoo models do, else :func:`auto_layer`), a dotted name, a module or a list
     of them (maps of several layers are fused by element-wise max); ``eval_mode`` explain the model
     in eval mode (dropout off, BatchNorm running statistics; the flags are restored afterwards);
-    ``reshape`` a callable turning the layer output into ``(B, C, h, w)`` for layouts camkit cannot
-    infer (tokens are handled automatically).
+    ``layout`` forces how a layer output is read: ``"nchw"`` ``(B, C, h, w)``, ``"nhwc"``
+    channels-last ``(B, h, w, C)`` or ``"tokens"`` ``(B | N, prefix + h*w, C)``; by default camkit reads
+    it from evidence (:mod:`camkit.core.layout`, :mod:`camkit.core.probe`) and refuses outputs that
+    are not feature maps (attention internals, MLP hidden widths, unrolled tokens). ``reshape`` a
+    callable turning the layer output into ``(B, C, h, w)`` for anything else. ``aug_smooth`` (True or an
+    :class:`~camkit.methods.smoothing.Augment`) averages the maps of flipped and rescaled views in the
+    input frame; ``eigen_smooth`` keeps the first principal component of the per-channel
+    contributions (see :mod:`camkit.methods.smoothing`).
     """
 
     name: ClassVar[str] = ""
@@ -89,13 +96,23 @@ class BaseCAM:
         *,
         eval_mode: bool = True,
         reshape: Optional[Reshape] = None,
+        layout: Optional[str] = None,
+        aug_smooth: Union[bool, Augment] = False,
+        eigen_smooth: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if layout is not None and layout not in KINDS:
+            raise InputError(f"layout must be None (read from evidence) or one of {KINDS}, got {layout!r}")
+        if layout is not None and reshape is not None:
+            raise InputError("pass either layout= or reshape=, not both")
         self.model = model
         self.layer = layer
         self.eval_mode = eval_mode
         self.reshape = reshape
+        self.layout = layout
+        self.aug_smooth = augmentations(aug_smooth)
+        self.eigen_smooth = bool(eigen_smooth)
         self._patch = patch_size(model)
         self._in_channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
@@ -116,17 +133,19 @@ class BaseCAM:
 
     def explain(self, x: torch.Tensor, targets: TargetSpec = None) -> Explanation:
         """Compute the maps and everything behind them; see :class:`Explanation`."""
+        if self.aug_smooth is not None:
+            return aug_explain(self, x, targets)
         x = self._check_input(x)
         # autograd on for target scores even under a caller's no_grad; the engine turns it off before the target
         with preserved(self.model, self.eval_mode), torch.enable_grad():
             names, modules = self._layers(x)
             p = self._forward(x, modules, names)
-            t = resolve_targets(targets, p.logits, x.shape[0])
+            t = resolve_targets(targets, p.logits, x.shape[0], p.logits_error)
             scores = t.scores(p.output, p.logits)
-            to_grid = [self._grid_fn(a, n, x) for a, n in zip(p.acts, names)]
+            to_grid = [self._read(a, n, m, x) for a, n, m in zip(p.acts, names, modules)]
             acts = [f(a.detach()).float() for f, a in zip(to_grid, p.acts)]
             ctx = Context(self.model, x, p, t, scores, acts, modules, to_grid)
-            raw, weights = self.compute(ctx)
+            raw, weights = eigen_compute(self, ctx) if self.eigen_smooth else self.compute(ctx)
         raw = [torch.relu(r) for r in raw]
         maps = finalize(raw, (x.shape[-2], x.shape[-1]))
         squeeze = (lambda v: v[:, 0] if v is not None else None) if not t.keep_k else (lambda v: v)
@@ -138,12 +157,18 @@ class BaseCAM:
             targets=squeeze(t.indices),
             logits=None if p.logits is None else p.logits.detach(),
             layers=names,
+            layout=[str(g) for g in to_grid],
         )
 
     # -- what subclasses implement -------------------------------------------------------------------
     def compute(self, ctx: Context) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
         """Per layer: raw map ``(B, K, h, w)`` before ReLU, and weights ``(B, K, C)`` or None."""
         raise NotImplementedError
+
+    def contributions(self, ctx: Context) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
+        """Per layer: the per-channel terms ``(B, K, C, h, w)`` whose channel sum is the raw map (what
+        ``eigen_smooth`` projects), and the weights. Default: ``w_c A_c`` from :meth:`compute`'s weights."""
+        return channel_contributions(self.compute(ctx), ctx.acts, type(self).__name__)
 
     def _forward(self, x: torch.Tensor, modules: list[nn.Module], names: list[str]) -> engine.Pass:
         """The explained forward pass; a hook point for methods that observe more of it (Ablation-CAM)."""
@@ -174,25 +199,23 @@ class BaseCAM:
             x = x.clone()  # outside inference mode a clone is a normal tensor
         return x.detach()
 
-    def _grid_fn(self, a: torch.Tensor, name: str, x: torch.Tensor) -> Reshape:
+    def _read(self, a: torch.Tensor, name: str, module: nn.Module, x: torch.Tensor) -> Layout:
+        """How to read layer ``name``'s output ``a`` as ``(B, C, h, w)``: forced by ``reshape`` /
+        ``layout``, else from the shape and, where shape alone is not proof, the model's evidence."""
         if self.reshape is not None:
-            return self.reshape
-        if a.dim() == 4:
-            return lambda t: t
+            return custom(self.reshape, a, name)
         hw = (x.shape[-2], x.shape[-1])
-        grid = token_grid(a, x.shape[0], hw, self._patch)
-        if grid is None:
-            as_grid(a, x.shape[0], hw, self._patch, name)  # raises the explanatory error
-        return grid  # type: ignore[return-value]
+        options = readings(a, x.shape[0], hw, self._patch, kind=self.layout)
+        if not options:
+            raise evidence.no_map(a, name, x.shape[0], hw)
+        if self.layout is not None or options[0].kind == "nchw":
+            return options[0]
+        return evidence.settle(self.model, module, name, a, x, options)
 
     def _layers(self, x: torch.Tensor) -> tuple[list[str], list[nn.Module]]:
         if isinstance(self.layer, str) and self.layer == "auto":
-            key = (x.shape[-2], x.shape[-1])
-            cache = _AUTO.setdefault(self.model, {})  # one probe per model and input size
             preset = getattr(self.model, "default_layer", None)  # camkit zoo models name their layer
-            if key not in cache:
-                cache[key] = preset if isinstance(preset, str) else auto_layer(self.model, x[:1], self._patch)
-            spec: LayerSpec = cache[key]
+            spec: LayerSpec = preset if isinstance(preset, str) and preset else auto_layer(self.model, x)
         else:
             spec = self.layer
         pairs = resolve_layers(self.model, spec)
@@ -200,55 +223,13 @@ class BaseCAM:
 
 
 def auto_layer(model: nn.Module, x: torch.Tensor, patch: Optional[tuple[int, int]] = None) -> str:
-    """The last layer whose output is spatial (a feature grid or grid-able tokens), is not a pooling
-    layer, and on whose spatial positions the top-1 score actually depends.
+    """The layer an expert explains: the last output that is a feature map (a grid consistent with
+    the input: NCHW, channels-last or tokens), not pooling, not an attention internal or MLP hidden
+    width, called once, on whose grid positions the top-1 score of ``x[:1]`` depends.
 
-    One probe forward + backward on one image: e.g. ``layer4`` for ResNet, ``features.29`` for VGG-16
-    and the last block's first norm for a ViT (later token outputs only feed the class token).
+    E.g. ``layer4`` on ResNet, ``features.29`` on VGG-16, the last block's pre-attention norm on a ViT
+    (timm ``blocks.11.norm1``, Hugging Face ``layernorm_before``, torchvision ``ln_1``), the final norm on
+    timm Swin. One probe forward + backward per model and input size (cached); see
+    :mod:`camkit.core.probe`. ``patch`` is accepted for compatibility and unused.
     """
-    fired: list[tuple[str, torch.Tensor]] = []
-    pooled: set[int] = set()
-
-    def make_hook(name: str, module: nn.Module):
-        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor) and out.is_floating_point():
-                fired.append((name, out))
-                if isinstance(module, POOLING):
-                    pooled.add(id(out))
-        return hook
-
-    with Hooks() as hooks:  # they fire for this call only, not for other threads using the model
-        for name, m in model.named_modules():
-            if name:
-                hooks.on_forward(m, make_hook(name, m))
-        with torch.enable_grad():
-            xin = x.detach().clone().requires_grad_(True)
-            out = model(xin)
-            score = to_logits(out).reshape(1, -1).max()
-            hw = (x.shape[-2], x.shape[-1])
-            cands = []
-            for name, t in fired:
-                if id(t) in pooled or not t.requires_grad:
-                    continue
-                if t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1:
-                    cands.append((name, t, None))
-                elif t.dim() == 3:
-                    grid = token_grid(t, 1, hw, patch)
-                    if grid is not None:
-                        cands.append((name, t, grid))
-            if not cands:
-                raise LayerNotFoundError(
-                    f"found no layer with a spatial output in {type(model).__name__}; pass layer='name'"
-                )
-            grads = torch.autograd.grad(score, [t for _, t, _ in cands], allow_unused=True)
-    for (name, _t, grid), g in reversed(list(zip(cands, grads))):
-        if g is None:
-            continue
-        g = g if grid is None else grid(g)
-        if g.abs().sum() > 0:
-            return name
-    raise LayerNotFoundError(
-        f"the top-1 score of {type(model).__name__} has zero gradient at every spatial layer, so no layer "
-        "can be chosen automatically (is the classifier initialised to zeros, as torchvision's ViT head "
-        "is?); pass layer='name'"
-    )
+    return evidence.probe(model, x, choose=True).choice  # type: ignore[return-value]

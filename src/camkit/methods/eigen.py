@@ -1,7 +1,7 @@
 """EigenCAM: the first principal component of the layer's activations, class-agnostic."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -11,17 +11,19 @@ from .gradient import Maps
 from .registry import register
 
 
-def principal_projection(a: torch.Tensor, center: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def principal_projection(
+    a: torch.Tensor, center: bool = True, reference: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Project each image's activations on their first principal direction.
 
     ``a``: ``(B, C, h, w)``. With ``M`` the ``(h*w, C)`` activation matrix of an image (centred per
     channel when ``center``) and ``v`` its first right singular vector, returns the projection
     ``M v`` as ``(B, h, w)`` and ``v`` as ``(B, C)``, computed in float64.
 
-    Sign rule (SVD signs are arbitrary): ``M v`` is made to correlate positively with the activation
-    magnitude map ``mean_c |A_c|``; where that correlation is ~0, its largest-magnitude entry is made
-    positive. Both references are unchanged when ``A`` is negated, so a layer whose output differs
-    only in sign gives the same map.
+    Sign rule (SVD signs are arbitrary): ``M v`` is made to correlate positively with ``reference``
+    ``(B, h, w)``, by default the activation magnitude map ``mean_c |A_c|``; where that correlation is
+    ~0, its largest-magnitude entry is made positive. The default references are unchanged when ``A``
+    is negated, so a layer whose output differs only in sign gives the same map.
     """
     b, c, h, w = a.shape
     m = a.detach().double().flatten(2).transpose(1, 2)  # (B, hw, C)
@@ -30,7 +32,7 @@ def principal_projection(a: torch.Tensor, center: bool = True) -> tuple[torch.Te
     _, _, vh = torch.linalg.svd(m, full_matrices=False)
     v = vh[:, 0, :]  # (B, C)
     proj = torch.einsum("bnc,bc->bn", m, v)  # (B, hw)
-    ref = a.detach().double().abs().mean(dim=1).flatten(1)
+    ref = (a.detach().double().abs().mean(dim=1) if reference is None else reference.detach().double()).flatten(1)
     ref = ref - ref.mean(dim=1, keepdim=True)
     pc = proj - proj.mean(dim=1, keepdim=True)
     corr = (pc * ref).sum(1)
@@ -57,6 +59,11 @@ class EigenCAM(BaseCAM):
     def __init__(self, model: nn.Module, layer: Any = "auto", *, center: bool = True, **kw: Any) -> None:
         super().__init__(model, layer, **kw)
         self.center = center
+
+    def contributions(self, ctx: Context) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
+        """``A_c`` itself: ``eigen_smooth`` then gives the centred EigenCAM map."""
+        k = ctx.scores.shape[1]
+        return [a.unsqueeze(1).expand(-1, k, -1, -1, -1) for a in ctx.acts], None
 
     def compute(self, ctx: Context) -> Maps:
         k = ctx.scores.shape[1]

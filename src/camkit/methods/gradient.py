@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from ..core import engine
+from ..core.pixels import unchecked
 from ..errors import UnsupportedModelError
 from .base import BaseCAM, Context, positive_int
 from .registry import register
@@ -42,12 +43,32 @@ class GradientCAM(BaseCAM):
         weights = [w for _, w in results]
         return raw, (None if any(w is None for w in weights) else weights)  # type: ignore[return-value]
 
+    def contributions(self, ctx: Context) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
+        pairs = [self.contribution(a, g) for a, g in zip(ctx.acts, grid_grads(ctx))]
+        weights = [w for _, w in pairs]
+        return [z for z, _ in pairs], (None if any(w is None for w in weights) else weights)  # type: ignore[return-value]
+
     def combine(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Raw map ``(B, K, h, w)`` before ReLU and channel weights ``(B, K, C)`` or None."""
         w = self.channel_weights(a, g)
         return weighted_sum(w, a), w
 
+    def contribution(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Per-channel terms ``(B, K, C, h, w)`` whose channel sum is :meth:`combine`'s map, and the weights."""
+        w = self.channel_weights(a, g)
+        return w[..., None, None] * a.unsqueeze(1), w
+
     def channel_weights(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ElementwiseCAM(GradientCAM):
+    """A method whose map is a per-pixel weighting of the activations: ``sum_c`` of :meth:`contribution`."""
+
+    def combine(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return self.contribution(a, g)[0].sum(dim=2), None
+
+    def contribution(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         raise NotImplementedError
 
 
@@ -125,7 +146,8 @@ class SmoothGradCAMPlusPlus(BaseCAM):
             m = min(per_batch, self.n - done)
             noise = noise_n[done:done + m].repeat(b, 1, 1, 1)  # (b * m, ...), image-major like repeat_interleave
             xn = x.repeat_interleave(m, dim=0) + noise * self.noise * span.repeat_interleave(m, dim=0)
-            p = engine.forward(self.model, xn, ctx.modules, ctx.pass_.names, record=True)
+            with unchecked():  # noisy pixels leave [0, 1] on purpose
+                p = engine.forward(self.model, xn, ctx.modules, ctx.pass_.names, record=True)
             grads = engine.gradients(p, ctx.targets.repeat(m).scores(p.output, p.logits))
             stats = []
             for f, g in zip(ctx.to_grid, grads):
@@ -159,23 +181,23 @@ class XGradCAM(GradientCAM):
 
 
 @register("layercam")
-class LayerCAM(GradientCAM):
+class LayerCAM(ElementwiseCAM):
     """Layer-CAM (Jiang et al. 2021): ``L = relu(sum_c relu(dS/dA_c) * A_c)``, per pixel.
 
     Pass a list of layers to fuse them: each layer's map is upsampled, normalised and fused by
     element-wise maximum.
     """
 
-    def combine(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        return (torch.relu(g) * a.unsqueeze(1)).sum(dim=2), None
+    def contribution(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return torch.relu(g) * a.unsqueeze(1), None
 
 
 @register("hirescam")
-class HiResCAM(GradientCAM):
+class HiResCAM(ElementwiseCAM):
     """HiResCAM (Draelos & Carin 2020): ``L = relu(sum_c dS/dA_c * A_c)``, element-wise, no averaging."""
 
-    def combine(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        return (g * a.unsqueeze(1)).sum(dim=2), None
+    def contribution(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return g * a.unsqueeze(1), None
 
 
 @register("cam")

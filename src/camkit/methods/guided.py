@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 from ..core.outputs import to_logits
 from ..core.state import preserved
 from ..core.targets import TargetSpec, Targets, resolve_targets
-from ..errors import NoGradientError
+from ..errors import InputError, NoGradientError
 from .base import BaseCAM, Explanation
 from .gradient import GradCAM
 from .registry import register
@@ -102,6 +102,9 @@ class GuidedBackprop(BaseCAM):
 
     def __init__(self, model: nn.Module, layer: Any = None, **kw: Any) -> None:
         super().__init__(model, layer, **kw)
+        if self.aug_smooth is not None or self.eigen_smooth:
+            raise InputError(f"{type(self).__name__} is an input-space attribution, not a class activation map: "
+                             "aug_smooth and eigen_smooth apply to the CAM methods")
 
     def explain(self, x: torch.Tensor, targets: TargetSpec = None) -> Explanation:
         x = self._check_input(x)
@@ -123,11 +126,13 @@ class GuidedBackprop(BaseCAM):
         xin = x.clone().requires_grad_(True)
         with GuidedReLUMode():
             output = self.model(xin)
+        logits: Optional[torch.Tensor] = None
+        why = ""
         try:
-            logits: Optional[torch.Tensor] = to_logits(output)
-        except Exception:
-            logits = None
-        t = targets if isinstance(targets, Targets) else resolve_targets(targets, logits, x.shape[0])
+            logits = to_logits(output, x.shape[0])
+        except Exception as exc:  # a callable target may still explain this output
+            why = str(exc)
+        t = targets if isinstance(targets, Targets) else resolve_targets(targets, logits, x.shape[0], why)
         scores = t.scores(output, logits)
         if not scores.requires_grad:
             raise NoGradientError(

@@ -41,10 +41,8 @@ def _logits_or_none(output: Any) -> Optional[torch.Tensor]:
 
 
 def _rows(targets: Targets, rows: torch.Tensor) -> Targets:
-    """The targets of images ``rows`` (a batch made of copies of some images). A callable target must
-    act row by row, so it is kept as is."""
-    idx = None if targets.indices is None else targets.indices[rows.to(targets.indices.device)]
-    return Targets(idx, targets.keep_k, targets.fn)
+    """The targets of images ``rows`` (a batch made of copies of some images), see :meth:`Targets.rows`."""
+    return targets.rows(rows)
 
 
 class _TailMismatch(Exception):
@@ -148,7 +146,7 @@ class AblationCAM(BaseCAM):
         with Hooks() as hooks:
             tracer.attach(hooks, self.model)
             p = super()._forward(x, modules, names)
-        return _TracedPass(p.output, p.logits, p.acts, p.names, tracer)
+        return p.extended(_TracedPass, tracer=tracer)
 
     def compute(self, ctx: Context) -> Maps:
         tracer = getattr(ctx.pass_, "tracer", None)
@@ -178,7 +176,7 @@ class AblationCAM(BaseCAM):
         batch = x.shape[0]
         c = ctx.acts[i].shape[1]
         out = []
-        ablate = _Ablator(act, ctx.to_grid[i], ctx.pass_.names[i], plain=act.dim() == 4 and self.reshape is None)
+        ablate = _Ablator(act, ctx.to_grid[i], ctx.pass_.names[i], plain=getattr(ctx.to_grid[i], "kind", None) == "nchw")
         live = ctx.to_grid[i](act).flatten(2).ne(0).any(-1)  # (B, C): an all-zero channel ablates to itself
         for b in range(batch):
             alive = live[b].nonzero().flatten().to(act.device)

@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from camkit.core.pixels import check_range
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -33,8 +35,11 @@ class PixelModel(nn.Module):
     """
 
     input_size: tuple[int, int]
-    default_layer: str
+    default_layer: str | None  # None: none chosen at load time, layer="auto" chooses per call
     categories: list[str] | None
+    task: str = "classification"  # or "segmentation", "detection" (models loaded by name)
+    interpolation: str = "bilinear"  # how camkit resizes images for the model ("bicubic" or "bilinear")
+    crop_pct: float | None = None  # the model's eval crop (input / resize side), kept for reference
 
     def set_pixel_interface(
         self,
@@ -66,6 +71,7 @@ class PixelModel(nn.Module):
         return super().forward(t)  # type: ignore[misc]
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        check_range(x, self)  # 0..255 or normalised input would run silently wrong; warns once
         return self.forward_preprocessed(self.preprocess(x))
 
 

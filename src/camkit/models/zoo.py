@@ -12,6 +12,10 @@ vit_b_16``                  torchvision's file from the torch hub cache (never d
 ==========================  ==========================================================================
 
 A path must hold a state dict of the exact architecture (strict keys, ``weights_only=True``).
+
+Names with a prefix load from other libraries (see :data:`PREFIXES`): ``timm:NAME``
+(:mod:`camkit.models.timm_loader`), ``hf:DIR`` (:mod:`camkit.models.hf_loader`) and
+``torchvision:NAME`` (:mod:`camkit.models.torchvision_loader`); keyword options go to their builders.
 """
 from __future__ import annotations
 
@@ -20,13 +24,12 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
+from typing import Any, Callable
 
 from camkit.errors import UnsupportedModelError
 from camkit.models.base import PixelModel
-from camkit.models.state import load_strict, read_state_dict
+from camkit.models.state import Weights, load_strict, read_state_dict
 
-Weights = Union[str, "os.PathLike[str]", None]
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
@@ -54,16 +57,48 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load(name: str, weights: Weights = "default") -> PixelModel:
+#: name prefix -> (module, loader function, what the prefixed names mean)
+PREFIXES: dict[str, tuple[str, str, str]] = {
+    "timm": ("camkit.models.timm_loader", "load_timm",
+             "timm:NAME[.TAG]  any timm architecture, weights=PATH to a checkpoint (pip install 'camkit[timm]')"),
+    "hf": ("camkit.models.hf_loader", "load_hf",
+           "hf:DIR  a transformers image classifier or segmenter saved in DIR (pip install 'camkit[hf]')"),
+    "torchvision": ("camkit.models.torchvision_loader", "load_torchvision",
+                    "torchvision:NAME  any torchvision classifier, segmenter or detector, weights=PATH"),
+}
+
+
+def default_weights(name: str) -> str | None:
+    """The weights ``load(name)`` uses: a named set, or None when the model starts from random weights
+    (prefixed names -- ``timm:``, ``torchvision:`` -- start random; ``hf:DIR`` loads the directory's)."""
+    prefix, sep, _ = name.partition(":")
+    if sep and prefix.lower() in PREFIXES:
+        return "directory" if prefix.lower() == "hf" else None
+    if name not in _REGISTRY:
+        raise UnsupportedModelError(f"unknown model {name!r}; known: {list_models()}")
+    return _REGISTRY[name].default
+
+
+def load(name: str, weights: Weights = "default", **kwargs: Any) -> PixelModel:
     """Model ``name`` in eval mode, taking RGB pixels in [0, 1] of shape ``(B, 3, H, W)``.
 
     It has ``input_size``, ``default_layer`` and ``categories`` attributes (see
-    :mod:`camkit.models.base`); ``weights`` is described in :mod:`camkit.models.zoo`.
+    :mod:`camkit.models.base`); ``weights`` is described in :mod:`camkit.models.zoo`. Prefixed names
+    (``timm:``, ``hf:``, ``torchvision:``) pass ``kwargs`` to their library's builder.
     """
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix.lower() in PREFIXES:
+        module, function, usage = PREFIXES[prefix.lower()]
+        if not rest.strip():
+            raise UnsupportedModelError(f"{name!r} names no model; use {usage.split()[0]}")
+        return getattr(importlib.import_module(module), function)(rest.strip(), weights, **kwargs)
     if name not in _REGISTRY:
         close = [m for m in _REGISTRY if name.lower().split("_")[0] in m]
         raise UnsupportedModelError(f"unknown model {name!r}; known: {list_models()}"
-                                    + (f" (did you mean {close}?)" if close else ""))
+                                    + (f" (did you mean {close}?)" if close else "")
+                                    + f", or a name with a prefix: {', '.join(p + ':' for p in PREFIXES)}")
+    if kwargs:
+        raise UnsupportedModelError(f"{name}: options {sorted(kwargs)} are only for timm:, hf: and torchvision: names")
     entry = _REGISTRY[name]
     model = entry.build()
     if weights == "default":

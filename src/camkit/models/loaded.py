@@ -1,0 +1,151 @@
+"""What every model loaded by name from timm, Hugging Face or torchvision shares.
+
+:func:`adopt` turns the freshly built architecture into a :class:`~camkit.models.base.PixelModel`
+*in place* (its class becomes ``Pixel<Class>``, a subclass of both), so layer names and state-dict
+keys stay the library's own (``blocks.11.norm1`` on a timm ViT) and ``isinstance(model, Class)``
+still holds. It attaches the normaliser, ``input_size``, ``categories``, ``task``,
+``interpolation`` and ``crop_pct``, puts the model in eval mode and computes ``default_layer``.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import warnings
+from types import ModuleType
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from camkit.core.hooks import Hooks
+from camkit.errors import CamkitError, UnsupportedModelError
+from camkit.models.base import PixelModel
+
+TASKS = ("classification", "segmentation", "detection")
+_PROBE_SEED = 0
+
+
+def require(module: str, extra: str, what: str) -> ModuleType:
+    """Import an optional dependency, or say which ``pip install`` provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UnsupportedModelError(
+            f"{what} needs the {module!r} package, which is not installed: pip install 'camkit[{extra}]' "
+            f"(or pip install {module})"
+        ) from exc
+
+
+def _rebuild(base: type[nn.Module]) -> PixelModel:
+    cls = pixel_class(base)
+    return cls.__new__(cls)
+
+
+def _reduce_ex(self: PixelModel, protocol: Any) -> Any:
+    # pickle / deepcopy: name the importable base class, not the class made at run time
+    rv = object.__reduce_ex__(self, protocol)
+    return (_rebuild, (type(self)._pixel_base,)) + tuple(rv[2:])  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=None)
+def pixel_class(base: type[nn.Module]) -> type[PixelModel]:
+    """``Pixel<base>``: :class:`PixelModel` mixed into ``base`` (one class per base, made once)."""
+    if issubclass(base, PixelModel):
+        return base
+    return type(f"Pixel{base.__name__}", (PixelModel, base), {
+        "__module__": __name__, "__doc__": f"{base.__module__}.{base.__qualname__} taking pixels in [0, 1].",
+        "_pixel_base": base, "__reduce_ex__": _reduce_ex,
+    })
+
+
+def adopt(
+    net: nn.Module,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    input_size: tuple[int, int],
+    categories: Optional[list[str]],
+    task: str,
+    interpolation: str = "bilinear",
+    crop_pct: Optional[float] = None,
+) -> PixelModel:
+    """Make ``net`` (built by camkit just now, weights loaded) a pixel model in eval mode.
+
+    ``forward(x) = net.forward((x - mean) / std)`` for RGB ``x`` in [0, 1]. ``categories`` longer or
+    shorter than the model's classes are the caller's to check.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    net.__class__ = pixel_class(type(net))
+    assert isinstance(net, PixelModel)
+    net.set_pixel_interface(mean=mean, std=std, input_size=input_size, default_layer="", categories=categories)
+    net.task = task
+    net.interpolation = interpolation
+    net.crop_pct = crop_pct
+    net.eval()
+    net.default_layer = _default_layer(net)  # type: ignore[assignment]
+    return net
+
+
+def _default_layer(model: PixelModel) -> Optional[str]:
+    """The layer CAM methods explain when given ``layer="auto"``, computed once at load time.
+
+    Classifiers: :func:`camkit.methods.base.auto_layer` on one random image at ``input_size``.
+    Segmentation and detection models: the last feature map of the backbone (see
+    :func:`backbone_layer`). None, with a warning, when no layer can be chosen here; ``layer="auto"``
+    then chooses on the user's images.
+    """
+    from camkit.methods.base import auto_layer
+
+    g = torch.Generator().manual_seed(_PROBE_SEED)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.rand(1, 3, *model.input_size, generator=g).to(device)
+    try:
+        if model.task == "classification":
+            return auto_layer(model, x)
+        return backbone_layer(model, x)
+    except CamkitError as exc:
+        warnings.warn(f"{type(model).__name__}: no default layer chosen at load time ({exc}); layer='auto' "
+                      "will try again on your images", stacklevel=5)
+        return None
+
+
+def _backbone_prefix(model: nn.Module) -> str:
+    names = dict(model.named_modules())
+    for candidate in ("backbone.body", "backbone", getattr(model, "base_model_prefix", None) or ""):
+        if candidate and candidate in names:
+            return candidate
+    return ""
+
+
+def backbone_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """The module that last outputs a feature map (a grid of this input in any layout camkit reads, see
+    :func:`camkit.core.layout.readings`) inside the backbone, in execution order: ``backbone.layer4`` on torchvision FCN /
+    DeepLabV3, ``backbone.body.layer4`` on Faster R-CNN ResNet-50 FPN (the last stage before the FPN).
+
+    The backbone is ``backbone.body``, else ``backbone``, else the Hugging Face base model
+    (``base_model_prefix``, e.g. ``segformer``), else the whole model. One forward, no gradients.
+    """
+    from camkit.core.layout import patch_size, readings
+
+    prefix = _backbone_prefix(model)
+    patch = patch_size(model)
+    hw = (int(x.shape[-2]), int(x.shape[-1]))
+    last: list[str] = []
+
+    def hook(name: str):
+        def record(_m: nn.Module, _i: Any, out: Any) -> None:
+            if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
+                return
+            if readings(out, 1, hw, patch):
+                last.append(name)
+        return record
+
+    with Hooks() as hooks, torch.no_grad():  # they fire for this call only
+        for n, m in model.named_modules():
+            if n and (not prefix or n == prefix or n.startswith(prefix + ".")):
+                hooks.on_forward(m, hook(n))
+        model(x)
+    if not last:
+        raise CamkitError(f"found no feature map in {prefix or 'the model'}")
+    return last[-1]
