@@ -1,10 +1,10 @@
 """Gradient CAM speed, as multiples of a bare no-grad forward measured in the same run.
 
-    python3 benchmarks/bench_gradient.py [--models resnet50,vgg16] [--batches 1,8] [--repeats 5]
+    python3 benchmarks/bench_gradient.py [--models resnet50,vgg16] [--batches 1,8] [--repeats 5] [--device cuda]
 
 Peers (pytorch-grad-cam, torchcam) are timed beside camkit when installed (`pip install camkit[peers]`).
 Median wall time per call; ratio = median over repeats of (method / no-grad forward of the same
-batch), the two timed in turn.
+batch), the two timed in turn; on CUDA each call is timed until the device has finished.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 import torchvision
 
 import camkit
-from _timing import median_ms  # benchmarks/ is on sys.path when run as a script
+from _timing import device_label, median_ms  # benchmarks/ is on sys.path when run as a script
 
 LAYERS = {"resnet50": "layer4", "vgg16": "features.29"}
 
@@ -54,18 +54,20 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--only", default="", help="comma-separated row labels to time (substring match), e.g. fullgrad")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
+    dev = args.device
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {device_label(dev)}\n")
     print("| model | batch | method | ms / call | ms / image | × no-grad forward |")
     print("|---|---|---|---|---|---|")
     for name in args.models.split(","):
-        model = getattr(torchvision.models, name)().eval()
+        model = getattr(torchvision.models, name)().eval().to(dev)
         layer = LAYERS[name]
         for b in map(int, args.batches.split(",")):
-            x = torch.rand(b, 3, 224, 224)
+            x = torch.rand(b, 3, 224, 224, device=dev)
             rows: list[tuple[str, Callable[[], object]]] = []
 
             def fwd() -> object:
@@ -99,7 +101,8 @@ def main() -> None:
             repeats = args.repeats if b == 1 else max(2, args.repeats // 2)
             for label, fn in rows:
                 # forward and method timed in turn, so a change in machine load hits both
-                pairs = [(median_ms(fwd, 1, warmup=False), median_ms(fn, 1, warmup=i == 0)) for i in range(repeats)]
+                pairs = [(median_ms(fwd, 1, warmup=False, device=dev), median_ms(fn, 1, warmup=i == 0, device=dev))
+                         for i in range(repeats)]
                 ms = statistics.median(t for _, t in pairs)
                 ratio = statistics.median(t / f for f, t in pairs)
                 print(f"| {name} | {b} | {label} | {ms:.0f} | {ms / b:.1f} | {ratio:.2f} |", flush=True)

@@ -133,6 +133,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     x = torch.stack(images).to(args.device)
     cats = getattr(model, "categories", None)
     targets = _target(args.target, cats)
+    precision = _precision(args)
     layer = args.layer or "auto"  # "auto": the zoo model's default_layer (FullGrad: all its biased layers)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"{path}: {preds}")
     for method in _csv(args.method):
         cls = get(method)
-        e = cls(model, layer=layer).explain(x, targets=targets)
+        e = cls(model, layer=layer, precision=precision, channels_last=args.channels_last).explain(x, targets=targets)
         guided = cls.name.startswith("guided")
         maps = e.maps if (e.maps.dim() == (5 if guided else 4)) else e.maps.unsqueeze(1)
         classes = e.targets.reshape(x.shape[0], -1) if e.targets is not None else None
@@ -178,7 +179,18 @@ def _protocol(args: argparse.Namespace) -> Any:
         kw["baselines"] = ()
     if args.scorecam_batch is not None:
         kw["method_options"] = {"scorecam": {"batch_size": args.scorecam_batch}}
-    return Protocol(**kw)
+    return Protocol(precision=_precision(args), channels_last=args.channels_last, **kw)
+
+
+def _precision(args: argparse.Namespace) -> str:
+    """``--precision``, checked against ``--device`` before anything runs."""
+    import torch
+
+    from camkit.core.precision import check_available, parse_precision
+
+    precision = parse_precision(args.precision)
+    check_available(precision, torch.device(args.device))
+    return precision
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -274,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    def forward_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="the methods' model forward under autocast in this precision; maps stay float32 "
+                        "(default: fp32; fp16 needs a GPU or a CPU with AMX-FP16)")
+        sp.add_argument("--channels-last", action="store_true",
+                        help="run the methods' model forward in channels-last memory format")
+
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
         sp.add_argument("--threads", default="auto", help="torch CPU threads: a number, or auto (default): "
@@ -293,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fit", default="stretch", choices=("stretch", "letterbox", "crop"),
                    help="how an image becomes the model's input: stretch (resize, default), letterbox (resize "
                    "keeping the aspect ratio, pad) or crop (resize to cover, centre crop); maps go back the same way")
+    forward_options(e)
     common(e)
     e.set_defaults(func=cmd_explain)
 
@@ -318,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-baselines", action="store_true", help="leave out the uniform/Gaussian/random baselines")
     b.add_argument("--gallery", type=int, default=12, help="images whose overlays go to the galleries (12)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    forward_options(b)
     common(b)
     b.set_defaults(func=cmd_bench)
 

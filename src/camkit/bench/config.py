@@ -30,7 +30,9 @@ class Protocol:
     IoU >= ``maxboxacc_iou``; pointing game with ``pointing_tolerance`` pixels. Average Drop /
     Increase in Confidence: softmax of the explained class on the image and on image x map
     (``space``). Deletion (``deletion_substrate``) / Insertion (``insertion_substrate``) AUC with
-    ``perturbation_steps`` steps, for the target kinds in ``perturbation_kinds``.
+    ``perturbation_steps`` steps, for the target kinds in ``perturbation_kinds``. ``precision`` /
+    ``channels_last``: how the methods run the model's forward (maps stay float32; the metrics'
+    own forwards run in float32).
     """
 
     threshold: float = 0.15
@@ -50,6 +52,14 @@ class Protocol:
     sanity: bool = True
     #: keyword options per method, e.g. ``{"scorecam": {"batch_size": 64}}``
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the methods' model forward: "fp32", or "bf16" / "fp16" autocast; channels-last memory format
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16") or not isinstance(self.channels_last, bool):
+            raise CamkitError(f"precision must be 'fp32', 'bf16' or 'fp16' and channels_last a bool, got "
+                              f"{self.precision!r}, {self.channels_last!r}")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
@@ -90,6 +100,8 @@ class Protocol:
              f"the model with every parameter re-initialised (seed {self.seed + 1000}); a map that ignores the model "
              "scores 1 (Adebayo et al. 2018)." if self.sanity else "Sanity check: off."),
             "Method options: " + (json.dumps(self.method_options, sort_keys=True) if self.method_options else "defaults"),
+            f"Methods' model forward: {self.precision}" + (" autocast" if self.precision != "fp32" else "")
+            + (", channels-last" if self.channels_last else "") + "; maps and metrics in float32.",
         ]
 
 

@@ -148,7 +148,8 @@ def _maps(model: nn.Module, method: str, b: Batch, config: BenchConfig,
     if method.startswith(BASELINE_PREFIX):
         m = _baseline(method[len(BASELINE_PREFIX):], b, config.protocol.seed)
         return m[:, None].expand(-1, targets.shape[1], -1, -1), []
-    options = config.protocol.method_options.get(method, {})
+    p = config.protocol
+    options = {"precision": p.precision, "channels_last": p.channels_last, **p.method_options.get(method, {})}
     # "auto": the zoo model's default_layer; FullGrad: every biased conv / BatchNorm layer
     e = create(method, model, layer="auto", **options).explain(b.x, targets=targets)
     return e.maps.float(), list(e.layers)

@@ -17,6 +17,7 @@ from ..core import probe as evidence
 from ..core.layers import LayerSpec, resolve_layers
 from ..core.layout import KINDS, Layout, custom, patch_size, readings
 from ..core.postprocess import finalize
+from ..core.precision import check_finite, model_forward, parse_precision
 from ..core.state import preserved
 from ..core.targets import TargetSpec, Targets, resolve_targets
 from ..errors import CamkitError, InputError
@@ -83,7 +84,9 @@ class BaseCAM:
     callable turning the layer output into ``(B, C, h, w)`` for anything else. ``aug_smooth`` (True or an
     :class:`~camkit.methods.smoothing.Augment`) averages the maps of flipped and rescaled views in the
     input frame; ``eigen_smooth`` keeps the first principal component of the per-channel
-    contributions (see :mod:`camkit.methods.smoothing`).
+    contributions (see :mod:`camkit.methods.smoothing`). ``precision`` ``"fp32"``, ``"bf16"`` or
+    ``"fp16"``: the model's forward runs under autocast while weights and maps stay float32, and
+    ``channels_last`` runs it in channels-last memory format (see :mod:`camkit.core.precision`).
     """
 
     name: ClassVar[str] = ""
@@ -99,6 +102,8 @@ class BaseCAM:
         layout: Optional[str] = None,
         aug_smooth: Union[bool, Augment] = False,
         eigen_smooth: bool = False,
+        precision: str = "fp32",
+        channels_last: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -113,6 +118,10 @@ class BaseCAM:
         self.layout = layout
         self.aug_smooth = augmentations(aug_smooth)
         self.eigen_smooth = bool(eigen_smooth)
+        self.precision = parse_precision(precision)
+        if not isinstance(channels_last, bool):
+            raise InputError(f"channels_last must be True or False, got {channels_last!r}")
+        self.channels_last = channels_last
         self._patch = patch_size(model)
         self._in_channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
@@ -137,15 +146,17 @@ class BaseCAM:
             return aug_explain(self, x, targets)
         x = self._check_input(x)
         # autograd on for target scores even under a caller's no_grad; the engine turns it off before the target
-        with preserved(self.model, self.eval_mode), torch.enable_grad():
+        with preserved(self.model, self.eval_mode), torch.enable_grad(), self._forward_mode(x):
             names, modules = self._layers(x)
             p = self._forward(x, modules, names)
             t = resolve_targets(targets, p.logits, x.shape[0], p.logits_error)
             scores = t.scores(p.output, p.logits)
+            check_finite(self.precision, scores, [])  # before a method spends time on them
             to_grid = [self._read(a, n, m, x) for a, n, m in zip(p.acts, names, modules)]
             acts = [f(a.detach()).float() for f, a in zip(to_grid, p.acts)]
             ctx = Context(self.model, x, p, t, scores, acts, modules, to_grid)
             raw, weights = eigen_compute(self, ctx) if self.eigen_smooth else self.compute(ctx)
+        check_finite(self.precision, scores, raw)
         raw = [torch.relu(r) for r in raw]
         maps = finalize(raw, (x.shape[-2], x.shape[-1]))
         squeeze = (lambda v: v[:, 0] if v is not None else None) if not t.keep_k else (lambda v: v)
@@ -175,6 +186,10 @@ class BaseCAM:
         return engine.forward(self.model, x, modules, names, record=self.uses_gradients)
 
     # -- helpers -----------------------------------------------------------------------------------------
+    def _forward_mode(self, x: torch.Tensor) -> Any:
+        """Context in which the model's calls run at ``precision`` / ``channels_last``."""
+        return model_forward(self.model, self.precision, self.channels_last, x.device)
+
     def _check_input(self, x: Any) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise InputError(f"input must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")

@@ -12,6 +12,7 @@ import torch
 
 from ..core import engine
 from ..core.pixels import unchecked
+from ..core.precision import score_tolerance
 from ..errors import UnsupportedModelError
 from .base import BaseCAM, Context, positive_int
 from .registry import register
@@ -231,11 +232,12 @@ class CAM(BaseCAM):
             m for m in self.model.modules() if isinstance(m, torch.nn.Linear) and m.in_features == a.shape[1]
         ]
         gap = a.mean(dim=(-2, -1))
+        tol = score_tolerance(self.precision)
         for fc in reversed(candidates):
             if fc.out_features != logits.shape[1]:
                 continue
             pred = torch.nn.functional.linear(gap, fc.weight.float(), None if fc.bias is None else fc.bias.float())
-            if torch.allclose(pred, logits, rtol=1e-3, atol=1e-3 * (1 + logits.abs().max().item())):
+            if torch.allclose(pred, logits, rtol=tol, atol=tol * (1 + logits.abs().max().item())):
                 return fc
         raise UnsupportedModelError(
             f"CAM needs a head of global average pooling followed by one linear layer after the explained "

@@ -20,6 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..core.outputs import to_logits
+from ..core.precision import check_finite
 from ..core.state import preserved
 from ..core.targets import TargetSpec, Targets, resolve_targets
 from ..errors import InputError, NoGradientError
@@ -108,7 +109,7 @@ class GuidedBackprop(BaseCAM):
 
     def explain(self, x: torch.Tensor, targets: TargetSpec = None) -> Explanation:
         x = self._check_input(x)
-        with preserved(self.model, self.eval_mode), torch.enable_grad():
+        with preserved(self.model, self.eval_mode), torch.enable_grad(), self._forward_mode(x):
             attr, t, scores, logits = self._guided_grads(x, targets)
         squeeze = (lambda v: v) if t.keep_k else (lambda v: None if v is None else v[:, 0])
         return Explanation(
@@ -143,6 +144,7 @@ class GuidedBackprop(BaseCAM):
         grads = [
             torch.autograd.grad(scores[:, j].sum(), xin, retain_graph=j < k - 1)[0] for j in range(k)
         ]
+        check_finite(self.precision, scores, grads)
         return torch.stack(grads, dim=1), t, scores.detach(), None if logits is None else logits.detach()
 
 
@@ -167,7 +169,7 @@ class GuidedGradCAM(GuidedBackprop):
         else:
             keep_k = cam.targets.dim() == 2
             t = Targets(cam.targets.reshape(x.shape[0], -1), keep_k)
-        with preserved(self.model, self.eval_mode), torch.enable_grad():
+        with preserved(self.model, self.eval_mode), torch.enable_grad(), self._forward_mode(x):
             attr, t, _, _ = self._guided_grads(x, t)
         maps = cam.maps if t.keep_k else cam.maps.unsqueeze(1)  # (B, K, H, W)
         prod = attr * maps.unsqueeze(2).to(attr.dtype)

@@ -3,7 +3,8 @@ target layer is changed, with no gradients.
 
 - Ablation-CAM: ``w_k = (y - y_k) / |y|``, ``y_k`` the score with channel ``k`` of the layer zeroed.
   Only the network *after* the layer depends on the ablation, so the layer's output is computed
-  once and only the tail runs on batches of ablated copies (see :class:`AblationCAM`).
+  once and only the tail runs on batches of ablated copies (see :class:`AblationCAM`); where the
+  tail is affine in the layer, one backward pass gives every channel (:mod:`.ablation_closed`).
 - Score-CAM: ``w = softmax_k(s(x * M_k))``, ``M_k`` channel ``k`` upsampled and min-max normalised.
 """
 from __future__ import annotations
@@ -22,7 +23,9 @@ from ..core.postprocess import normalize, upsample
 from ..core.replay import Plan as _Plan, Replay as _Replay, TracedPass as _TracedPass, Tracer as _Tracer
 from ..core.replay import pick as _pick
 from ..core.targets import Targets
+from ..core.precision import autocast_dtype, score_tolerance
 from ..errors import InputError, UnsupportedModelError
+from .ablation_closed import ClosedForm
 from .base import BaseCAM, Context, positive_int
 from .gradient import Maps, weighted_sum
 from .registry import register
@@ -122,6 +125,12 @@ class AblationCAM(BaseCAM):
     same ablation passes. Channels that are zero everywhere are not run: ablating them changes
     nothing, so their weight is exactly 0. Target callables must score each row of the output on
     its own.
+
+    ``closed_form=True`` (default): when what follows the layer is affine in it (pooling, flatten,
+    linear layers: the heads of ResNet, DenseNet, EfficientNet, RegNet) ``y - y_k`` is channel ``k``'s
+    contribution ``sum_ij (dy/dA)_kij A_kij`` and all channels come from one backward pass through the
+    tail, shown to hold op by op and on replayed probe channels per image; otherwise the ablations are
+    replayed (see :mod:`camkit.methods.ablation_closed`). ``closed_form=False`` always replays.
     """
 
     uses_gradients = False
@@ -133,30 +142,42 @@ class AblationCAM(BaseCAM):
         *,
         batch_size: int = 64,
         recompute: Literal["tail", "full"] = "tail",
+        closed_form: bool = True,
         **kw: Any,
     ) -> None:
         super().__init__(model, layer, **kw)
         positive_int("batch_size", batch_size, "ablated copies per pass")
         if recompute not in ("tail", "full"):
             raise InputError(f"recompute must be 'tail' (run only the network after the layer) or 'full', got {recompute!r}")
-        self.batch_size, self.recompute = batch_size, recompute
+        if not isinstance(closed_form, bool):
+            raise InputError(f"closed_form must be True or False, got {closed_form!r}")
+        self.batch_size, self.recompute, self.closed_form = batch_size, recompute, closed_form
 
     def _forward(self, x: torch.Tensor, modules: list[nn.Module], names: list[str]) -> engine.Pass:
         tracer = _Tracer(modules)
+        # the closed form needs dy/dA: autograd records the network after the layer (only)
+        record = self.closed_form and self.recompute == "tail" and not torch.is_inference_mode_enabled()
         with Hooks() as hooks:
             tracer.attach(hooks, self.model)
-            p = super()._forward(x, modules, names)
+            p = engine.forward(self.model, x, modules, names, record=record)
         return p.extended(_TracedPass, tracer=tracer)
 
     def compute(self, ctx: Context) -> Maps:
         tracer = getattr(ctx.pass_, "tracer", None)
         assert tracer is not None, "AblationCAM.compute needs the traced pass of AblationCAM._forward"
         raw, weights = [], []
+        closed = ClosedForm(ctx, self.batch_size, autocast_dtype(self.precision)) if ctx.scores.requires_grad else None
         for i, name in enumerate(ctx.pass_.names):
             w = None
             if self.recompute == "tail":
+                plan = tracer.plan(i, name, tail=True)
                 try:
-                    w = self._weights(ctx, i, tracer.plan(i, name, tail=True), verify=True)
+                    if closed is not None:
+                        ablate = _Ablator(ctx.pass_.acts[i], ctx.to_grid[i], name, plain=self._plain(ctx, i))
+                        w = closed.weights(i, lambda b, ks: ablate(b, ctx.x.shape[0], ks),
+                                           lambda b, a, n: self._replay(ctx, plan, b, a, n, verify=True), self._plain(ctx, i))
+                    if w is None:
+                        w = self._weights(ctx, i, plan, verify=True)
                 except _TailMismatch as e:
                     warnings.warn(
                         f"Ablation-CAM could not replay only the network after layer {name!r} ({e}); "
@@ -165,6 +186,12 @@ class AblationCAM(BaseCAM):
                     )
             if w is None:
                 w = self._weights(ctx, i, tracer.plan(i, name, tail=False), verify=False)
+            if self.precision != "fp32" and not (closed is not None and closed.used(i)):
+                warnings.warn(
+                    f"Ablation-CAM replayed the ablations of layer {name!r} under precision={self.precision!r}: "
+                    "each weight is a difference of two scores with ~3 significant digits, so weights below "
+                    "~1% of the score are rounding noise; use precision='fp32' for this layer", RuntimeWarning, stacklevel=3,
+                )
             raw.append(weighted_sum(w, ctx.acts[i]))
             weights.append(w)
         return raw, weights
@@ -176,7 +203,7 @@ class AblationCAM(BaseCAM):
         batch = x.shape[0]
         c = ctx.acts[i].shape[1]
         out = []
-        ablate = _Ablator(act, ctx.to_grid[i], ctx.pass_.names[i], plain=getattr(ctx.to_grid[i], "kind", None) == "nchw")
+        ablate = _Ablator(act, ctx.to_grid[i], ctx.pass_.names[i], plain=self._plain(ctx, i))
         live = ctx.to_grid[i](act).flatten(2).ne(0).any(-1)  # (B, C): an all-zero channel ablates to itself
         for b in range(batch):
             alive = live[b].nonzero().flatten().to(act.device)
@@ -185,28 +212,36 @@ class AblationCAM(BaseCAM):
             for sl in _chunks(channels.numel(), self.batch_size):
                 ks = channels[sl]
                 n = ks.numel()
-                ablated = ablate(b, batch, ks)
-                rows = torch.full((n,), b, dtype=torch.long)
-                try:
-                    output = plan.run(self.model, x[b:b + 1].expand(n, *x.shape[1:]), _Replay(b, batch, n, ablated))
-                except RuntimeError as e:
-                    if not verify:
-                        raise
-                    raise _TailMismatch(f"the replay raised {type(e).__name__}: {e}") from e
-                if verify and plan.cache_modified():
-                    raise _TailMismatch("the forward modified a tensor computed before the layer in place")
-                scores.append(_rows(ctx.targets, rows).scores(output, _logits_or_none(output)).detach().clone())
+                scores.append(self._replay(ctx, plan, b, ablate(b, batch, ks), n, verify).detach().clone())
             s = torch.cat(scores)  # (1 + alive channels, K), in the model's dtype
             y = s[0]
             y_k = y.expand(c, -1).clone()
             y_k[alive] = s[1:]
             if verify:
                 y0 = ctx.scores[b].detach().to(y.dtype)
-                if not torch.allclose(y, y0, rtol=1e-3, atol=1e-3 * (1.0 + float(y0.abs().max()))):
+                tol = score_tolerance(self.precision)
+                if not torch.allclose(y, y0, rtol=tol, atol=tol * (1.0 + float(y0.abs().max()))):
                     raise _TailMismatch(f"the unablated replay scored {y.tolist()} instead of {y0.tolist()}")
             denom = torch.where(y.abs() > 0, y.abs(), torch.ones_like(y))
             out.append(((y - y_k) / denom).t().float())  # (K, C)
         return torch.stack(out)
+
+    def _replay(self, ctx: Context, plan: _Plan, b: int, ablated: torch.Tensor, n: int, verify: bool) -> torch.Tensor:
+        """``(n, K)`` scores of image ``b`` with the layer's output replaced by ``ablated`` (n copies)."""
+        x = ctx.x[b:b + 1].expand(n, *ctx.x.shape[1:])
+        try:
+            output = plan.run(self.model, x, _Replay(b, ctx.x.shape[0], n, ablated))
+        except RuntimeError as e:
+            if not verify:
+                raise
+            raise _TailMismatch(f"the replay raised {type(e).__name__}: {e}") from e
+        if verify and plan.cache_modified():
+            raise _TailMismatch("the forward modified a tensor computed before the layer in place")
+        return _rows(ctx.targets, torch.full((n,), b, dtype=torch.long)).scores(output, _logits_or_none(output))
+
+    def _plain(self, ctx: Context, i: int) -> bool:
+        """The layer's output is read as a ``(B, C, h, w)`` grid as it is."""
+        return getattr(ctx.to_grid[i], "kind", None) == "nchw"
 
 
 # ---------------------------------------------------------------------------------------------------
