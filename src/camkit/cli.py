@@ -100,6 +100,10 @@ def _picture_size(spec: str, original: tuple[int, int], model_size: tuple[int, i
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    if args.task != "classify":  # detectors and segmenters: camkit.explain_tasks
+        from camkit.explain_tasks import cmd_explain_task
+
+        return cmd_explain_task(args)
     import numpy as np
     import torch
 
@@ -305,7 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", default=None, help="state-dict path, a named weights set, or 'random'")
     e.add_argument("--method", required=True, help="method name(s), comma-separated")
     e.add_argument("--layer", default=None, help="layer name (default: the model's default layer)")
-    e.add_argument("--target", default="top1", help="top1, topK (e.g. top3), a class index or a class name")
+    e.add_argument("--target", default="top1", help="top1, topK (e.g. top3), a class index or a class name; "
+                   "--task segment: classes (comma-separated; default: every predicted class)")
+    e.add_argument("--task", default="classify", choices=("classify", "detect", "segment"),
+                   help="detect: one map per detection (torchvision detectors); segment: one map per class")
+    e.add_argument("--min-score", type=float, default=0.5, help="--task detect: explain detections scoring at least this")
     e.add_argument("-o", "--output", required=True, help="output directory")
     e.add_argument("--size", default="original", help="size of the written overlays and .npy maps: original "
                    "(each image's own, default), model (the model's input) or N (longer side N pixels)")

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import InputError, NoGradientError
 from .hooks import Hooks
+from .keys import replace, select, split_key
 from .outputs import to_logits
 
 
@@ -50,24 +51,22 @@ def forward(
     captured: list[Optional[torch.Tensor]] = [None] * len(modules)
 
     def make_hook(i: int):
-        def hook(_m: nn.Module, _inp: Any, out: Any) -> torch.Tensor:
-            if not isinstance(out, torch.Tensor):
-                raise InputError(
-                    f"layer {names[i]!r} returns {type(out).__name__}, not a tensor; choose a layer "
-                    "whose output is a tensor (e.g. its parent or child)"
-                )
+        keys = split_key(names[i])[1]  # "backbone[0]": element "0" of the layer's container output
+
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
+            t = select(out, keys, names[i])
             if captured[i] is not None:
                 raise InputError(
                     f"layer {names[i]!r} is called more than once in one forward (outputs "
-                    f"{tuple(captured[i].shape)} and {tuple(out.shape)}), so its output is not one feature map; "
+                    f"{tuple(captured[i].shape)} and {tuple(t.shape)}), so its output is not one feature map; "
                     "choose a layer the forward calls once (e.g. its parent block)"
                 )
             if record:
-                if not out.requires_grad:
-                    out = out.detach().requires_grad_(True)
+                if not t.requires_grad:
+                    t = t.detach().requires_grad_(True)
                 torch.set_grad_enabled(True)  # record from here on; the outer no_grad restores it
-            captured[i] = out
-            return out.clone()  # in-place ops after the layer must not change what was captured
+            captured[i] = t
+            return replace(out, keys, t.clone())  # in-place ops after the layer must not change what was captured
 
         return hook
 

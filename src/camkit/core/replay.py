@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from .engine import Pass
 from .hooks import Hooks
+from .keys import replace, split_key
 
 
 @dataclass(eq=False)
@@ -46,7 +47,9 @@ class Tracer:
         self.seq = 0
         self.started = 0
         self.n_targets = len(targets)
-        self.target_index = {id(m): i for i, m in enumerate(targets)}
+        self.target_index: dict[int, list[int]] = {}  # a module is several targets when keyed: "m[0]", "m[1]"
+        for i, m in enumerate(targets):
+            self.target_index.setdefault(id(m), []).append(i)
         self.target_calls: list[list[_Call]] = [[] for _ in targets]
 
     def _pre(self, m: nn.Module, _args: Any) -> None:
@@ -54,8 +57,7 @@ class Tracer:
         self.seq += 1
         (self.stack[-1].children if self.stack else self.roots).append(call)
         self.stack.append(call)
-        i = self.target_index.get(id(m))
-        if i is not None:
+        for i in self.target_index.get(id(m), ()):
             self.target_calls[i].append(call)
             self.started += 1
 
@@ -69,7 +71,7 @@ class Tracer:
         self.seq += 1
         if self.started == call.targets_before:
             call.children = []
-        if self.started < self.n_targets:
+        if self.started < self.n_targets or id(m) in self.target_index:  # a keyed target's container is replayed
             call.out = out
 
     def attach(self, hooks: Hooks, model: nn.Module) -> None:
@@ -89,11 +91,12 @@ class Tracer:
                 "times; choose a layer that is called exactly once (e.g. its parent)"
             )
         target = calls[0]
+        ablate = _Ablate(target.out, split_key(name)[1])
         actions: dict[int, tuple[nn.Module, list[Any]]] = {}
 
         def visit(call: _Call) -> None:
             if call is target:
-                act: Any = _ABLATE
+                act: Any = ablate
             elif tail and call.end < target.start:
                 act = _Cached(call.out)
             else:
@@ -116,12 +119,25 @@ class TracedPass(Pass):
 
 
 _RUN = object()
-_ABLATE = object()
 
 
 @dataclass(eq=False)
 class _Cached:
     out: Any
+
+
+@dataclass(eq=False)
+class _Ablate:
+    """The target call: its output in the traced pass and the keys of the explained element."""
+
+    out: Any
+    keys: tuple[str, ...]
+
+    def output(self, replay: "Replay") -> Any:
+        """The ablated batch, put back into (copies of) the layer's container output when keyed."""
+        if not self.keys:
+            return replay.ablated
+        return replace(pick(self.out, replay.b, replay.batch, replay.n), self.keys, replay.ablated)
 
 
 def pick(obj: Any, b: int, batch: int, n: int) -> Any:
@@ -144,6 +160,9 @@ def pick(obj: Any, b: int, batch: int, n: int) -> Any:
         return type(obj)(pick(o, b, batch, n) for o in obj)
     if isinstance(obj, dict):
         return {k: pick(v, b, batch, n) for k, v in obj.items()}
+    sizes = getattr(obj, "image_sizes", None)  # torchvision's ImageList (detectors' resized, padded batch)
+    if isinstance(getattr(obj, "tensors", None), torch.Tensor) and isinstance(sizes, list) and len(sizes) == batch:
+        return type(obj)(pick(obj.tensors, b, batch, n), [sizes[b]] * n)
     return obj
 
 
@@ -180,8 +199,8 @@ class _Patched:
         act = self.actions[i] if i < len(self.actions) else _RUN
         if act is _RUN:
             return original(*args, **kwargs)
-        if act is _ABLATE:
-            return self.replay.ablated
+        if isinstance(act, _Ablate):
+            return act.output(self.replay)
         return pick(act.out, self.replay.b, self.replay.batch, self.replay.n)
 
 

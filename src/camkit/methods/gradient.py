@@ -221,7 +221,11 @@ class CAM(BaseCAM):
         if len(ctx.acts) != 1:
             raise UnsupportedModelError("CAM explains one layer: the one before global average pooling")
         if ctx.targets.indices is None or ctx.pass_.logits is None:
-            raise UnsupportedModelError("CAM needs class-index targets on a (B, num_classes) output")
+            raise UnsupportedModelError(
+                "CAM needs class-index targets on a classifier's (B, num_classes) output: it reads the class's "
+                "weights in a global-average-pooling + linear head, which segmentation and detection models (and "
+                "callable targets) do not have; use 'gradcam' instead"
+            )
         a = ctx.acts[0]
         fc = self._head(a, ctx.pass_.logits.float())
         w = fc.weight.detach().float()[ctx.targets.indices]  # (B, K, C)

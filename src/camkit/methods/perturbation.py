@@ -18,7 +18,7 @@ from torch import nn
 from ..core import engine
 from ..core.hooks import Hooks
 from ..core.outputs import to_logits
-from ..core.postprocess import normalize, upsample
+from ..core.postprocess import normalize, to_input
 # the tail replay lives in core/ beside the engine; private aliases keep AblationCAM's code as it was
 from ..core.replay import Plan as _Plan, Replay as _Replay, TracedPass as _TracedPass, Tracer as _Tracer
 from ..core.replay import pick as _pick
@@ -312,7 +312,8 @@ class ScoreCAM(BaseCAM):
                 bi, ki = (~constant).nonzero(as_tuple=True)
                 for sl in _chunks(bi.numel(), self.batch_size):
                     b, k = bi[sl], ki[sl]
-                    masks = normalize(upsample(a[b, k], size))  # (n, H, W)
+                    region = None if ctx.region is None else ctx.region.select(b)
+                    masks = normalize(to_input(a[b, k], size, region))  # (n, H, W), in the input's frame
                     output = self.model(x[b] * masks.unsqueeze(1).to(x.dtype))
                     s[b, :, k] = self._scores(output, _rows(ctx.targets, b.cpu())).to(s.dtype)
             w = torch.softmax(s, dim=-1)
