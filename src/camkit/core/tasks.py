@@ -3,11 +3,11 @@ detector or segmenter, the layer an expert explains: the backbone's last feature
 
 - torchvision detectors (Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS): their trunk is an
   ``IntermediateLayerGetter`` at ``backbone.body``; the last layer it returns is the last feature
-  map (ResNet ``layer4``, MobileNetV3 ``features.16``) -- the FPN and heads come after it.
+  map (ResNet ``layer4``, MobileNetV3 ``16``) -- the FPN and heads come after it.
 - torchvision segmenters (FCN, DeepLabV3, LR-ASPP): the trunk is ``backbone`` and the layer it
   returns as ``"out"`` (``"high"`` for LR-ASPP) is the one the classifier reads.
-- Other detectors and segmenters (SSD, Hugging Face models): no rule; the error lists the
-  backbone's parts to choose from.
+- Other detectors (SSD, whose backbone returns six maps): the error lists the backbone's parts to
+  choose from. Other segmenters (Hugging Face): no rule here, the general ``layer="auto"`` applies.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _last_returned(trunk: nn.Module, task: str) -> Optional[str]:
 def task_layer(model: nn.Module) -> Optional[str]:
     """The layer ``layer="auto"`` explains on a detector or segmenter; None for other models (the
     general rule applies). Raises :class:`LayerNotFoundError` listing the choices when the model is a
-    detector or segmenter without a known trunk."""
+    detector without a known trunk."""
     task = model_task(model)
     if task is None:
         return None
@@ -63,6 +63,8 @@ def task_layer(model: nn.Module) -> Optional[str]:
         if inner is not None:
             prefix = "backbone.body" if trunk is not backbone else "backbone"
             return f"{prefix}.{inner}"
+    if task == "segmentation":
+        return None  # (B, classes, H, W) logits: the general rule can probe it
     if isinstance(backbone, nn.Module):
         choices = [f"backbone.{n}" for n, _ in backbone.named_children()] + ["backbone[KEY] (one of its outputs)"]
     else:
