@@ -150,9 +150,9 @@ def test_smooth_gradcampp_averages_derivatives_over_noisy_copies():
     x = _x()
     n, sigma = 4, 0.15
     e = camkit.SmoothGradCAMPlusPlus(model, layer="feat", n=n, noise=sigma, batch_size=64, seed=3).explain(x, targets=[1, 2])
-    # reference: the same noise draw, gradients of each noisy copy by plain autograd
+    # reference: the same noise draw (n noise images, shared by every image), gradients of each noisy copy by plain autograd
     gen = torch.Generator().manual_seed(3)
-    noise = torch.randn((2 * n, 3, 8, 8), generator=gen, dtype=x.dtype)
+    noise = torch.randn((n, 3, 8, 8), generator=gen, dtype=x.dtype).repeat(2, 1, 1, 1)
     span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(2, 1, 1, 1)
     xn = x.repeat_interleave(n, 0) + noise * sigma * span.repeat_interleave(n, 0)
     _, gn = _acts_and_grads(model, xn, torch.tensor([1, 2]).repeat_interleave(n))
@@ -167,6 +167,10 @@ def test_smooth_gradcampp_averages_derivatives_over_noisy_copies():
     e2 = camkit.SmoothGradCAMPlusPlus(model, layer="feat", n=n, noise=sigma, batch_size=64, seed=3).explain(x, targets=[1, 2])
     e3 = camkit.SmoothGradCAMPlusPlus(model, layer="feat", n=n, noise=sigma, batch_size=64, seed=4).explain(x, targets=[1, 2])
     assert torch.equal(e.weights, e2.weights) and not torch.equal(e.weights, e3.weights)
+    # an image's map does not depend on its batch-mates nor on batch_size
+    for bs in (1, 3):
+        e1 = camkit.SmoothGradCAMPlusPlus(model, layer="feat", n=n, noise=sigma, batch_size=bs, seed=3).explain(x[1:], targets=[2])
+        torch.testing.assert_close(e1.weights[0], e.weights[1], rtol=1e-9, atol=1e-12)
 
 
 def test_multi_layer_fusion_is_elementwise_max_of_normalised_maps():

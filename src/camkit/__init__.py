@@ -23,7 +23,7 @@ from .methods import (
 
 __version__ = "0.1.0"
 
-_LAZY = {"models", "data", "metrics", "bench", "viz"}
+_LAZY = {"models", "data", "metrics", "bench", "viz", "targets"}
 
 
 def __getattr__(name: str) -> Any:  # heavy submodules load on first use

@@ -6,6 +6,7 @@
     camkit report DIR
     camkit list
     camkit train-digits [names...]
+    camkit serve --models efficientnet_lite0,digits_resnet [--port 8000]
 
 Exit status: 0 on success, 1 on an error (a one-line message, no traceback unless ``--debug``),
 130 when interrupted (a bench can be resumed by running the same command again).
@@ -100,6 +101,10 @@ def _picture_size(spec: str, original: tuple[int, int], model_size: tuple[int, i
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    if args.task != "classify":  # detectors and segmenters: camkit.explain_tasks
+        from camkit.explain_tasks import cmd_explain_task
+
+        return cmd_explain_task(args)
     import numpy as np
     import torch
 
@@ -255,6 +260,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from camkit.serve import run
+        import fastapi, fastapi_offline, uvicorn  # noqa: F401,E401
+    except ImportError as exc:
+        raise SystemExit(f"camkit serve needs the serve extra: pip install 'camkit[serve]' ({exc})") from None
+    run(_csv(args.models), host=args.host, port=args.port, device=args.device, max_batch=args.max_batch,
+        window_ms=args.batch_window_ms, max_queue=args.max_queue, workers=args.workers, timeout=args.timeout,
+        max_image_mb=args.max_image_mb, max_megapixels=args.max_megapixels)
+    return 0
+
+
 def cmd_train_digits(args: argparse.Namespace) -> int:
     from camkit.models.train_digits import main as train_main
 
@@ -294,7 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--weights", default=None, help="state-dict path, a named weights set, or 'random'")
     e.add_argument("--method", default="gradcam", help="method name(s), comma-separated (default: gradcam)")
     e.add_argument("--layer", default=None, help="layer name (default: the model's default layer)")
-    e.add_argument("--target", default="top1", help="top1, topK (e.g. top3), a class index or a class name")
+    e.add_argument("--target", default="top1", help="top1, topK (e.g. top3), a class index or a class name; "
+                   "--task segment: classes (comma-separated; default: every predicted class)")
+    e.add_argument("--task", default="classify", choices=("classify", "detect", "segment"),
+                   help="detect: one map per detection (torchvision detectors); segment: one map per class")
+    e.add_argument("--min-score", type=float, default=0.5, help="--task detect: explain detections scoring at least this")
     e.add_argument("-o", "--output", default=DEFAULT_EXPLAIN_OUT, help=f"output directory (default: {DEFAULT_EXPLAIN_OUT})")
     e.add_argument("--size", default="original", help="size of the written overlays and .npy maps: original "
                    "(each image's own, default), model (the model's input) or N (longer side N pixels)")
@@ -347,6 +368,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="methods, models, datasets and engines")
     ls.set_defaults(func=cmd_list)
+
+    sv = sub.add_parser("serve", help="a local web page and JSON API that explain uploaded images",
+                        description="Serve the models: a page at / (upload an image, pick methods, see the maps), "
+                        "a JSON API (GET /models, GET /methods, POST /explain) and its docs at /docs. Needs the "
+                        "serve extra: pip install 'camkit[serve]'.")
+    sv.add_argument("--models", default="efficientnet_lite0,digits_resnet", help="comma-separated zoo names, each "
+                    "optionally NAME=WEIGHTS (default: efficientnet_lite0,digits_resnet)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    sv.add_argument("--max-batch", type=int, default=16, help="images per batched forward (default: 16; 1: no "
+                    "dynamic batching)")
+    sv.add_argument("--batch-window-ms", type=float, default=5.0, help="how long the first request of a batch "
+                    "waits for others (default: 5)")
+    sv.add_argument("--max-queue", type=int, default=64, help="pending jobs (one per method of a request) before "
+                    "answering 503 (default: 64)")
+    sv.add_argument("--workers", type=int, default=1, help="threads running batches (default: 1)")
+    sv.add_argument("--timeout", type=float, default=120.0, help="seconds per request before 504 (default: 120)")
+    sv.add_argument("--max-image-mb", type=float, default=20.0, help="largest upload in MB (default: 20)")
+    sv.add_argument("--max-megapixels", type=float, default=16.0, help="largest image in megapixels (default: 16)")
+    common(sv)
+    sv.set_defaults(func=cmd_serve)
 
     t = sub.add_parser("train-digits", help="train the bundled digits models (see its --help)", add_help=False)
     t.add_argument("rest", nargs=argparse.REMAINDER)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.hooks import Hooks
 from ..core.layers import POOLING
 
 Figure = tuple[bytes, str]
@@ -89,23 +90,17 @@ def figure_layers(model: nn.Module, x: torch.Tensor, count: int) -> list[str]:
     """
     default = getattr(model, "default_layer", None)
     seen: list[tuple[str, tuple[int, ...]]] = []
-    handles = []
 
     def eligible(name: str) -> bool:
         parts = name.split(".")
         return name == default or len(parts) == 1 or (len(parts) == 2 and parts[1].isdigit())
 
-    for name, m in model.named_modules():
-        if name and eligible(name) and not isinstance(m, POOLING):
-            handles.append(m.register_forward_hook(
-                lambda _m, _i, out, name=name: seen.append((name, tuple(out.shape)))
-                if isinstance(out, torch.Tensor) else None))
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    with Hooks() as hooks, torch.no_grad():  # they fire for this call only
+        for name, m in model.named_modules():
+            if name and eligible(name) and not isinstance(m, POOLING):
+                hooks.on_forward(m, lambda _m, _i, out, name=name: seen.append((name, tuple(out.shape)))
+                                 if isinstance(out, torch.Tensor) else None)
+        model(x[:1])
     if default is None:
         return []
     shapes = dict(seen)

@@ -8,8 +8,6 @@ user's ``.grad`` is never touched.
 """
 from __future__ import annotations
 
-import warnings
-from contextlib import ExitStack
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Sequence
 
@@ -17,6 +15,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError, NoGradientError
+from .hooks import Hooks
+from .keys import replace, select, split_key
 from .outputs import to_logits
 
 
@@ -51,30 +51,28 @@ def forward(
     captured: list[Optional[torch.Tensor]] = [None] * len(modules)
 
     def make_hook(i: int):
-        def hook(_m: nn.Module, _inp: Any, out: Any) -> torch.Tensor:
-            if not isinstance(out, torch.Tensor):
-                raise InputError(
-                    f"layer {names[i]!r} returns {type(out).__name__}, not a tensor; choose a layer "
-                    "whose output is a tensor (e.g. its parent or child)"
-                )
+        keys = split_key(names[i])[1]  # "backbone[0]": element "0" of the layer's container output
+
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
+            t = select(out, keys, names[i])
             if captured[i] is not None:
                 raise InputError(
                     f"layer {names[i]!r} is called more than once in one forward (outputs "
-                    f"{tuple(captured[i].shape)} and {tuple(out.shape)}), so its output is not one feature map; "
+                    f"{tuple(captured[i].shape)} and {tuple(t.shape)}), so its output is not one feature map; "
                     "choose a layer the forward calls once (e.g. its parent block)"
                 )
             if record:
-                if not out.requires_grad:
-                    out = out.detach().requires_grad_(True)
+                if not t.requires_grad:
+                    t = t.detach().requires_grad_(True)
                 torch.set_grad_enabled(True)  # record from here on; the outer no_grad restores it
-            captured[i] = out
-            return out.clone()  # in-place ops after the layer must not change what was captured
+            captured[i] = t
+            return replace(out, keys, t.clone())  # in-place ops after the layer must not change what was captured
 
         return hook
 
-    with ExitStack() as stack:
+    with Hooks() as hooks:  # they fire for this call only, not for other threads using the model
         for i, m in enumerate(modules):
-            stack.callback(m.register_forward_hook(make_hook(i)).remove)
+            hooks.on_forward(m, make_hook(i))
         with torch.enable_grad() if from_input else torch.no_grad():
             output = model(x)
     missing = [n for n, a in zip(names, captured) if a is None]
@@ -107,14 +105,12 @@ def gradients(p: Pass, scores: torch.Tensor) -> list[torch.Tensor]:
         if k_total > 1:
             eye = torch.eye(k_total, dtype=scores.dtype, device=scores.device)
             one_hot = eye[:, None, :].expand(k_total, *scores.shape)  # (K, B, K): select score k
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error")  # a slow per-sample fallback: use the loop instead
-                    grads = torch.autograd.grad(
-                        scores, p.acts, grad_outputs=one_hot, is_grads_batched=True,
-                        retain_graph=True, allow_unused=True,
-                    )
-            except (RuntimeError, UserWarning, NotImplementedError):
+            try:  # (no warnings filter here: it is process-wide and would reach other threads)
+                grads = torch.autograd.grad(
+                    scores, p.acts, grad_outputs=one_hot, is_grads_batched=True,
+                    retain_graph=True, allow_unused=True,
+                )
+            except (RuntimeError, NotImplementedError):
                 grads = None
         if grads is None:
             per_k = [

@@ -1,4 +1,8 @@
-"""Resolve the layer(s) to explain: a dotted name, a module, a list of them, or ``"auto"``."""
+"""Resolve the layer(s) to explain: a dotted name, a module, a list of them, or ``"auto"``.
+
+A name may end in keys that pick one tensor of a container output (``"backbone[0]"``, see
+:mod:`camkit.core.keys`); the keys are checked when the layer's output is seen.
+"""
 from __future__ import annotations
 
 import difflib
@@ -7,6 +11,7 @@ from typing import Sequence, Union
 from torch import nn
 
 from ..errors import LayerNotFoundError
+from .keys import split_key
 
 LayerSpec = Union[str, nn.Module, Sequence[Union[str, nn.Module]]]
 
@@ -27,7 +32,9 @@ def module_name(model: nn.Module, module: nn.Module) -> str:
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
-    """Return the submodule called ``name``; unknown names raise with the closest valid names."""
+    """Return the submodule called ``name`` (keys ``[k]`` stripped); unknown names raise with the
+    closest valid names."""
+    name = split_key(name)[0]
     try:
         return model.get_submodule(name)
     except AttributeError:

@@ -1,8 +1,12 @@
 """Map post-processing: upsampling to the input size and per-map min-max normalisation."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
+
+from .region import InputRegion
 
 
 def normalize(maps: torch.Tensor, rel_eps: float = 1e-6) -> torch.Tensor:
@@ -31,8 +35,15 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.reshape(*lead, *size)
 
 
-def finalize(raw: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """Upsample, normalise and fuse per-layer raw maps ``(B, K, h_l, w_l)`` by element-wise max."""
-    maps = [normalize(upsample(r.float(), size)) for r in raw]
+def to_input(maps: torch.Tensor, size: tuple[int, int], region: Optional[InputRegion] = None) -> torch.Tensor:
+    """Grid maps ``(B, ..., h, w)`` at the input's ``size``: bilinear upsampling, or, for a model that
+    resizes and pads inside (``region``), sampling the input's sub-rectangle of the grid."""
+    return upsample(maps, size) if region is None else region.resample(maps, size)
+
+
+def finalize(raw: list[torch.Tensor], size: tuple[int, int], region: Optional[InputRegion] = None) -> torch.Tensor:
+    """Bring per-layer raw maps ``(B, K, h_l, w_l)`` to the input (:func:`to_input`), normalise them and
+    fuse them by element-wise max."""
+    maps = [normalize(to_input(r.float(), size, region)) for r in raw]
     fused = maps[0] if len(maps) == 1 else normalize(torch.stack(maps).amax(0))
     return fused

@@ -29,6 +29,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import CamkitError, InputError, LayerNotFoundError
+from .hooks import Hooks
 from .layers import POOLING
 from .layout import Layout, describe_failure, patch_size, readings
 from .outputs import probe_score, to_logits
@@ -91,7 +92,6 @@ def trace(model: nn.Module, x: torch.Tensor, keep: bool = True) -> tuple[list[Ca
     caller's grad mode."""
     stack: list[Call] = []
     calls: list[Call] = []
-    handles = []
 
     def pre(name: str):
         def hook(m: nn.Module, _args: Any) -> None:
@@ -109,15 +109,12 @@ def trace(model: nn.Module, x: torch.Tensor, keep: bool = True) -> tuple[list[Ca
             call.out, call.shape = (out if keep else None), out.shape
         calls.append(call)
 
-    try:
+    with Hooks() as hooks:  # they fire for this call only, not for other threads using the model
         for name, m in model.named_modules():
-            handles.append(m.register_forward_pre_hook(pre(name)))
-            handles.append(m.register_forward_hook(post))
+            hooks.before_forward(m, pre(name))
+            hooks.on_forward(m, post)
         with _MixerMode(stack):
             output = model(x)
-    finally:
-        for h in handles:
-            h.remove()
     return calls, output
 
 
@@ -317,14 +314,12 @@ def _output_of(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Te
         got.append(out)
         raise _Stop
 
-    handle = module.register_forward_hook(hook)
     try:
-        with torch.no_grad():
+        with Hooks() as hooks, torch.no_grad():
+            hooks.on_forward(module, hook)
             model(x)
     except _Stop:
         pass
-    finally:
-        handle.remove()
     return got[0]
 
 

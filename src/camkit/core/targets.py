@@ -1,5 +1,6 @@
-"""Which scores to explain: ``None`` (top-1), an int, a list of ints, ``TopK``, ``BottomK``, a callable
-or a list of one callable per image."""
+"""Which scores to explain: ``None`` (top-1), an int, a list of ints, ``TopK``, ``BottomK``, a callable,
+a list of one callable per image, or a :class:`RowTarget` (per-image targets of other tasks:
+``camkit.targets.Segmentation``, ``Detection``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,8 +31,34 @@ class BottomK(_Ranked):
     """The ``k`` lowest-scoring classes of each image (the survey's 'least predicted class')."""
 
 
+class RowTarget:
+    """A target that holds something per image (classes, masks, boxes) and scores outputs row by row.
+
+    ``resolve(output, batch)`` checks it against the explained forward's output and returns the
+    target actually scored (e.g. with the predicted mask or the detections frozen, so that the
+    re-runs of perturbation methods score the same thing); ``__call__(output)`` returns ``(B, K)``
+    scores (an output of one row is scored against every image); ``rows(rows)`` is the target of a
+    batch whose row ``r`` is image ``rows[r]`` (copies of images, as Ablation-CAM and Smooth
+    Grad-CAM++ run them). ``keep_k``: maps keep the K dimension.
+    """
+
+    keep_k: bool = False
+
+    def resolve(self, output: Any, batch: int) -> "RowTarget":
+        return self
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def rows(self, rows: Sequence[int]) -> "RowTarget":
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+
 ScoreFn = Callable[[Any], torch.Tensor]
-TargetSpec = Union[None, int, Sequence[int], torch.Tensor, TopK, BottomK, ScoreFn, Sequence[ScoreFn]]
+TargetSpec = Union[None, int, Sequence[int], torch.Tensor, TopK, BottomK, RowTarget, ScoreFn, Sequence[ScoreFn]]
 
 
 @dataclass
@@ -54,26 +81,33 @@ class Targets:
 
     def repeat(self, n: int) -> "Targets":
         """Targets for a batch where every image is repeated ``n`` times in a row."""
-        if isinstance(self.fn, PerImage):
-            return self.rows(torch.arange(len(self.fn.images)).repeat_interleave(n))
+        if isinstance(self.fn, (PerImage, RowTarget)):
+            images = len(self.fn.images) if isinstance(self.fn, PerImage) else len(self.fn)
+            return self.rows(torch.arange(images).repeat_interleave(n))
         idx = None if self.indices is None else self.indices.repeat_interleave(n, dim=0)
         return Targets(idx, self.keep_k, self.fn)
 
     def rows(self, rows: torch.Tensor) -> "Targets":
         """The targets of a batch whose row ``r`` is image ``rows[r]`` (copies of some images). A plain
-        callable acts row by row and is kept as is; per-image callables are re-indexed."""
+        callable acts row by row and is kept as is; per-image callables and RowTargets are re-indexed."""
         idx = None if self.indices is None else self.indices[rows.to(self.indices.device)]
-        fn = self.fn.rows(rows.tolist()) if isinstance(self.fn, PerImage) else self.fn
+        fn = self.fn.rows(rows.tolist()) if isinstance(self.fn, (PerImage, RowTarget)) else self.fn
         return Targets(idx, self.keep_k, fn)
 
 
 def _check_logits(logits: Optional[torch.Tensor], batch: int, why: str = "") -> torch.Tensor:
+    task = (
+        "; for a segmentation output (B, classes, H, W) use camkit.targets.Segmentation(cls)"
+        if logits is not None and logits.dim() == 4 else
+        "; for a detector's list of dicts use camkit.targets.Detection(boxes, labels) or Detection.each()"
+        if logits is None else ""
+    )
     if logits is None and why:
-        raise TargetError(f"class targets need the model's class scores: {why}")
+        raise TargetError(f"class targets need the model's class scores: {why}{task}")
     if logits is None or logits.dim() != 2:
         shape = None if logits is None else tuple(logits.shape)
         raise TargetError(
-            f"class targets need a (B, num_classes) model output, got shape {shape}; "
+            f"class targets need a (B, num_classes) model output, got shape {shape}{task}; "
             "pass targets=callable(output) -> (B,) scores for other outputs"
         )
     if logits.shape[0] != batch:
@@ -81,10 +115,16 @@ def _check_logits(logits: Optional[torch.Tensor], batch: int, why: str = "") -> 
     return logits
 
 
-def resolve_targets(spec: TargetSpec, logits: Optional[torch.Tensor], batch: int, why: str = "") -> Targets:
+def resolve_targets(
+    spec: TargetSpec, logits: Optional[torch.Tensor], batch: int, why: str = "", output: Any = None
+) -> Targets:
     """Resolve a target spec against the model's logits ``(B, N)``; a ``(B, K)`` int tensor or nested
     list gives K given classes per image (kept as a K dimension, like TopK). ``why``: the reason
-    ``logits`` is None, for the error message."""
+    ``logits`` is None, for the error message. A :class:`RowTarget` is resolved against the model's
+    whole ``output``."""
+    if isinstance(spec, RowTarget):
+        resolved = spec.resolve(output, batch)
+        return Targets(None, resolved.keep_k, resolved)
     if callable(spec) and not isinstance(spec, (TopK, BottomK, torch.Tensor)):
         return Targets(None, False, spec)
     if isinstance(spec, (list, tuple)) and spec and any(callable(f) for f in spec):

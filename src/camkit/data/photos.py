@@ -28,6 +28,18 @@ def _package_dir(name: str) -> Path | None:
     return Path(module.__file__).parent  # type: ignore[arg-type]
 
 
+def _file(photo: dict) -> Path | None:
+    root = _package_dir(photo["package"])
+    path = root / photo["path"] if root is not None else None
+    return path if path is not None and path.is_file() else None
+
+
+def sample_files() -> dict[str, Path]:
+    """Photo id -> its file, for the bundled photos whose package is installed."""
+    spec = json.loads((ASSETS / "samples.json").read_text(encoding="utf-8"))["photos"]
+    return {p["id"]: f for p in spec if (f := _file(p)) is not None}
+
+
 def samples(ids: list[str] | None = None) -> list[Sample]:
     """The bundled photos (all, or those named in ``ids``) as :class:`Sample` objects."""
     spec = json.loads((ASSETS / "samples.json").read_text(encoding="utf-8"))["photos"]
@@ -40,9 +52,8 @@ def samples(ids: list[str] | None = None) -> list[Sample]:
     out: list[Sample] = []
     missing: dict[str, list[str]] = {}
     for photo in spec:
-        root = _package_dir(photo["package"])
-        path = root / photo["path"] if root is not None else None
-        if path is None or not path.is_file():
+        path = _file(photo)
+        if path is None:
             missing.setdefault(photo["package"], []).append(photo["id"])
             continue
         labels = [int(o["label"]) for o in photo["objects"]]

@@ -14,12 +14,14 @@ from torch import nn
 
 from ..core import engine
 from ..core import probe as evidence
+from ..core.region import InputRegion, input_region
 from ..core.layers import LayerSpec, resolve_layers
 from ..core.layout import KINDS, Layout, custom, patch_size, readings
 from ..core.postprocess import finalize
 from ..core.precision import check_finite, model_forward, parse_precision
 from ..core.state import preserved
 from ..core.targets import TargetSpec, Targets, resolve_targets
+from ..core.tasks import task_layer
 from ..errors import CamkitError, InputError
 from .smoothing import Augment, aug_explain, augmentations, channel_contributions, eigen_compute
 
@@ -54,6 +56,7 @@ class Explanation:
     logits: Optional[torch.Tensor]
     layers: list[str]
     layout: list[str] = field(default_factory=list)
+    target: Any = None  # the resolved RowTarget (Segmentation/Detection: the classes, masks, boxes explained)
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Context:
     acts: list[torch.Tensor]  # per layer, (B, C, h, w)
     modules: list[nn.Module]  # the target layers
     to_grid: list[Reshape]  # per layer, raw layer output -> (B, C, h, w)
+    region: Optional[InputRegion] = None  # the input's part of the layer grids (models that pad inside); None: all
 
 
 class BaseCAM:
@@ -148,17 +152,19 @@ class BaseCAM:
         # autograd on for target scores even under a caller's no_grad; the engine turns it off before the target
         with preserved(self.model, self.eval_mode), torch.enable_grad(), self._forward_mode(x):
             names, modules = self._layers(x)
-            p = self._forward(x, modules, names)
-            t = resolve_targets(targets, p.logits, x.shape[0], p.logits_error)
+            with input_region(self.model) as region_of:
+                p = self._forward(x, modules, names)
+            t = resolve_targets(targets, p.logits, x.shape[0], p.logits_error, output=p.output)
             scores = t.scores(p.output, p.logits)
             check_finite(self.precision, scores, [])  # before a method spends time on them
-            to_grid = [self._read(a, n, m, x) for a, n, m in zip(p.acts, names, modules)]
+            region = region_of()
+            to_grid = [self._read(a, n, m, x, region) for a, n, m in zip(p.acts, names, modules)]
             acts = [f(a.detach()).float() for f, a in zip(to_grid, p.acts)]
-            ctx = Context(self.model, x, p, t, scores, acts, modules, to_grid)
+            ctx = Context(self.model, x, p, t, scores, acts, modules, to_grid, region)
             raw, weights = eigen_compute(self, ctx) if self.eigen_smooth else self.compute(ctx)
         check_finite(self.precision, scores, raw)
         raw = [torch.relu(r) for r in raw]
-        maps = finalize(raw, (x.shape[-2], x.shape[-1]))
+        maps = finalize(raw, (x.shape[-2], x.shape[-1]), ctx.region)
         squeeze = (lambda v: v[:, 0] if v is not None else None) if not t.keep_k else (lambda v: v)
         return Explanation(
             maps=squeeze(maps),
@@ -169,6 +175,7 @@ class BaseCAM:
             logits=None if p.logits is None else p.logits.detach(),
             layers=names,
             layout=[str(g) for g in to_grid],
+            target=t.fn if t.indices is None else None,
         )
 
     # -- what subclasses implement -------------------------------------------------------------------
@@ -214,12 +221,14 @@ class BaseCAM:
             x = x.clone()  # outside inference mode a clone is a normal tensor
         return x.detach()
 
-    def _read(self, a: torch.Tensor, name: str, module: nn.Module, x: torch.Tensor) -> Layout:
+    def _read(self, a: torch.Tensor, name: str, module: nn.Module, x: torch.Tensor,
+              region: Optional[InputRegion] = None) -> Layout:
         """How to read layer ``name``'s output ``a`` as ``(B, C, h, w)``: forced by ``reshape`` /
-        ``layout``, else from the shape and, where shape alone is not proof, the model's evidence."""
+        ``layout``, else from the shape and, where shape alone is not proof, the model's evidence.
+        ``region``: the model resizes and pads inside, its layers see an image of size ``region.padded``."""
         if self.reshape is not None:
             return custom(self.reshape, a, name)
-        hw = (x.shape[-2], x.shape[-1])
+        hw = (x.shape[-2], x.shape[-1]) if region is None else region.padded
         options = readings(a, x.shape[0], hw, self._patch, kind=self.layout)
         if not options:
             raise evidence.no_map(a, name, x.shape[0], hw)
@@ -229,7 +238,7 @@ class BaseCAM:
 
     def _layers(self, x: torch.Tensor) -> tuple[list[str], list[nn.Module]]:
         if isinstance(self.layer, str) and self.layer == "auto":
-            preset = getattr(self.model, "default_layer", None)  # camkit zoo models name their layer
+            preset = getattr(self.model, "default_layer", None) or task_layer(self.model)  # zoo; detectors, segmenters
             spec: LayerSpec = preset if isinstance(preset, str) and preset else auto_layer(self.model, x)
         else:
             spec = self.layer

@@ -114,7 +114,9 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     The survey prints ``D1`` in alpha's numerator; with ``n = 1`` the method must reduce to
     Grad-CAM++, whose numerator is the second-order term, so ``D2`` is used.
     ``batch_size`` bounds how many noisy copies go through the model at once; ``seed`` makes the
-    noise reproducible (default: a fixed seed, so the same input gives the same map).
+    noise reproducible (default: a fixed seed, so the same input gives the same map). Every image of
+    a batch gets the same n noise draws, so an image's map does not depend on its batch or
+    ``batch_size``.
     """
 
     uses_gradients = True
@@ -135,12 +137,15 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         else:
             gen.seed()
         span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(b, 1, 1, 1)
+        # one draw of n noise images, copy j of every image gets the j-th: an image's map does not
+        # depend on the other images of the batch nor on batch_size
+        noise_n = torch.randn((self.n,) + tuple(x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
         sums: Optional[list[list[torch.Tensor]]] = None  # per layer: [sum g, sum g^2, sum g^3]
         per_batch = max(1, self.batch_size // b)
         done = 0
         while done < self.n:
             m = min(per_batch, self.n - done)
-            noise = torch.randn((b * m,) + tuple(x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
+            noise = noise_n[done:done + m].repeat(b, 1, 1, 1)  # (b * m, ...), image-major like repeat_interleave
             xn = x.repeat_interleave(m, dim=0) + noise * self.noise * span.repeat_interleave(m, dim=0)
             with unchecked():  # noisy pixels leave [0, 1] on purpose
                 p = engine.forward(self.model, xn, ctx.modules, ctx.pass_.names, record=True)
@@ -216,7 +221,11 @@ class CAM(BaseCAM):
         if len(ctx.acts) != 1:
             raise UnsupportedModelError("CAM explains one layer: the one before global average pooling")
         if ctx.targets.indices is None or ctx.pass_.logits is None:
-            raise UnsupportedModelError("CAM needs class-index targets on a (B, num_classes) output")
+            raise UnsupportedModelError(
+                "CAM needs class-index targets on a classifier's (B, num_classes) output: it reads the class's "
+                "weights in a global-average-pooling + linear head, which segmentation and detection models (and "
+                "callable targets) do not have; use 'gradcam' instead"
+            )
         a = ctx.acts[0]
         fc = self._head(a, ctx.pass_.logits.float())
         w = fc.weight.detach().float()[ctx.targets.indices]  # (B, K, C)

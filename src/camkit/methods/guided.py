@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 from ..core.outputs import to_logits
 from ..core.precision import check_finite
 from ..core.state import preserved
-from ..core.targets import TargetSpec, Targets, resolve_targets
+from ..core.targets import RowTarget, TargetSpec, Targets, resolve_targets
 from ..errors import InputError, NoGradientError
 from .base import BaseCAM, Explanation
 from .gradient import GradCAM
@@ -133,7 +133,7 @@ class GuidedBackprop(BaseCAM):
             logits = to_logits(output, x.shape[0])
         except Exception as exc:  # a callable target may still explain this output
             why = str(exc)
-        t = targets if isinstance(targets, Targets) else resolve_targets(targets, logits, x.shape[0], why)
+        t = targets if isinstance(targets, Targets) else resolve_targets(targets, logits, x.shape[0], why, output=output)
         scores = t.scores(output, logits)
         if not scores.requires_grad:
             raise NoGradientError(
@@ -164,7 +164,9 @@ class GuidedGradCAM(GuidedBackprop):
     def explain(self, x: torch.Tensor, targets: TargetSpec = None) -> Explanation:
         cam = self.gradcam.explain(x, targets)
         x = self._check_input(x)
-        if cam.targets is None:  # a callable target: both score the output with it
+        if isinstance(cam.target, RowTarget):  # both score what Grad-CAM resolved (frozen masks, boxes)
+            t = Targets(None, cam.target.keep_k, cam.target)
+        elif cam.targets is None:  # a callable target: both score the output with it
             t = resolve_targets(targets, None, x.shape[0])
         else:
             keep_k = cam.targets.dim() == 2

@@ -10,15 +10,18 @@ target layer is changed, with no gradients.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Optional, Sequence
+from typing import Any, Callable, Iterator, Literal, Optional
 
 import torch
 from torch import nn
 
 from ..core import engine
+from ..core.hooks import Hooks
 from ..core.outputs import to_logits
-from ..core.postprocess import normalize, upsample
+from ..core.postprocess import normalize, to_input
+# the tail replay lives in core/ beside the engine; private aliases keep AblationCAM's code as it was
+from ..core.replay import Plan as _Plan, Replay as _Replay, TracedPass as _TracedPass, Tracer as _Tracer
+from ..core.replay import pick as _pick
 from ..core.targets import Targets
 from ..core.precision import autocast_dtype, score_tolerance
 from ..errors import InputError, UnsupportedModelError
@@ -43,198 +46,6 @@ def _logits_or_none(output: Any) -> Optional[torch.Tensor]:
 def _rows(targets: Targets, rows: torch.Tensor) -> Targets:
     """The targets of images ``rows`` (a batch made of copies of some images), see :meth:`Targets.rows`."""
     return targets.rows(rows)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Ablation-CAM: tracing the forward so that the part before the layer can be replayed from a cache
-# ---------------------------------------------------------------------------------------------------
-
-@dataclass(eq=False)
-class _Call:
-    """One call of a module during the traced forward (calls nest like the Python call stack)."""
-
-    module: nn.Module
-    start: int
-    targets_before: int  # target calls started before this call started
-    end: int = -1
-    out: Any = None
-    children: list["_Call"] = field(default_factory=list)
-
-
-class _Tracer:
-    """Forward pre-hooks and hooks on every module of the model, recording the tree of calls with
-    the outputs of the calls that end before some target layer starts (the only ones a replay may
-    take from the cache). The subtrees of calls during which no target started are dropped when the
-    call ends: they are inside a call that is either cached or runs in full in every replay."""
-
-    def __init__(self, targets: Sequence[nn.Module]) -> None:
-        self.roots: list[_Call] = []
-        self.stack: list[_Call] = []
-        self.seq = 0
-        self.started = 0
-        self.n_targets = len(targets)
-        self.target_index = {id(m): i for i, m in enumerate(targets)}
-        self.target_calls: list[list[_Call]] = [[] for _ in targets]
-
-    def _pre(self, m: nn.Module, _args: Any) -> None:
-        call = _Call(m, self.seq, self.started)
-        self.seq += 1
-        (self.stack[-1].children if self.stack else self.roots).append(call)
-        self.stack.append(call)
-        i = self.target_index.get(id(m))
-        if i is not None:
-            self.target_calls[i].append(call)
-            self.started += 1
-
-    def _post(self, m: nn.Module, _args: Any, out: Any) -> None:
-        while self.stack and self.stack[-1].module is not m:
-            self.stack.pop()  # a call that raised and was caught by the model
-        if not self.stack:
-            return
-        call = self.stack.pop()
-        call.end = self.seq
-        self.seq += 1
-        if self.started == call.targets_before:
-            call.children = []
-        if self.started < self.n_targets:
-            call.out = out
-
-    def attach(self, model: nn.Module) -> list[Any]:
-        handles = []
-        for m in model.modules():
-            handles.append(m.register_forward_pre_hook(self._pre))
-            handles.append(m.register_forward_hook(self._post))
-        return handles
-
-    def plan(self, i: int, name: str, tail: bool) -> "_Plan":
-        """What every module does in a replay that ablates target ``i``: return its cached output
-        (calls that ended before the target started, outermost only), return the ablated batch (the
-        target), or run (everything else). ``tail=False``: only the target is replaced."""
-        calls = self.target_calls[i]
-        if len(calls) != 1:
-            raise UnsupportedModelError(
-                f"Ablation-CAM replaces the output of layer {name!r}, which the forward calls {len(calls)} "
-                "times; choose a layer that is called exactly once (e.g. its parent)"
-            )
-        target = calls[0]
-        actions: dict[int, tuple[nn.Module, list[Any]]] = {}
-
-        def visit(call: _Call) -> None:
-            if call is target:
-                act: Any = _ABLATE
-            elif tail and call.end < target.start:
-                act = _Cached(call.out)
-            else:
-                act = _RUN
-            actions.setdefault(id(call.module), (call.module, []))[1].append(act)
-            if act is _RUN:
-                for child in call.children:
-                    visit(child)
-
-        for root in self.roots:
-            visit(root)
-        return _Plan([(m, acts) for m, acts in actions.values() if any(a is not _RUN for a in acts)])
-
-
-_RUN = object()
-_ABLATE = object()
-
-
-@dataclass(eq=False)
-class _Cached:
-    out: Any
-
-
-def _pick(obj: Any, b: int, batch: int, n: int) -> Any:
-    """Image ``b`` of a cached output, expanded (a view, no copy) to ``n`` copies along the batch
-    dim (dim 0, or dim 1 for sequence-first tensors); tensors without a batch dim pass through."""
-    if isinstance(obj, torch.Tensor):
-        if obj.dim() >= 1 and obj.shape[0] == batch:
-            d = 0
-        elif obj.dim() >= 2 and obj.shape[1] == batch:
-            d = 1
-        else:
-            return obj
-        one = obj.narrow(d, b, 1)
-        shape = list(one.shape)
-        shape[d] = n
-        return one.expand(shape)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_pick(o, b, batch, n) for o in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_pick(o, b, batch, n) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _pick(v, b, batch, n) for k, v in obj.items()}
-    return obj
-
-
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for o in obj:
-            yield from _tensors(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _tensors(o)
-
-
-class _Patched:
-    """Stands in for a module's ``forward`` during a replay, one action per call."""
-
-    def __init__(self, orig: Callable[..., Any], actions: list[Any], replay: "_Replay") -> None:
-        self.orig, self.actions, self.replay, self.calls = orig, actions, replay, 0
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        i = self.calls
-        self.calls += 1
-        act = self.actions[i] if i < len(self.actions) else _RUN
-        if act is _RUN:
-            return self.orig(*args, **kwargs)
-        if act is _ABLATE:
-            return self.replay.ablated
-        return _pick(act.out, self.replay.b, self.replay.batch, self.replay.n)
-
-
-@dataclass
-class _Replay:
-    b: int
-    batch: int
-    n: int
-    ablated: torch.Tensor
-
-
-class _Plan:
-    def __init__(self, entries: list[tuple[nn.Module, list[Any]]]) -> None:
-        self.entries = entries
-        self.cached = [t for _, acts in entries for a in acts if isinstance(a, _Cached) for t in _tensors(a.out)]
-        self.versions = [t._version for t in self.cached]
-
-    def run(self, model: nn.Module, x: torch.Tensor, replay: _Replay) -> Any:
-        """``model(x)`` with the modules' forwards patched (instance attributes, removed afterwards)."""
-        patched: list[tuple[nn.Module, bool, Any]] = []
-        try:
-            for m, acts in self.entries:
-                had = "forward" in m.__dict__
-                orig = m.forward
-                m.forward = _Patched(orig, acts, replay)  # type: ignore[method-assign]
-                patched.append((m, had, orig))
-            with torch.no_grad():
-                return model(x)
-        finally:
-            for m, had, orig in reversed(patched):
-                if had:
-                    m.forward = orig  # type: ignore[method-assign]
-                else:
-                    del m.forward
-
-    def cache_modified(self) -> bool:
-        return any(t._version != v for t, v in zip(self.cached, self.versions))
-
-
-@dataclass
-class _TracedPass(engine.Pass):
-    tracer: Optional[_Tracer] = None
 
 
 class _TailMismatch(Exception):
@@ -344,14 +155,11 @@ class AblationCAM(BaseCAM):
 
     def _forward(self, x: torch.Tensor, modules: list[nn.Module], names: list[str]) -> engine.Pass:
         tracer = _Tracer(modules)
-        handles = tracer.attach(self.model)
         # the closed form needs dy/dA: autograd records the network after the layer (only)
         record = self.closed_form and self.recompute == "tail" and not torch.is_inference_mode_enabled()
-        try:
+        with Hooks() as hooks:
+            tracer.attach(hooks, self.model)
             p = engine.forward(self.model, x, modules, names, record=record)
-        finally:
-            for h in handles:
-                h.remove()
         return p.extended(_TracedPass, tracer=tracer)
 
     def compute(self, ctx: Context) -> Maps:
@@ -504,7 +312,8 @@ class ScoreCAM(BaseCAM):
                 bi, ki = (~constant).nonzero(as_tuple=True)
                 for sl in _chunks(bi.numel(), self.batch_size):
                     b, k = bi[sl], ki[sl]
-                    masks = normalize(upsample(a[b, k], size))  # (n, H, W)
+                    region = None if ctx.region is None else ctx.region.select(b)
+                    masks = normalize(to_input(a[b, k], size, region))  # (n, H, W), in the input's frame
                     output = self.model(x[b] * masks.unsqueeze(1).to(x.dtype))
                     s[b, :, k] = self._scores(output, _rows(ctx.targets, b.cpu())).to(s.dtype)
             w = torch.softmax(s, dim=-1)

@@ -104,6 +104,31 @@ def as_box_list(gt_boxes: BoxesLike, batch: int, single: bool, size: tuple[int, 
     return out
 
 
+def as_mask_batch(mask: Any, maps: torch.Tensor, single: bool) -> torch.Tensor:
+    """A region mask as ``(B, H, W)`` float weights in [0, 1] matching ``maps`` ``(B, H, W)``.
+
+    ``mask``: (H, W) for a single map (or for every map of a batch), (B, H, W) for a batch; bool, or
+    floats in [0, 1] (the share of each pixel in the region).
+    """
+    m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(mask)
+    m = m.to(maps.device)
+    if m.ndim == 2 and not single:
+        m = m.expand(maps.shape[0], *m.shape)
+    if m.ndim == 2:
+        m = m.unsqueeze(0)
+    if tuple(m.shape) != tuple(maps.shape):
+        raise InputError(
+            f"mask of shape {tuple(mask.shape)} does not match the map(s) of shape "
+            f"{tuple(maps.shape[1:]) if single else tuple(maps.shape)}; give the region at the map's resolution"
+        )
+    m = m.float()
+    if not bool(torch.isfinite(m).all()) or float(m.min()) < 0 or float(m.max()) > 1:
+        raise InputError("mask values must be booleans or weights in [0, 1]")
+    if bool((m.flatten(1).amax(1) == 0).any()):
+        raise InputError(f"mask of map {int((m.flatten(1).amax(1) == 0).nonzero()[0])} is empty; give a region")
+    return m
+
+
 def match_maps_to_images(maps: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """Bring (B, h, w) maps to the images' (B, C, H, W) size (bilinear, clamped to [0, 1]) and device.
 

@@ -1,4 +1,5 @@
-"""Localisation metrics: box from a map, IoU, MaxBoxAcc, Pointing Game, Energy-based Pointing Game.
+"""Localisation metrics: box from a map, IoU, MaxBoxAcc, Pointing Game, Energy-based Pointing Game,
+and the last two for a region given as a mask (a segmentation class's pixels).
 
 Conventions (all explicit parameters, defaults from the original papers):
 
@@ -10,6 +11,9 @@ Conventions (all explicit parameters, defaults from the original papers):
   <= 0 (e.g. all zeros) has no box: the empty box ``(0, 0, 0, 0)``, IoU 0 with anything. A uniform
   positive map gives the full-image box.
 * The IoU of a map is the best IoU over the image's ground-truth boxes.
+* For a detection, the explained box is the ground truth: ``localization_iou(map, [box])``,
+  ``pointing_game(map, [box])``, ``energy_pointing_game(map, [box])``; for a segmentation class,
+  :func:`mask_pointing_game` and :func:`mask_energy` with its mask.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import torch
 from scipy import ndimage
 
 from ..errors import InputError
-from ._checks import BoxesLike, as_box_list, as_map_batch
+from ._checks import BoxesLike, as_box_list, as_map_batch, as_mask_batch
 from .protocol import Protocol
 
 __all__ = [
@@ -36,6 +40,8 @@ __all__ = [
     "max_box_acc_from_ious",
     "pointing_game",
     "energy_pointing_game",
+    "mask_pointing_game",
+    "mask_energy",
     "DEFAULT_THRESHOLDS",
 ]
 
@@ -259,10 +265,30 @@ def pointing_game(map: torch.Tensor, gt_boxes: BoxesLike, tolerance: float = 0.0
     m, single = as_map_batch(map, "map")
     h, w = m.shape[-2:]
     boxes = as_box_list(gt_boxes, m.shape[0], single, (h, w))
-    inside = _box_masks(boxes, h, w, float(tolerance), m.device)
+    score = _hit_share(m, _box_masks(boxes, h, w, float(tolerance), m.device))
+    return score[0] if single else score
+
+
+def _hit_share(m: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """(B,) share of each map's maximal pixels (ties within TIE_TOLERANCE) that lie ``inside``."""
     peak = m.flatten(1).amax(1).view(-1, 1, 1)
     is_max = m >= peak - TIE_TOLERANCE * peak.abs()  # float noise must not decide which pixels tie
-    score = (is_max & inside).flatten(1).sum(1).float() / is_max.flatten(1).sum(1).float()
+    return (is_max & inside).flatten(1).sum(1).float() / is_max.flatten(1).sum(1).float()
+
+
+def mask_pointing_game(map: torch.Tensor, mask: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
+    """Pointing Game against a region mask: 1.0 if the map's maximum lies in the mask (or within
+    ``tolerance`` pixels of it, Euclidean distance between pixel centres), ties shared as in
+    :func:`pointing_game`. ``mask``: bool or float (pixels >= 0.5 are inside), at the map's size.
+    """
+    if tolerance < 0:
+        raise InputError(f"tolerance must be >= 0 pixels, got {tolerance}")
+    m, single = as_map_batch(map, "map")
+    inside = as_mask_batch(mask, m, single) >= 0.5
+    if tolerance > 0:
+        far = [ndimage.distance_transform_edt(~r) for r in inside.cpu().numpy()]
+        inside = torch.from_numpy(np.stack(far) <= tolerance).to(m.device)
+    score = _hit_share(m, inside)
     return score[0] if single else score
 
 
@@ -277,8 +303,23 @@ def energy_pointing_game(map: torch.Tensor, gt_boxes: BoxesLike) -> torch.Tensor
         raise InputError("energy_pointing_game needs non-negative maps (energy = sum of map values)")
     h, w = m.shape[-2:]
     boxes = as_box_list(gt_boxes, m.shape[0], single, (h, w))
-    inside = _box_masks(boxes, h, w, 0.0, m.device)
+    score = _energy_share(m, _box_masks(boxes, h, w, 0.0, m.device).to(m.dtype))
+    return score[0] if single else score
+
+
+def _energy_share(m: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B,) Σ map·weights / Σ map; 0 for a map with zero energy."""
     total = m.flatten(1).sum(1)
-    energy = (m * inside).flatten(1).sum(1)
-    score = torch.where(total > 0, energy / total.clamp(min=torch.finfo(m.dtype).tiny), torch.zeros_like(total))
+    energy = (m * weights).flatten(1).sum(1)
+    return torch.where(total > 0, energy / total.clamp(min=torch.finfo(m.dtype).tiny), torch.zeros_like(total))
+
+
+def mask_energy(map: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Energy-based Pointing Game against a region mask: Σ map·mask / Σ map (a float mask weighs each
+    pixel by its share in the region). Maps must be >= 0; ``mask`` at the map's size.
+    """
+    m, single = as_map_batch(map, "map")
+    if float(m.min()) < 0:
+        raise InputError("mask_energy needs non-negative maps (energy = sum of map values)")
+    score = _energy_share(m, as_mask_batch(mask, m, single))
     return score[0] if single else score

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from camkit.core.hooks import Hooks
 from camkit.errors import CamkitError, UnsupportedModelError
 from camkit.models.base import PixelModel
 
@@ -140,14 +141,11 @@ def backbone_layer(model: nn.Module, x: torch.Tensor) -> str:
                 last.append(name)
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-               if n and (not prefix or n == prefix or n.startswith(prefix + "."))]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with Hooks() as hooks, torch.no_grad():  # they fire for this call only
+        for n, m in model.named_modules():
+            if n and (not prefix or n == prefix or n.startswith(prefix + ".")):
+                hooks.on_forward(m, hook(n))
+        model(x)
     if not last:
         raise CamkitError(f"found no feature map in {prefix or 'the model'}")
     return last[-1]
