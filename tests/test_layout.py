@@ -65,7 +65,8 @@ def test_the_map_peaks_in_the_one_cell_the_score_depends_on(layout, prefix, patc
     model = Planted(layout, prefix, patch).eval()
     x = torch.rand(2, 3, *INPUT, generator=torch.Generator().manual_seed(1))
     e = camkit.create(method, model).explain(x)
-    assert e.layers == ["feat"] and e.layout == [expected]
+    # an NCHW ``feat`` passes its input through: the map is named after the module that computed it
+    assert e.layers == ["embed" if layout == "nchw" else "feat"] and e.layout == [expected]
     raw = e.raw.flatten(1)
     assert raw.argmax(1).tolist() == [CELL[0] * GRID[1] + CELL[1]] * 2
     peak = e.maps.flatten(1).argmax(1)  # at the input size: inside the cell's 4x4 pixels

@@ -55,7 +55,7 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int], str, str, Gr
     # CNNs: the last feature map before global pooling
     "timm-resnet18": (_timm("resnet18"), (64, 96), "layer4", "nchw 2×3", nchw),
     "timm-efficientnet_b0": (_timm("efficientnet_b0"), (64, 64), "bn2", "nchw 2×2", nchw),
-    "timm-regnetx_002": (_timm("regnetx_002"), (64, 64), "final_conv", "nchw 2×2", nchw),
+    "timm-regnetx_002": (_timm("regnetx_002"), (64, 64), "s4", "nchw 2×2", nchw),
     "timm-mobilenetv3": (_timm("mobilenetv3_small_100"), (64, 64), "blocks", "nchw 2×2", nchw),
     "timm-inception_v3": (_timm("inception_v3"), (107, 107), "Mixed_7c", "nchw 2×2", nchw),
     "tv-resnet18": (lambda: tv.resnet18(num_classes=7), (96, 64), "layer4", "nchw 3×2", nchw),
@@ -65,7 +65,7 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int], str, str, Gr
     "hf-resnet": (_hf("ResNetConfig", "ResNetForImageClassification", embedding_size=8, **STAGES), (64, 96),
                   "resnet.encoder.stages.3", "nchw 2×3", nchw),
     # ConvNeXt and the hybrids: the last stage or the norm after it
-    "timm-convnext_atto": (_timm("convnext_atto"), (96, 64), "norm_pre", "nchw 3×2", nchw),
+    "timm-convnext_atto": (_timm("convnext_atto"), (96, 64), "stages", "nchw 3×2", nchw),
     "tv-convnext": (lambda: tv.convnext.ConvNeXt([tv.convnext.CNBlockConfig(8, 16, 1), tv.convnext.CNBlockConfig(16, None, 1)],
                                                  num_classes=7), (64, 96), "features", "nchw 8×12", nchw),
     "hf-convnext": (_hf("ConvNextConfig", "ConvNextForImageClassification", **STAGES), (96, 64),
@@ -98,15 +98,15 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int], str, str, Gr
                "tokens: 1 prefix, 8×8", tokens(1, 8, 8)),
     "hf-deit": (_hf("DeiTConfig", "DeiTForImageClassificationWithTeacher", **SMALL_VIT), (64, 64),
                 "deit.layers.1.layernorm_before", "tokens: 2 prefix, 8×8", tokens(2, 8, 8)),
-    # mean- or attention-pooled token models: the final norm
+    # mean- or attention-pooled token models: the final norm (the last block where that norm is an Identity)
     "timm-siglip-like": (_timm("vit_tiny_patch16_224", img_size=64, global_pool="map", class_token=False, depth=2),
                          (64, 64), "norm", "tokens: 0 prefix, 4×4", tokens(0, 4, 4)),
-    "timm-eva02-avg": (_timm("eva02_tiny_patch14_224", img_size=56, depth=2), (56, 56), "norm",
+    "timm-eva02-avg": (_timm("eva02_tiny_patch14_224", img_size=56, depth=2), (56, 56), "blocks.1",
                        "tokens: 1 prefix, 4×4", tokens(1, 4, 4)),
     "hf-dinov2": (_hf("Dinov2Config", "Dinov2ForImageClassification", **SMALL_VIT), (64, 64), "dinov2.layernorm",
                   "tokens: 1 prefix, 8×8", tokens(1, 8, 8)),
     "hf-beit-mean": (_hf("BeitConfig", "BeitForImageClassification", use_mean_pooling=True, **SMALL_VIT), (64, 64),
-                     "beit.layernorm", "tokens: 1 prefix, 8×8", tokens(1, 8, 8)),
+                     "beit.layers.1", "tokens: 1 prefix, 8×8", tokens(1, 8, 8)),
     "timm-mixer": (_timm("mixer_s16_224", img_size=64), (64, 64), "norm", "tokens: 0 prefix, 4×4",
                    tokens(0, 4, 4)),
     # Swin: channels-last in timm, permuted in torchvision, tokens in Hugging Face

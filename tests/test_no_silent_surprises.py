@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
 import camkit
 from camkit.bench.report import run_counts

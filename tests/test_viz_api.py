@@ -10,7 +10,7 @@ from PIL import Image
 
 import camkit
 from camkit import viz
-from camkit.data.geometry import Frame, fit
+from camkit.data.geometry import fit
 from toy_models import GapNet
 
 

@@ -49,6 +49,7 @@ class Call:
     shape: Optional[torch.Size] = None
     out: Any = field(default=None, repr=False)  # the output tensor, only while the probe runs
     mixer: bool = False
+    passthrough: bool = False  # returned its input tensor itself (Identity, eval Dropout)
 
     @property
     def internal(self) -> bool:
@@ -98,13 +99,14 @@ def trace(model: nn.Module, x: torch.Tensor, keep: bool = True) -> tuple[list[Ca
             stack.append(Call(name, m, stack[-1] if stack else None))
         return hook
 
-    def post(m: nn.Module, _args: Any, out: Any) -> None:
+    def post(m: nn.Module, args: Any, out: Any) -> None:
         while stack and stack[-1].module is not m:
             stack.pop()  # a call that raised and was caught by the model
         if not stack:
             return
         call = stack.pop()
         call.order = len(calls)
+        call.passthrough = bool(args) and args[0] is out
         if isinstance(out, torch.Tensor) and out.is_floating_point():
             call.out, call.shape = (out if keep else None), out.shape
         calls.append(call)
@@ -212,6 +214,19 @@ def _candidates(p: Probe) -> list[tuple[Call, Layout]]:
     return out
 
 
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """The tensors of a model output: a tensor, a (nested) tuple / list / dict, or an object with attributes."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in _tensors(v)]
+    if hasattr(obj, "__dict__"):
+        return [t for v in vars(obj).values() for t in _tensors(v)]
+    return []
+
+
 def _upstream(node: Any) -> set[Any]:
     """Every autograd node ``node`` depends on."""
     seen: set[Any] = set()
@@ -236,7 +251,8 @@ def _choose(model: nn.Module, p: Probe, output: Any) -> str:
                 f"layer='auto' needs a score to find the layer the prediction depends on, but the output of "
                 f"{type(model).__name__} has none ({e}); pass layer='name'"
             ) from None
-    cands = _candidates(p)
+    returned = {id(t) for t in _tensors(output)}  # the prediction itself (segmentation logits) is no feature map
+    cands = [(c, r) for c, r in _candidates(p) if id(c.out) not in returned]
     if not cands or not score.requires_grad:
         raise LayerNotFoundError(
             f"found no layer with a spatial output in {type(model).__name__} on which the score depends; pass layer='name'"
@@ -250,8 +266,9 @@ def _choose(model: nn.Module, p: Probe, output: Any) -> str:
             "is?); pass layer='name'"
         )
     outermost: dict[int, Call] = {}  # one entry per output tensor: a block and its last child return one
-    for c, _ in live:
-        outermost[id(c.out)] = c  # calls are in end order: the enclosing module comes last
+    for c, _ in live:  # calls are in end order: the enclosing module comes last
+        if not c.passthrough or id(c.out) not in outermost:  # name it after a module that computed it
+            outermost[id(c.out)] = c
     groups = sorted(outermost.values(), key=lambda c: c.order)
     chosen = groups[-1]
     above = _upstream(chosen.out.grad_fn)

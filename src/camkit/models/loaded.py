@@ -17,7 +17,6 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from camkit.core.hooks import Hooks
 from camkit.errors import CamkitError, UnsupportedModelError
 from camkit.models.base import PixelModel
 
@@ -88,64 +87,22 @@ def adopt(
 
 
 def _default_layer(model: PixelModel) -> Optional[str]:
-    """The layer CAM methods explain when given ``layer="auto"``, computed once at load time.
-
-    Classifiers: :func:`camkit.methods.base.auto_layer` on one random image at ``input_size``.
-    Segmentation and detection models: the last feature map of the backbone (see
-    :func:`backbone_layer`). None, with a warning, when no layer can be chosen here; ``layer="auto"``
-    then chooses on the user's images.
+    """The layer CAM methods explain when given ``layer="auto"``, computed once at load time:
+    :func:`camkit.core.tasks.task_layer` for detectors and segmenters with a known trunk, else
+    :func:`camkit.methods.base.auto_layer` on one random image at ``input_size``. None, with a
+    warning, when no layer can be chosen here; ``layer="auto"`` then chooses on the user's images.
     """
+    from camkit.core.tasks import task_layer
     from camkit.methods.base import auto_layer
 
     g = torch.Generator().manual_seed(_PROBE_SEED)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = torch.rand(1, 3, *model.input_size, generator=g).to(device)
     try:
-        if model.task == "classification":
-            return auto_layer(model, x)
-        return backbone_layer(model, x)
+        return task_layer(model) or auto_layer(model, x)
     except CamkitError as exc:
         warnings.warn(f"{type(model).__name__}: no default layer chosen at load time ({exc}); layer='auto' "
                       "will try again on your images", stacklevel=5)
         return None
 
 
-def _backbone_prefix(model: nn.Module) -> str:
-    names = dict(model.named_modules())
-    for candidate in ("backbone.body", "backbone", getattr(model, "base_model_prefix", None) or ""):
-        if candidate and candidate in names:
-            return candidate
-    return ""
-
-
-def backbone_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """The module that last outputs a feature map (a grid of this input in any layout camkit reads, see
-    :func:`camkit.core.layout.readings`) inside the backbone, in execution order: ``backbone.layer4`` on torchvision FCN /
-    DeepLabV3, ``backbone.body.layer4`` on Faster R-CNN ResNet-50 FPN (the last stage before the FPN).
-
-    The backbone is ``backbone.body``, else ``backbone``, else the Hugging Face base model
-    (``base_model_prefix``, e.g. ``segformer``), else the whole model. One forward, no gradients.
-    """
-    from camkit.core.layout import patch_size, readings
-
-    prefix = _backbone_prefix(model)
-    patch = patch_size(model)
-    hw = (int(x.shape[-2]), int(x.shape[-1]))
-    last: list[str] = []
-
-    def hook(name: str):
-        def record(_m: nn.Module, _i: Any, out: Any) -> None:
-            if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
-                return
-            if readings(out, 1, hw, patch):
-                last.append(name)
-        return record
-
-    with Hooks() as hooks, torch.no_grad():  # they fire for this call only
-        for n, m in model.named_modules():
-            if n and (not prefix or n == prefix or n.startswith(prefix + ".")):
-                hooks.on_forward(m, hook(n))
-        model(x)
-    if not last:
-        raise CamkitError(f"found no feature map in {prefix or 'the model'}")
-    return last[-1]
