@@ -292,3 +292,11 @@ def test_guided_gradcam_uses_the_same_layout(which, one_thread):
     torch.testing.assert_close(guided.raw, cam.raw)
     attr = camkit.GuidedBackprop(model).explain(x).maps
     torch.testing.assert_close(guided.maps, attr * cam.maps[:, None], rtol=1e-4, atol=1e-7)
+
+
+def test_hf_segmenter_auto_explains_the_backbone_not_the_decoder_or_its_logits(one_thread):
+    model = _build(_hf("SegformerConfig", "SegformerForSemanticSegmentation", num_attention_heads=[1, 1, 2, 2],
+                       decoder_hidden_size=32, **STAGES))
+    x = torch.rand(1, 3, 64, 64)
+    e = camkit.GradCAM(model).explain(x, targets=camkit.targets.Segmentation(1))
+    assert (e.layers, e.layout) == (["segformer.stages.3"], ["nchw 2×2"])

@@ -33,6 +33,7 @@ from .hooks import Hooks
 from .layers import POOLING
 from .layout import Layout, describe_failure, patch_size, readings
 from .outputs import probe_score, to_logits
+from .tasks import search_scope
 
 _ATTENTION = {F.scaled_dot_product_attention, F.multi_head_attention_forward}
 _SOFTMAX = {torch.softmax, F.softmax, torch.Tensor.softmax}
@@ -49,7 +50,8 @@ class Call:
     shape: Optional[torch.Size] = None
     out: Any = field(default=None, repr=False)  # the output tensor, only while the probe runs
     mixer: bool = False
-    passthrough: bool = False  # returned its input tensor itself (Identity, eval Dropout)
+    passthrough: bool = False  # returned its input tensor itself, unchanged (Identity, eval Dropout)
+    version: int = -1  # the input's version counter when the call started (an in-place op bumps it)
 
     @property
     def internal(self) -> bool:
@@ -87,6 +89,15 @@ def _over_last_dim(args: tuple, kwargs: dict) -> bool:
     return dim in (-1, t.dim() - 1)
 
 
+def _version(args: Any) -> int:
+    """The version counter of a call's first argument (-1: not a tensor, or an inference tensor)."""
+    t = args[0] if args else None
+    try:
+        return int(t._version) if isinstance(t, torch.Tensor) else -1
+    except RuntimeError:
+        return -1
+
+
 def trace(model: nn.Module, x: torch.Tensor, keep: bool = True) -> tuple[list[Call], Any]:
     """Run ``model(x)`` recording every module call (ended order), its output shape and, with
     ``keep``, the output itself; returns the calls and the model output. Autograd follows the
@@ -95,8 +106,8 @@ def trace(model: nn.Module, x: torch.Tensor, keep: bool = True) -> tuple[list[Ca
     calls: list[Call] = []
 
     def pre(name: str):
-        def hook(m: nn.Module, _args: Any) -> None:
-            stack.append(Call(name, m, stack[-1] if stack else None))
+        def hook(m: nn.Module, args: Any) -> None:
+            stack.append(Call(name, m, stack[-1] if stack else None, version=_version(args)))
         return hook
 
     def post(m: nn.Module, args: Any, out: Any) -> None:
@@ -106,7 +117,7 @@ def trace(model: nn.Module, x: torch.Tensor, keep: bool = True) -> tuple[list[Ca
             return
         call = stack.pop()
         call.order = len(calls)
-        call.passthrough = bool(args) and args[0] is out
+        call.passthrough = bool(args) and args[0] is out and _version(args) == call.version != -1
         if isinstance(out, torch.Tensor) and out.is_floating_point():
             call.out, call.shape = (out if keep else None), out.shape
         calls.append(call)
@@ -252,7 +263,9 @@ def _choose(model: nn.Module, p: Probe, output: Any) -> str:
                 f"{type(model).__name__} has none ({e}); pass layer='name'"
             ) from None
     returned = {id(t) for t in _tensors(output)}  # the prediction itself (segmentation logits) is no feature map
-    cands = [(c, r) for c, r in _candidates(p) if id(c.out) not in returned]
+    scope = search_scope(model)  # a segmenter's backbone, not its decoder
+    cands = [(c, r) for c, r in _candidates(p) if id(c.out) not in returned
+             and (scope is None or c.name.startswith(scope + "."))]
     if not cands or not score.requires_grad:
         raise LayerNotFoundError(
             f"found no layer with a spatial output in {type(model).__name__} on which the score depends; pass layer='name'"

@@ -7,7 +7,9 @@ detector or segmenter, the layer an expert explains: the backbone's last feature
 - torchvision segmenters (FCN, DeepLabV3, LR-ASPP): the trunk is ``backbone`` and the layer it
   returns as ``"out"`` (``"high"`` for LR-ASPP) is the one the classifier reads.
 - Other detectors (SSD, whose backbone returns six maps): the error lists the backbone's parts to
-  choose from. Other segmenters (Hugging Face): no rule here, the general ``layer="auto"`` applies.
+  choose from. Other segmenters (Hugging Face Segformer, DPT, UperNet...): the general
+  ``layer="auto"`` rule, searching only inside the backbone (:func:`search_scope`: the base model,
+  e.g. ``segformer``), not the decoder.
 """
 from __future__ import annotations
 
@@ -73,3 +75,15 @@ def task_layer(model: nn.Module) -> Optional[str]:
         f"layer='auto' cannot tell which feature map of this {task} model ({type(model).__name__}) to explain; "
         f"pass layer= one of its backbone's feature maps, e.g. {', '.join(repr(c) for c in choices[:8])}"
     )
+
+
+def search_scope(model: nn.Module) -> Optional[str]:
+    """Where ``layer="auto"`` looks on a segmenter the rules above do not cover: the backbone
+    (``backbone``, else a Hugging Face model's base model, ``base_model_prefix``); None elsewhere."""
+    if model_task(model) != "segmentation":
+        return None
+    names = dict(model.named_modules())
+    for candidate in ("backbone", getattr(model, "base_model_prefix", None)):
+        if isinstance(candidate, str) and candidate in names:
+            return candidate
+    return None
