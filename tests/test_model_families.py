@@ -170,6 +170,11 @@ def test_auto_layer_and_gradcam_by_hand(family, one_thread):
     x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(1))
     e = camkit.GradCAM(model).explain(x)
     assert (e.layers, e.layout) == ([layer], [layout])
+    _assert_gradcam_by_hand(e, model, layer, grid, x)
+
+
+def _assert_gradcam_by_hand(e: camkit.Explanation, model: nn.Module, layer: str, grid: Grid, x: torch.Tensor) -> None:
+    size = tuple(x.shape[-2:])
     logits, a = _capture(model, layer, x)
     cls = logits.argmax(1, keepdim=True)
     assert e.targets.tolist() == cls[:, 0].tolist()
@@ -183,6 +188,15 @@ def test_auto_layer_and_gradcam_by_hand(family, one_thread):
             assert _corr(e.maps[i], ref[i]) >= 0.99
         else:
             assert e.maps[i].abs().max() == 0
+
+
+def test_an_explicit_channels_last_layer_inside_a_convnext_block(one_thread):
+    model = _build(_timm("convnext_atto", conv_mlp=False))  # its blocks' norm and MLP run channels-last
+    x = torch.rand(2, 3, 128, 192, generator=torch.Generator().manual_seed(1))
+    for layer in ("stages.3.blocks.1.norm", "stages.2.blocks.0.norm"):
+        e = camkit.GradCAM(model, layer=layer).explain(x)
+        assert e.layout == ["nhwc 4×6" if layer.startswith("stages.3") else "nhwc 8×12"]
+        _assert_gradcam_by_hand(e, model, layer, nhwc, x)
 
 
 # -- the other methods' formulas, on a token model and a channels-last model --------------------------
