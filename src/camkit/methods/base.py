@@ -57,6 +57,7 @@ class Explanation:
     layers: list[str]
     layout: list[str] = field(default_factory=list)
     target: Any = None  # the resolved RowTarget (Segmentation/Detection: the classes, masks, boxes explained)
+    output: str = "cam"  # the method's ``output``: "cam" maps in [0, 1], or "attribution" (signed, (B, [K,] C, H, W))
 
 
 @dataclass
@@ -95,6 +96,14 @@ class BaseCAM:
 
     name: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = True
+    #: what the method produces: ``"cam"`` -- maps ``(B, [K,] H, W)`` in [0, 1] (the map metrics apply);
+    #: ``"attribution"`` -- signed pixel-space attributions ``(B, [K,] C, H, W)`` (draw with ``viz.attribution``)
+    output: ClassVar[str] = "cam"
+    #: what one explanation costs, in passes of the model (``camkit list`` prints it)
+    cost: ClassVar[str] = "one forward, a backward through the layers after the target"
+    #: True when the cost grows with the layer's channels or a sample count (hundreds of forwards):
+    #: such methods are left out of the demo's photo run and of ``--methods all`` unless named
+    expensive: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -176,6 +185,7 @@ class BaseCAM:
             layers=names,
             layout=[str(g) for g in to_grid],
             target=t.fn if t.indices is None else None,
+            output=self.output,
         )
 
     # -- what subclasses implement -------------------------------------------------------------------

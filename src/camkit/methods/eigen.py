@@ -55,6 +55,7 @@ class EigenCAM(BaseCAM):
     """
 
     uses_gradients = False
+    cost = "one forward, no backward (an SVD per image)"
 
     def __init__(self, model: nn.Module, layer: Any = "auto", *, center: bool = True, **kw: Any) -> None:
         super().__init__(model, layer, **kw)

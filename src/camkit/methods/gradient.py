@@ -120,6 +120,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     """
 
     uses_gradients = True
+    cost = "n noisy forwards and backwards through the layers after the target (batched)"
 
     def __init__(self, model, layer="auto", *, n: int = 8, noise: float = 0.15, batch_size: int = 32,
                  seed: Optional[int] = 0, **kw) -> None:
@@ -212,6 +213,7 @@ class CAM(BaseCAM):
     """
 
     uses_gradients = False
+    cost = "one forward, no backward"
 
     def __init__(self, model, layer="auto", *, fc: Optional[torch.nn.Linear] = None, **kw) -> None:
         super().__init__(model, layer, **kw)

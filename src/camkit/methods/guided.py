@@ -100,6 +100,8 @@ class GuidedBackprop(BaseCAM):
     """
 
     uses_gradients = True
+    output = "attribution"
+    cost = "one forward, a backward to the input"
 
     def __init__(self, model: nn.Module, layer: Any = None, **kw: Any) -> None:
         super().__init__(model, layer, **kw)
@@ -114,7 +116,7 @@ class GuidedBackprop(BaseCAM):
         squeeze = (lambda v: v) if t.keep_k else (lambda v: None if v is None else v[:, 0])
         return Explanation(
             maps=squeeze(attr), raw=squeeze(attr), weights=None, scores=squeeze(scores),
-            targets=squeeze(t.indices), logits=logits, layers=[],
+            targets=squeeze(t.indices), logits=logits, layers=[], output=self.output,
         )
 
     def _guided_grads(
@@ -157,6 +159,8 @@ class GuidedGradCAM(GuidedBackprop):
     ``raw`` and ``weights`` are Grad-CAM's, ``layers`` Grad-CAM's layer.
     """
 
+    cost = "Grad-CAM's, then one forward and a backward to the input"
+
     def __init__(self, model: nn.Module, layer: Any = "auto", **kw: Any) -> None:
         super().__init__(model, layer, **kw)
         self.gradcam = GradCAM(model, layer, **kw)
@@ -177,5 +181,5 @@ class GuidedGradCAM(GuidedBackprop):
         prod = attr * maps.unsqueeze(2).to(attr.dtype)
         return Explanation(
             maps=prod if t.keep_k else prod[:, 0], raw=cam.raw, weights=cam.weights, scores=cam.scores,
-            targets=cam.targets, logits=cam.logits, layers=cam.layers,
+            targets=cam.targets, logits=cam.logits, layers=cam.layers, layout=cam.layout, output=self.output,
         )

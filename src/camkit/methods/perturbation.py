@@ -134,6 +134,7 @@ class AblationCAM(BaseCAM):
     """
 
     uses_gradients = False
+    cost = "one forward, then the layers after the target once per channel (affine tails: one backward)"
 
     def __init__(
         self,
@@ -265,6 +266,8 @@ class ScoreCAM(BaseCAM):
     """
 
     uses_gradients = False
+    cost = "one forward per channel of the layer (masked inputs, batched)"
+    expensive = True
 
     def __init__(
         self,
