@@ -13,13 +13,13 @@ import torchvision
 from torch import nn
 
 import camkit
-from camkit.core.affine import AffineWatch, NotAffine
+from camkit.methods.ablation.affine import AffineWatch, NotAffine
 from camkit.data import batches, digits
-from camkit.methods import ablation_closed
+from camkit.methods.ablation import closed_form as ablation_closed
 from test_perturbation import naive_ablation as naive
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-LOG = "camkit.methods.ablation_closed"
+LOG = "camkit.methods.ablation.closed_form"
 
 
 def _explain(model, layer, x, targets, caplog, **kw):

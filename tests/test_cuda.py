@@ -77,7 +77,7 @@ def test_bottomk_and_list_targets_on_the_device():
     torch.testing.assert_close(one.scores, low.logits[[0, 1], [4, 5]])
 
 
-LOG = "camkit.methods.ablation_closed"
+LOG = "camkit.methods.ablation.closed_form"
 
 
 @pytest.mark.parametrize("model_name", ["resnet18", "vgg11"])

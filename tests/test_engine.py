@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import camkit
-from camkit.core.layout import readings
+from camkit.layers.layout import readings
 from toy_models import FunctionalNet, GapNet, TinyViT
 
 GRADIENT_METHODS = ["gradcam", "gradcam++", "smoothgradcam++", "xgradcam", "layercam", "hirescam"]

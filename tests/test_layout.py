@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import camkit
-from camkit.core.layout import readings
+from camkit.layers.layout import readings
 
 GRID = (3, 5)  # non-square, so a transposed or mis-split grid cannot pass
 INPUT = (12, 20)  # stride 4

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import camkit.models as cm
-from camkit.core.layout import patch_size, readings
+from camkit.layers.layout import patch_size, readings
 from camkit.data import batches, digits
 from camkit.models.zoo import WEIGHTS_DIR
 

@@ -17,7 +17,7 @@ from torchvision.models import segmentation as tvs
 import camkit
 from camkit.core.region import InputRegion, input_region
 from camkit.core.keys import replace, select, split_key
-from camkit.core.tasks import model_task, task_layer
+from camkit.layers.presets import model_task, task_layer
 from camkit.errors import InputError, LayerNotFoundError, TargetError, UnsupportedModelError
 from camkit.metrics import energy_pointing_game, localization_iou, mask_energy, mask_pointing_game, pointing_game
 from camkit.targets import Detection, Segmentation

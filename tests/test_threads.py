@@ -19,7 +19,7 @@ from torchvision.models.resnet import BasicBlock
 
 import camkit
 from camkit.core import hooks as core_hooks
-from camkit.core import probe as core_probe
+from camkit.layers import probe as core_probe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -150,7 +150,7 @@ def test_a_call_parked_mid_forward_does_not_disturb_other_calls(parked, at, wher
     refs = {(n, i): _run(model, n, _x(i), TARGETS[i]) for n in METHODS for i in range(3)}
     ref_parked = _run(model, parked, _x(9), camkit.TopK(2), layer)
     before = _state(model)
-    core_probe._CACHE.pop(model, None)  # so that layer="auto" probes again
+    core_probe.forget(model)  # so that layer="auto" probes again
     gate = model.gate
     t, box = _in_thread(lambda: (gate.park(at, where), _run(model, parked, _x(9), camkit.TopK(2), layer))[-1])
     try:

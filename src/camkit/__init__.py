@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .core.targets import BottomK, TopK
+from .targets import BottomK, TopK
 from .errors import (
     CamkitError, InputError, LayerNotFoundError, NoGradientError, TargetError, UnsupportedModelError,
 )

@@ -19,8 +19,8 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from . import viz
-from .core.detection import Detection
-from .core.segmentation import Segmentation, segmentation_logits
+from .targets.detection import Detection
+from .targets.segmentation import Segmentation, segmentation_logits
 from .errors import CamkitError, InputError
 from .methods import get, to_image
 

@@ -25,7 +25,7 @@ from .errors import InputError
 
 if TYPE_CHECKING:
     from .data.geometry import Frame
-    from .methods.base import Explanation
+    from .methods.explanation import Explanation
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 ImageLike = Union[Image.Image, torch.Tensor, np.ndarray]
@@ -273,11 +273,11 @@ def _probability(p: float) -> str:
 
 def _columns(e: "Explanation", b: int) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor], bool]:
     """``(maps (B, K, ...), targets (B, K) or None, scores (B, K), probabilities (B, K) or None, signed)``;
-    ``signed``: maps are input-space attributions (Guided Backprop) rather than [0, 1] maps."""
+    ``signed``: the method's ``output`` is ``"attribution"`` (Guided Backprop: ``(B, [K,] C, H, W)``)
+    rather than [0, 1] maps ``(B, [K,] H, W)``."""
     maps, targets, scores = e.maps.detach().float().cpu(), e.targets, e.scores.detach().float().cpu()
-    signed = maps.dim() == 5 or (maps.dim() == 4 and maps.shape[1] == 3 and targets is not None
-                                 and targets.dim() == 1)  # (B, 3, H, W) with one class per image
-    if maps.dim() == 3 or (signed and maps.dim() == 4):
+    signed = e.output == "attribution"
+    if maps.dim() == (4 if signed else 3):  # one target per image: no K dimension
         maps = maps.unsqueeze(1)
     if maps.shape[0] != b:
         raise InputError(f"the explanation has {maps.shape[0]} images but {b} were given")

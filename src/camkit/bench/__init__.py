@@ -2,8 +2,10 @@
 
 Modules, one idea each: :mod:`.config` (what and how), :mod:`.sources` (models and data by name),
 :mod:`.plan` (shards with stable keys), :mod:`.runner` (one shard -> records, pure),
-:mod:`.store` (append-only JSONL), :mod:`.engines` (where shards run), :mod:`.report` (tables from
-records), :mod:`.figures`, :mod:`.html`, :mod:`.session` (all of it end to end), :mod:`.demo`.
+:mod:`.store` (append-only JSONL), :mod:`.engines` (where shards run; :mod:`.ray_engine` on a Ray
+cluster), :mod:`.report` (tables from records), :mod:`.stats` (bootstrap intervals and paired
+tests), :mod:`.evidence` (how sure each number is: intervals, tests against the baselines),
+:mod:`.figures`, :mod:`.html`, :mod:`.session` (all of it end to end), :mod:`.demo`.
 """
 from .config import BASELINES, TARGET_KINDS, BenchConfig, Protocol
 from .engines import LocalEngine, get_engine, list_engines, register_engine

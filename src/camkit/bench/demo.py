@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..methods import get
 from .config import BenchConfig, Protocol
 from .plan import resolve_methods
 from .session import BenchResult, run_bench
@@ -33,17 +34,19 @@ class DemoPart:
     config: BenchConfig
 
 
-def demo_parts(digits_images: int = 48, skip_on_photos: tuple[str, ...] = ("scorecam",)) -> list[DemoPart]:
-    """The demo's two runs. ``skip_on_photos``: methods left out on EfficientNet-Lite0 for time --
-    Score-CAM needs one forward pass per channel of the explained layer (1280 at 224 x 224 there)."""
+def demo_parts(digits_images: int = 48, skip_on_photos: Optional[tuple[str, ...]] = None) -> list[DemoPart]:
+    """The demo's two runs. ``skip_on_photos``: methods left out on EfficientNet-Lite0 for time (default:
+    the ``expensive`` ones, e.g. Score-CAM: one forward pass per channel of the layer, 1280 there)."""
     methods = resolve_methods("all")
+    if skip_on_photos is None:
+        skip_on_photos = tuple(m for m in methods if get(m).expensive)
     photo_methods = tuple(m for m in methods if m not in skip_on_photos)
     return [
         DemoPart("photos", "EfficientNet-Lite0 (ImageNet weights) on the bundled photos", BenchConfig(
             models=PHOTO_MODELS, methods=photo_methods, data="samples", batch_size=8, gallery_images=8,
             figure_images=3, curve_images=1, protocol=Protocol(perturbation_steps=8),
-            note=(f"left out for time: {', '.join(skip_on_photos)} (Score-CAM needs one forward pass per channel of "
-                  "the explained layer: 1280 per image here)") if skip_on_photos else "",
+            note=("left out for time: " + "; ".join(f"{m} ({get(m).cost})" for m in skip_on_photos)
+                  if skip_on_photos else ""),
         )),
         DemoPart("digits", f"Digits ResNet / VGG / ViT on {digits_images} generated test images", BenchConfig(
             models=DIGITS_MODELS, methods=methods, data=f"digits:{digits_images}", batch_size=16,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..core.hooks import Hooks
-from ..core.layers import POOLING
+from ..layers.names import POOLING
 
 Figure = tuple[bytes, str]
 

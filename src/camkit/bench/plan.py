@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..errors import CamkitError
-from ..methods import list_methods
+from ..methods import get, list_methods
 from .config import BASELINE_PREFIX, BenchConfig
 
 PREDICTIONS = "predictions"  # the unit of a shard's per-image predictions
@@ -65,14 +65,12 @@ def record_key(model: str, method: str, image_id: str, kind: str) -> str:
 
 
 def is_map_method(name: str) -> bool:
-    """Methods whose output is a [0, 1] map (guided methods give signed attributions instead)."""
-    return not name.startswith("guided")
+    """Methods whose ``output`` is a [0, 1] map (``"cam"``); attributions (Guided Backprop) are not."""
+    return get(name).output == "cam"
 
 
 def resolve_methods(spec: Iterable[str] | str) -> tuple[str, ...]:
     """``"all"`` -> every registered map method; else the names, canonicalised by the registry."""
-    from ..methods import get
-
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if names == ["all"]:
         return tuple(m for m in list_methods() if is_map_method(m))
@@ -81,7 +79,7 @@ def resolve_methods(spec: Iterable[str] | str) -> tuple[str, ...]:
         canonical = get(n).name  # raises a readable error for unknown names
         if not is_map_method(canonical):
             raise CamkitError(
-                f"{canonical} returns attributions, not [0, 1] maps, so the map metrics do not apply; "
+                f"{canonical} returns signed attributions, not [0, 1] maps, so the map metrics do not apply; "
                 "it is shown in the report's Guided Grad-CAM figure instead"
             )
         if canonical not in out:

@@ -33,11 +33,6 @@ from .stats import Comparison
 Record = dict[str, Any]
 
 
-def _mean(values: Sequence[Any]) -> Optional[float]:
-    v = [float(x) for x in values if x is not None]
-    return sum(v) / len(v) if v else None
-
-
 def _median(values: Sequence[Any]) -> Optional[float]:
     v = sorted(float(x) for x in values if x is not None)
     if not v:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Optional
 from torch import nn
 
 
-class Call:
+class Scope:
     """The token of one camkit call; ``active`` turns False when the call's scope ends."""
 
     __slots__ = ("active",)
@@ -32,22 +32,17 @@ class Call:
         self.active = True
 
 
-_CURRENT: ContextVar[Optional[Call]] = ContextVar("camkit_call", default=None)
-
-
-def current() -> Optional[Call]:
-    """The call scope of the running thread / task (None outside camkit calls)."""
-    return _CURRENT.get()
+_CURRENT: ContextVar[Optional[Scope]] = ContextVar("camkit_call", default=None)
 
 
 @contextmanager
-def scope() -> Iterator[Call]:
+def scope() -> Iterator[Scope]:
     """Run a block as one camkit call (inside an enclosing call: as part of that call)."""
     outer = _CURRENT.get()
     if outer is not None:
         yield outer
         return
-    call = Call()
+    call = Scope()
     token = _CURRENT.set(call)
     try:
         yield call
@@ -61,7 +56,7 @@ class _Local:
 
     __slots__ = ("fn", "call")
 
-    def __init__(self, fn: Callable[..., Any], call: Call) -> None:
+    def __init__(self, fn: Callable[..., Any], call: Scope) -> None:
         self.fn, self.call = fn, call
 
     def __call__(self, *args: Any) -> Any:
@@ -82,7 +77,7 @@ class _Router:
     def __init__(self, module: nn.Module) -> None:
         self.had_own = "forward" in module.__dict__  # an instance attribute the user set
         self.original = module.forward
-        self.routes: dict[Call, Callable[..., Any]] = {}
+        self.routes: dict[Scope, Callable[..., Any]] = {}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         fn = self.routes.get(_CURRENT.get())  # type: ignore[arg-type]
@@ -95,7 +90,7 @@ _ROUTERS: dict[int, _Router] = {}
 _ROUTER_LOCK = threading.Lock()
 
 
-def _route(module: nn.Module, call: Call, fn: Callable[..., Any]) -> None:
+def _route(module: nn.Module, call: Scope, fn: Callable[..., Any]) -> None:
     with _ROUTER_LOCK:
         router = _ROUTERS.get(id(module))
         if router is None or module.__dict__.get("forward") is not router:
@@ -104,7 +99,7 @@ def _route(module: nn.Module, call: Call, fn: Callable[..., Any]) -> None:
         router.routes[call] = fn
 
 
-def _unroute(module: nn.Module, call: Call) -> None:
+def _unroute(module: nn.Module, call: Scope) -> None:
     with _ROUTER_LOCK:
         router = _ROUTERS.get(id(module))
         if router is None:

@@ -5,6 +5,12 @@
 - :func:`samples` — real photos shipped inside installed packages, with our boxes;
 - :func:`digits` — a generated localisation set with exact boxes;
 - :func:`batches` — ``(images (B, 3, H, W), samples)`` resized to a model's input size.
+
+Modules: :mod:`.sample` (one annotated image, resizing, batching), :mod:`.files` (image files with
+boxes, unreadable ones skipped and counted), :mod:`.imagenet`, :mod:`.folder`, :mod:`.photos`,
+:mod:`.digits` (the datasets above), :mod:`.synsets` (ImageNet class ids and names),
+:mod:`.imageio` (one image file -> tensor), :mod:`.geometry` (fitting an image to a model's input
+and bringing maps back).
 """
 from __future__ import annotations
 

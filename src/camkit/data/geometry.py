@@ -48,10 +48,10 @@ class Frame:
     size: tuple[int, int]
     resized: tuple[int, int]
     offset: tuple[int, int]
-    mode: str = "stretch"
+    mode: FitMode = "stretch"
 
     @classmethod
-    def fit(cls, original: tuple[int, int], size: tuple[int, int], mode: str = "stretch") -> "Frame":
+    def fit(cls, original: tuple[int, int], size: tuple[int, int], mode: FitMode = "stretch") -> "Frame":
         """The frame of fitting an ``original`` image to ``size`` with ``mode`` (see the module docstring)."""
         (oh, ow), (h, w) = _pair(original, "image size"), _pair(size, "input size")
         if mode == "stretch":
@@ -112,7 +112,7 @@ class Frame:
         return out.reshape(*lead, oh, ow).to(maps.dtype)
 
 
-def fit(image: Tensor, size: tuple[int, int], mode: str = "stretch", fill: float = 0.5,
+def fit(image: Tensor, size: tuple[int, int], mode: FitMode = "stretch", fill: float = 0.5,
         interpolation: str = "bilinear") -> tuple[Tensor, Frame]:
     """``(input (C, h, w), frame)`` for an image ``(C, H, W)`` in [0, 1] fitted to ``size`` with ``mode``."""
     frame = Frame.fit((image.shape[-2], image.shape[-1]), size, mode)

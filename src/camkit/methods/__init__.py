@@ -1,8 +1,20 @@
-"""CAM methods: one base class, one small class per method, a name registry."""
-from .base import BaseCAM, Explanation
+"""CAM methods: one base class, one small class per method family, a name registry.
+
+Modules: :mod:`.base` (:class:`BaseCAM`: input checks, layers, targets, the model left as found,
+post-processing; each method declares ``output``, ``cost`` and ``expensive``),
+:mod:`.explanation` (what a method returns and computes from), :mod:`.registry` (name -> class,
+``create``, ``list_methods``), :mod:`.smoothing` (``aug_smooth`` and ``eigen_smooth``, options of
+every CAM), :mod:`.gradient` (CAM, Grad-CAM, Grad-CAM++, Smooth Grad-CAM++, XGrad-CAM, Layer-CAM,
+HiResCAM), :mod:`.eigen` (EigenCAM), :mod:`.eigengrad` (EigenGrad-CAM), :mod:`.fullgrad`
+(FullGrad), :mod:`.scorecam` (Score-CAM), :mod:`.ablation` (Ablation-CAM and its tail replay),
+:mod:`.guided` (Guided Backprop, Guided Grad-CAM: pixel-space attributions).
+"""
+from .base import BaseCAM
+from .explanation import Explanation
 from .gradient import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, SmoothGradCAMPlusPlus, XGradCAM
 from .registry import create, get, list_methods, register
-from .perturbation import AblationCAM, ScoreCAM
+from .ablation import AblationCAM
+from .scorecam import ScoreCAM
 from .eigen import EigenCAM
 from .eigengrad import EigenGradCAM
 from .fullgrad import FullGrad

@@ -6,26 +6,21 @@ was, upsamples, normalises and fuses several layers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional, Union
+from typing import Any, ClassVar, Iterator, Optional, Union
 
 import torch
 from torch import nn
 
 from ..core import engine
-from ..core import probe as evidence
-from ..core.region import InputRegion, input_region
-from ..core.layers import LayerSpec, resolve_layers
-from ..core.layout import KINDS, Layout, custom, patch_size, readings
 from ..core.postprocess import finalize
 from ..core.precision import check_finite, model_forward, parse_precision
+from ..core.region import InputRegion, input_region
 from ..core.state import preserved
-from ..core.targets import TargetSpec, Targets, resolve_targets
-from ..core.tasks import task_layer
 from ..errors import CamkitError, InputError
+from ..layers import KINDS, Layout, LayerSpec, choose_layers, patch_size, read_layer
+from ..targets import TargetSpec, resolve_targets
+from .explanation import Context, Explanation, Maps, Reshape
 from .smoothing import Augment, aug_explain, augmentations, channel_contributions, eigen_compute
-
-Reshape = Callable[[torch.Tensor], torch.Tensor]
 
 
 def positive_int(name: str, value: Any, meaning: str) -> int:
@@ -35,56 +30,22 @@ def positive_int(name: str, value: Any, meaning: str) -> int:
     return value
 
 
-@dataclass
-class Explanation:
-    """What a method returns.
-
-    ``maps``: ``(B, H, W)`` (``(B, K, H, W)`` for TopK/BottomK) float32 in [0, 1] at the input size.
-    ``raw``: the low-resolution map after ReLU, before upsampling and normalisation (a list when
-    several layers are fused). ``weights``: per-channel weights ``(B, [K,] C)`` where the method has
-    them. ``scores``: the explained model outputs ``(B, [K])``. ``targets``: class indices
-    ``(B, [K])`` (None for a callable target). ``logits``: the full model output ``(B, N)``.
-    ``layers``: the explained layers' names; ``layout``: how each layer's output was read as a grid,
-    e.g. ``"nchw 7×7"``, ``"nhwc 7×7"``, ``"tokens: 5 prefix, 16×16"``.
-    """
-
-    maps: torch.Tensor
-    raw: Union[torch.Tensor, list[torch.Tensor]]
-    weights: Union[torch.Tensor, list[torch.Tensor], None]
-    scores: torch.Tensor
-    targets: Optional[torch.Tensor]
-    logits: Optional[torch.Tensor]
-    layers: list[str]
-    layout: list[str] = field(default_factory=list)
-    target: Any = None  # the resolved RowTarget (Segmentation/Detection: the classes, masks, boxes explained)
-    output: str = "cam"  # the method's ``output``: "cam" maps in [0, 1], or "attribution" (signed, (B, [K,] C, H, W))
-
-
-@dataclass
-class Context:
-    """Everything a method needs to compute its maps for one call."""
-
-    model: nn.Module
-    x: torch.Tensor
-    pass_: engine.Pass
-    targets: Targets
-    scores: torch.Tensor  # (B, K)
-    acts: list[torch.Tensor]  # per layer, (B, C, h, w)
-    modules: list[nn.Module]  # the target layers
-    to_grid: list[Reshape]  # per layer, raw layer output -> (B, C, h, w)
-    region: Optional[InputRegion] = None  # the input's part of the layer grids (models that pad inside); None: all
+def chunks(n: int, size: int) -> Iterator[slice]:
+    """Slices of ``range(n)`` of at most ``size`` elements: the passes of a batched method."""
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
 
 
 class BaseCAM:
     """Shared machinery. Subclasses set ``uses_gradients`` and implement :meth:`compute`.
 
     Parameters: ``model`` any ``nn.Module``; ``layer`` ``"auto"`` (the model's ``default_layer``
-    attribute if it has one, as camkit zoo models do, else :func:`auto_layer`), a dotted name, a module or a list
+    attribute if it has one, as camkit zoo models do, else :func:`camkit.layers.auto_layer`), a dotted name, a module or a list
     of them (maps of several layers are fused by element-wise max); ``eval_mode`` explain the model
     in eval mode (dropout off, BatchNorm running statistics; the flags are restored afterwards);
     ``layout`` forces how a layer output is read: ``"nchw"`` ``(B, C, h, w)``, ``"nhwc"``
     channels-last ``(B, h, w, C)`` or ``"tokens"`` ``(B | N, prefix + h*w, C)``; by default camkit reads
-    it from evidence (:mod:`camkit.core.layout`, :mod:`camkit.core.probe`) and refuses outputs that
+    it from evidence (:mod:`camkit.layers`) and refuses outputs that
     are not feature maps (attention internals, MLP hidden widths, unrolled tokens). ``reshape`` a
     callable turning the layer output into ``(B, C, h, w)`` for anything else. ``aug_smooth`` (True or an
     :class:`~camkit.methods.smoothing.Augment`) averages the maps of flipped and rescaled views in the
@@ -189,11 +150,11 @@ class BaseCAM:
         )
 
     # -- what subclasses implement -------------------------------------------------------------------
-    def compute(self, ctx: Context) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
+    def compute(self, ctx: Context) -> Maps:
         """Per layer: raw map ``(B, K, h, w)`` before ReLU, and weights ``(B, K, C)`` or None."""
         raise NotImplementedError
 
-    def contributions(self, ctx: Context) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
+    def contributions(self, ctx: Context) -> Maps:
         """Per layer: the per-channel terms ``(B, K, C, h, w)`` whose channel sum is the raw map (what
         ``eigen_smooth`` projects), and the weights. Default: ``w_c A_c`` from :meth:`compute`'s weights."""
         return channel_contributions(self.compute(ctx), ctx.acts, type(self).__name__)
@@ -233,37 +194,9 @@ class BaseCAM:
 
     def _read(self, a: torch.Tensor, name: str, module: nn.Module, x: torch.Tensor,
               region: Optional[InputRegion] = None) -> Layout:
-        """How to read layer ``name``'s output ``a`` as ``(B, C, h, w)``: forced by ``reshape`` /
-        ``layout``, else from the shape and, where shape alone is not proof, the model's evidence.
-        ``region``: the model resizes and pads inside, its layers see an image of size ``region.padded``."""
-        if self.reshape is not None:
-            return custom(self.reshape, a, name)
-        hw = (x.shape[-2], x.shape[-1]) if region is None else region.padded
-        options = readings(a, x.shape[0], hw, self._patch, kind=self.layout)
-        if not options:
-            raise evidence.no_map(a, name, x.shape[0], hw)
-        if self.layout is not None or options[0].kind == "nchw":
-            return options[0]
-        return evidence.settle(self.model, module, name, a, x, options)
+        """How to read layer ``name``'s output ``a`` as ``(B, C, h, w)`` (see :func:`camkit.layers.read_layer`)."""
+        return read_layer(self.model, module, name, a, x, self._patch, self.layout, self.reshape, region)
 
     def _layers(self, x: torch.Tensor) -> tuple[list[str], list[nn.Module]]:
-        if isinstance(self.layer, str) and self.layer == "auto":
-            preset = getattr(self.model, "default_layer", None) or task_layer(self.model)  # zoo; detectors, segmenters
-            spec: LayerSpec = preset if isinstance(preset, str) and preset else auto_layer(self.model, x)
-        else:
-            spec = self.layer
-        pairs = resolve_layers(self.model, spec)
+        pairs = choose_layers(self.model, self.layer, x)
         return [n for n, _ in pairs], [m for _, m in pairs]
-
-
-def auto_layer(model: nn.Module, x: torch.Tensor, patch: Optional[tuple[int, int]] = None) -> str:
-    """The layer an expert explains: the last output that is a feature map (a grid consistent with
-    the input: NCHW, channels-last or tokens), not pooling, not an attention internal or MLP hidden
-    width, called once, on whose grid positions the top-1 score of ``x[:1]`` depends.
-
-    E.g. ``layer4`` on ResNet, ``features.29`` on VGG-16, the last block's pre-attention norm on a ViT
-    (timm ``blocks.11.norm1``, Hugging Face ``layernorm_before``, torchvision ``ln_1``), the final norm on
-    timm Swin. One probe forward + backward per model and input size (cached); see
-    :mod:`camkit.core.probe`. ``patch`` is accepted for compatibility and unused.
-    """
-    return evidence.probe(model, x, choose=True).choice  # type: ignore[return-value]

@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from ..core import engine
-from ..core.layers import resolve_layers
+from ..layers import resolve_layers
 from ..core.postprocess import upsample
 from ..errors import InputError, UnsupportedModelError
-from .base import BaseCAM, Context
-from .gradient import Maps
+from .base import BaseCAM
+from .explanation import Context, Maps
 from .registry import register
 
 

@@ -14,11 +14,9 @@ from ..core import engine
 from ..core.pixels import unchecked
 from ..core.precision import score_tolerance
 from ..errors import UnsupportedModelError
-from .base import BaseCAM, Context, positive_int
+from .base import BaseCAM, positive_int
+from .explanation import Context, Maps
 from .registry import register
-
-Maps = tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]
-
 
 def weighted_sum(w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """``sum_c w[b, k, c] * a[b, c, i, j]`` -> ``(B, K, h, w)``."""
@@ -44,7 +42,7 @@ class GradientCAM(BaseCAM):
         weights = [w for _, w in results]
         return raw, (None if any(w is None for w in weights) else weights)  # type: ignore[return-value]
 
-    def contributions(self, ctx: Context) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
+    def contributions(self, ctx: Context) -> Maps:
         pairs = [self.contribution(a, g) for a, g in zip(ctx.acts, grid_grads(ctx))]
         weights = [w for _, w in pairs]
         return [z for z, _ in pairs], (None if any(w is None for w in weights) else weights)  # type: ignore[return-value]

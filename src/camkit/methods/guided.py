@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 from ..core.outputs import to_logits
 from ..core.precision import check_finite
 from ..core.state import preserved
-from ..core.targets import RowTarget, TargetSpec, Targets, resolve_targets
+from ..targets import RowTarget, TargetSpec, Targets, resolve_targets
 from ..errors import InputError, NoGradientError
 from .base import BaseCAM, Explanation
 from .gradient import GradCAM

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from ..core.postprocess import normalize, upsample
 from ..errors import CamkitError, InputError, UnsupportedModelError
 
-if TYPE_CHECKING:
-    from .base import BaseCAM, Context, Explanation
+from .explanation import Context, Explanation, Maps
 
-Maps = tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]
+if TYPE_CHECKING:
+    from .base import BaseCAM
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def unview(maps: torch.Tensor, size: tuple[int, int], flip: bool) -> torch.Tenso
     return upsample(maps.flip(-1) if flip else maps, size)
 
 
-def aug_explain(method: "BaseCAM", x: torch.Tensor, targets: Any) -> "Explanation":
+def aug_explain(method: "BaseCAM", x: torch.Tensor, targets: Any) -> Explanation:
     """``method.explain`` with test-time augmentation (see the module docstring)."""
     aug = method.aug_smooth
     assert aug is not None
@@ -116,24 +116,54 @@ def aug_explain(method: "BaseCAM", x: torch.Tensor, targets: Any) -> "Explanatio
     return dataclasses.replace(base, maps=normalize(mean), raw=mean)
 
 
+def principal_projection(
+    a: torch.Tensor, center: bool = True, reference: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project each image's activations on their first principal direction.
+
+    ``a``: ``(B, C, h, w)``. With ``M`` the ``(h*w, C)`` activation matrix of an image (centred per
+    channel when ``center``) and ``v`` its first right singular vector, returns the projection
+    ``M v`` as ``(B, h, w)`` and ``v`` as ``(B, C)``, computed in float64.
+
+    Sign rule (SVD signs are arbitrary): ``M v`` is made to correlate positively with ``reference``
+    ``(B, h, w)``, by default the activation magnitude map ``mean_c |A_c|``; where that correlation is
+    ~0, its largest-magnitude entry is made positive. The default references are unchanged when ``A``
+    is negated, so a layer whose output differs only in sign gives the same map.
+    """
+    b, c, h, w = a.shape
+    m = a.detach().double().flatten(2).transpose(1, 2)  # (B, hw, C)
+    if center:
+        m = m - m.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(m, full_matrices=False)
+    v = vh[:, 0, :]  # (B, C)
+    proj = torch.einsum("bnc,bc->bn", m, v)  # (B, hw)
+    ref = (a.detach().double().abs().mean(dim=1) if reference is None else reference.detach().double()).flatten(1)
+    ref = ref - ref.mean(dim=1, keepdim=True)
+    pc = proj - proj.mean(dim=1, keepdim=True)
+    corr = (pc * ref).sum(1)
+    tie = corr.abs() <= 1e-6 * (pc.norm(dim=1) * ref.norm(dim=1))
+    peak = proj.gather(1, proj.abs().argmax(dim=1, keepdim=True)).squeeze(1)
+    sign = torch.where(tie, torch.sign(peak), torch.sign(corr))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return (proj * sign[:, None]).view(b, h, w).to(a.dtype), (v * sign[:, None]).to(a.dtype)
+
+
 def eigen_map(z: torch.Tensor) -> torch.Tensor:
     """First principal component of contributions ``z`` ``(B, K, C, h, w)`` -> ``(B, K, h, w)``, its sign
     agreeing with ``z.sum(2)`` (see the module docstring)."""
-    from .eigen import principal_projection
-
     b, k, c, h, w = z.shape
     flat = z.reshape(b * k, c, h, w)
     proj, _ = principal_projection(flat, center=True, reference=flat.sum(1))
     return proj.view(b, k, h, w)
 
 
-def eigen_compute(method: "BaseCAM", ctx: "Context") -> Maps:
+def eigen_compute(method: "BaseCAM", ctx: Context) -> Maps:
     """The method's raw maps with ``eigen_smooth``: :func:`eigen_map` of its contributions per layer."""
     zs, weights = method.contributions(ctx)
     return [eigen_map(z) for z in zs], weights
 
 
-def channel_contributions(raw_weights: Maps, acts: list[torch.Tensor], name: str) -> tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]:
+def channel_contributions(raw_weights: Maps, acts: list[torch.Tensor], name: str) -> Maps:
     """``w_c A_c`` ``(B, K, C, h, w)`` per layer from a method's channel weights ``(B, K, C)``."""
     _, weights = raw_weights
     if weights is None:

@@ -5,6 +5,8 @@
 * :mod:`.sanity` — cascading model-parameter randomisation (Spearman ρ, SSIM)
 * :mod:`.baselines` — uniform, centre-Gaussian and random maps for every table
 * :mod:`.protocol` — the ``Protocol`` records whose ``describe()`` a report prints with each number
+* :mod:`.similarity` — Spearman rank correlation and SSIM between maps
+* :mod:`._checks`, :mod:`._forward` — input validation and model plumbing shared by the above
 """
 from ._checks import BoxClippedWarning
 from .baselines import BASELINES, baseline_maps, center_gaussian_map, random_map, uniform_map

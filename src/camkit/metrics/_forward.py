@@ -35,7 +35,7 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise InputError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def resolve_targets(targets: TargetsLike, batch: int, logits: Optional[torch.Tensor], device: torch.device) -> torch.Tensor:
+def class_indices(targets: TargetsLike, batch: int, logits: Optional[torch.Tensor], device: torch.device) -> torch.Tensor:
     """(B,) long class indices: None = top-1 of ``logits``; an int for all; one per image otherwise."""
     if targets is None:
         if logits is None:

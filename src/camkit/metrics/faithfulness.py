@@ -35,7 +35,7 @@ from ._forward import (
     evaluating,
     logits_of,
     model_input,
-    resolve_targets,
+    class_indices,
     select_scores,
 )
 from .protocol import Protocol, callable_name
@@ -156,7 +156,7 @@ def confidence_change(
     with evaluating(model):
         x = model_input(images, normalize)
         logits = logits_of(model, x, batch_size)
-        t = resolve_targets(targets, images.shape[0], logits, logits.device)
+        t = class_indices(targets, images.shape[0], logits, logits.device)
         y = select_scores(logits, t, score)
         explained = model_input(images * m, normalize) if space == "pixel" else x * m
         o = select_scores(logits_of(model, explained, batch_size), t, score)
@@ -312,7 +312,7 @@ def _perturbation_curve(
         base = images if space == "pixel" else model_input(images, normalize)
         sub = _substrate(base, substrate, blur_kernel, blur_sigma)
         top1 = logits_of(model, model_input(images, normalize), batch_size) if targets is None else None
-        t = resolve_targets(targets, b, top1, images.device)
+        t = class_indices(targets, b, top1, images.device)
         flat = torch.arange(b * (s + 1), device=images.device)
         out = []
         for chunk in flat.split(batch_size):  # (image, step) pairs, a bounded batch at a time

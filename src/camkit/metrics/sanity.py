@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import InputError
 from ._checks import as_map_batch
-from ._forward import TargetsLike, check_images, evaluating, logits_of, resolve_targets
+from ._forward import TargetsLike, check_images, evaluating, logits_of, class_indices
 from .protocol import Protocol
 from .similarity import spearman_correlation, ssim
 
@@ -165,7 +165,7 @@ def randomization_test(
             top1 = logits_of(work, images, images.shape[0])
     else:
         top1 = None
-    t = resolve_targets(targets, images.shape[0], top1, images.device).tolist()
+    t = class_indices(targets, images.shape[0], top1, images.device).tolist()
     original = _maps(method_factory(work), images, t, "of the intact model")
     pristine = copy.deepcopy(work) if not cascade else None
     rhos, ssims, kept = [], [], []

@@ -88,12 +88,11 @@ def adopt(
 
 def _default_layer(model: PixelModel) -> Optional[str]:
     """The layer CAM methods explain when given ``layer="auto"``, computed once at load time:
-    :func:`camkit.core.tasks.task_layer` for detectors and segmenters with a known trunk, else
-    :func:`camkit.methods.base.auto_layer` on one random image at ``input_size``. None, with a
+    :func:`camkit.layers.task_layer` for detectors and segmenters with a known trunk, else
+    :func:`camkit.layers.auto_layer` on one random image at ``input_size``. None, with a
     warning, when no layer can be chosen here; ``layer="auto"`` then chooses on the user's images.
     """
-    from camkit.core.tasks import task_layer
-    from camkit.methods.base import auto_layer
+    from camkit.layers import auto_layer, task_layer
 
     g = torch.Generator().manual_seed(_PROBE_SEED)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

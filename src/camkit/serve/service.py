@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .. import viz
-from ..core.targets import TopK
+from ..targets import TopK
 from ..data import resize_image
 from ..errors import CamkitError
 from ..methods import create, get, list_methods, to_image

@@ -17,14 +17,14 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import UnsupportedModelError
-from .engine import Pass
-from .hooks import Hooks
-from .keys import replace, split_key
+from ...core.engine import Pass
+from ...core.hooks import Hooks
+from ...core.keys import replace, split_key
+from ...errors import UnsupportedModelError
 
 
 @dataclass(eq=False)
-class _Call:
+class CallNode:
     """One call of a module during the traced forward (calls nest like the Python call stack)."""
 
     module: nn.Module
@@ -32,7 +32,7 @@ class _Call:
     targets_before: int  # target calls started before this call started
     end: int = -1
     out: Any = None
-    children: list["_Call"] = field(default_factory=list)
+    children: list["CallNode"] = field(default_factory=list)
 
 
 class Tracer:
@@ -42,18 +42,18 @@ class Tracer:
     call ends: they are inside a call that is either cached or runs in full in every replay."""
 
     def __init__(self, targets: Sequence[nn.Module]) -> None:
-        self.roots: list[_Call] = []
-        self.stack: list[_Call] = []
+        self.roots: list[CallNode] = []
+        self.stack: list[CallNode] = []
         self.seq = 0
         self.started = 0
         self.n_targets = len(targets)
         self.target_index: dict[int, list[int]] = {}  # a module is several targets when keyed: "m[0]", "m[1]"
         for i, m in enumerate(targets):
             self.target_index.setdefault(id(m), []).append(i)
-        self.target_calls: list[list[_Call]] = [[] for _ in targets]
+        self.target_calls: list[list[CallNode]] = [[] for _ in targets]
 
     def _pre(self, m: nn.Module, _args: Any) -> None:
-        call = _Call(m, self.seq, self.started)
+        call = CallNode(m, self.seq, self.started)
         self.seq += 1
         (self.stack[-1].children if self.stack else self.roots).append(call)
         self.stack.append(call)
@@ -94,7 +94,7 @@ class Tracer:
         ablate = _Ablate(target.out, split_key(name)[1])
         actions: dict[int, tuple[nn.Module, list[Any]]] = {}
 
-        def visit(call: _Call) -> None:
+        def visit(call: CallNode) -> None:
             if call is target:
                 act: Any = ablate
             elif tail and call.end < target.start:

@@ -20,7 +20,7 @@ import torch
 from torchvision.ops import box_iou
 
 from ..errors import TargetError
-from .targets import RowTarget
+from .classes import RowTarget
 
 
 _NOTHING = ("the detector found nothing in image {i}, so no box can be explained there (its own score threshold "

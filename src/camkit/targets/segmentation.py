@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TargetError
-from .targets import RowTarget
+from .classes import RowTarget
 
 ClassSpec = Union[int, Sequence[int], Sequence[Sequence[int]], torch.Tensor]
 MaskSpec = Union[None, torch.Tensor, np.ndarray]

@@ -1,39 +1,29 @@
-"""Perturbation CAMs: channel weights from how the class score reacts when the model's input or the
-target layer is changed, with no gradients.
+"""Ablation-CAM: ``w_k = (y - y_k) / |y|``, ``y_k`` the score with channel ``k`` of the layer zeroed.
 
-- Ablation-CAM: ``w_k = (y - y_k) / |y|``, ``y_k`` the score with channel ``k`` of the layer zeroed.
-  Only the network *after* the layer depends on the ablation, so the layer's output is computed
-  once and only the tail runs on batches of ablated copies (see :class:`AblationCAM`); where the
-  tail is affine in the layer, one backward pass gives every channel (:mod:`.ablation_closed`).
-- Score-CAM: ``w = softmax_k(s(x * M_k))``, ``M_k`` channel ``k`` upsampled and min-max normalised.
+Only the network *after* the layer depends on the ablation, so the layer's output is computed once
+and only the tail runs on batches of ablated copies (:mod:`.replay`); where the tail is affine in
+the layer, one backward pass gives every channel (:mod:`.closed_form`).
 """
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Iterator, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 from torch import nn
 
-from ..core import engine
-from ..core.hooks import Hooks
-from ..core.outputs import to_logits
-from ..core.postprocess import normalize, to_input
-# the tail replay lives in core/ beside the engine; private aliases keep AblationCAM's code as it was
-from ..core.replay import Plan as _Plan, Replay as _Replay, TracedPass as _TracedPass, Tracer as _Tracer
-from ..core.replay import pick as _pick
-from ..core.targets import Targets
-from ..core.precision import autocast_dtype, score_tolerance
-from ..errors import InputError, UnsupportedModelError
-from .ablation_closed import ClosedForm
-from .base import BaseCAM, Context, positive_int
-from .gradient import Maps, weighted_sum
-from .registry import register
-
-
-def _chunks(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
+from ...core import engine
+from ...core.hooks import Hooks
+from ...core.outputs import to_logits
+from ...core.precision import autocast_dtype, score_tolerance
+from ...errors import InputError, UnsupportedModelError
+from ...targets import Targets
+from ..base import BaseCAM, chunks, positive_int
+from ..explanation import Context, Maps
+from ..gradient import weighted_sum
+from ..registry import register
+from .closed_form import ClosedForm
+from .replay import Plan, Replay, TracedPass, Tracer, pick
 
 
 def _logits_or_none(output: Any) -> Optional[torch.Tensor]:
@@ -41,11 +31,6 @@ def _logits_or_none(output: Any) -> Optional[torch.Tensor]:
         return to_logits(output)
     except Exception:
         return None
-
-
-def _rows(targets: Targets, rows: torch.Tensor) -> Targets:
-    """The targets of images ``rows`` (a batch made of copies of some images), see :meth:`Targets.rows`."""
-    return targets.rows(rows)
 
 
 class _TailMismatch(Exception):
@@ -70,7 +55,7 @@ class _Ablator:
         n = ks.numel()
         zero = ks >= 0
         rows, ks = torch.arange(n, device=ks.device)[zero], ks[zero]
-        src = _pick(self.act, b, batch, n)
+        src = pick(self.act, b, batch, n)
         if n not in self._buffers:
             self._buffers[n] = torch.empty(src.shape, dtype=src.dtype, device=src.device)
         out = self._buffers[n]
@@ -130,7 +115,7 @@ class AblationCAM(BaseCAM):
     linear layers: the heads of ResNet, DenseNet, EfficientNet, RegNet) ``y - y_k`` is channel ``k``'s
     contribution ``sum_ij (dy/dA)_kij A_kij`` and all channels come from one backward pass through the
     tail, shown to hold op by op and on replayed probe channels per image; otherwise the ablations are
-    replayed (see :mod:`camkit.methods.ablation_closed`). ``closed_form=False`` always replays.
+    replayed (see :mod:`camkit.methods.ablation.closed_form`). ``closed_form=False`` always replays.
     """
 
     uses_gradients = False
@@ -155,13 +140,13 @@ class AblationCAM(BaseCAM):
         self.batch_size, self.recompute, self.closed_form = batch_size, recompute, closed_form
 
     def _forward(self, x: torch.Tensor, modules: list[nn.Module], names: list[str]) -> engine.Pass:
-        tracer = _Tracer(modules)
+        tracer = Tracer(modules)
         # the closed form needs dy/dA: autograd records the network after the layer (only)
         record = self.closed_form and self.recompute == "tail" and not torch.is_inference_mode_enabled()
         with Hooks() as hooks:
             tracer.attach(hooks, self.model)
             p = engine.forward(self.model, x, modules, names, record=record)
-        return p.extended(_TracedPass, tracer=tracer)
+        return p.extended(TracedPass, tracer=tracer)
 
     def compute(self, ctx: Context) -> Maps:
         tracer = getattr(ctx.pass_, "tracer", None)
@@ -197,7 +182,7 @@ class AblationCAM(BaseCAM):
             weights.append(w)
         return raw, weights
 
-    def _weights(self, ctx: Context, i: int, plan: _Plan, verify: bool) -> torch.Tensor:
+    def _weights(self, ctx: Context, i: int, plan: Plan, verify: bool) -> torch.Tensor:
         """``(B, K, C)`` weights of layer ``i``."""
         act = ctx.pass_.acts[i]
         x = ctx.x
@@ -210,7 +195,7 @@ class AblationCAM(BaseCAM):
             alive = live[b].nonzero().flatten().to(act.device)
             channels = torch.cat([alive.new_full((1,), -1), alive])  # -1: the unablated copy
             scores = []
-            for sl in _chunks(channels.numel(), self.batch_size):
+            for sl in chunks(channels.numel(), self.batch_size):
                 ks = channels[sl]
                 n = ks.numel()
                 scores.append(self._replay(ctx, plan, b, ablate(b, batch, ks), n, verify).detach().clone())
@@ -227,99 +212,19 @@ class AblationCAM(BaseCAM):
             out.append(((y - y_k) / denom).t().float())  # (K, C)
         return torch.stack(out)
 
-    def _replay(self, ctx: Context, plan: _Plan, b: int, ablated: torch.Tensor, n: int, verify: bool) -> torch.Tensor:
+    def _replay(self, ctx: Context, plan: Plan, b: int, ablated: torch.Tensor, n: int, verify: bool) -> torch.Tensor:
         """``(n, K)`` scores of image ``b`` with the layer's output replaced by ``ablated`` (n copies)."""
         x = ctx.x[b:b + 1].expand(n, *ctx.x.shape[1:])
         try:
-            output = plan.run(self.model, x, _Replay(b, ctx.x.shape[0], n, ablated))
+            output = plan.run(self.model, x, Replay(b, ctx.x.shape[0], n, ablated))
         except RuntimeError as e:
             if not verify:
                 raise
             raise _TailMismatch(f"the replay raised {type(e).__name__}: {e}") from e
         if verify and plan.cache_modified():
             raise _TailMismatch("the forward modified a tensor computed before the layer in place")
-        return _rows(ctx.targets, torch.full((n,), b, dtype=torch.long)).scores(output, _logits_or_none(output))
+        return ctx.targets.rows(torch.full((n,), b, dtype=torch.long)).scores(output, _logits_or_none(output))
 
     def _plain(self, ctx: Context, i: int) -> bool:
         """The layer's output is read as a ``(B, C, h, w)`` grid as it is."""
         return getattr(ctx.to_grid[i], "kind", None) == "nchw"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Score-CAM
-# ---------------------------------------------------------------------------------------------------
-
-@register("scorecam")
-class ScoreCAM(BaseCAM):
-    """Score-CAM (Wang et al. 2020): ``M_k = norm(upsample(A_k))`` in [0, 1],
-    ``w = softmax_k(s_k)``, ``L = relu(sum_k w_k A_k)``.
-
-    ``s_k`` is the class score of the masked input ``x * M_k``: with ``score="softmax"`` (the paper's
-    algorithm and official code) the class probability, with ``score="logit"`` (pytorch-grad-cam)
-    the class logit. The paper's baseline term ``-f(X_b)`` is one constant per map and cancels in the
-    softmax. A target callable's output is used as the score as is.
-
-    Masked inputs run in chunks of at most ``batch_size`` images (across channels and images), under
-    ``no_grad`` with no camkit hooks; masks are built per chunk, never all at once. A channel that is
-    constant over the grid has an all-zero mask, so its masked input is all zeros whatever the
-    channel or image: that input runs once and its score is shared.
-    """
-
-    uses_gradients = False
-    cost = "one forward per channel of the layer (masked inputs, batched)"
-    expensive = True
-
-    def __init__(
-        self,
-        model: nn.Module,
-        layer: Any = "auto",
-        *,
-        batch_size: int = 32,
-        score: Literal["softmax", "logit"] = "softmax",
-        **kw: Any,
-    ) -> None:
-        super().__init__(model, layer, **kw)
-        positive_int("batch_size", batch_size, "masked inputs per pass")
-        if score not in ("softmax", "logit"):
-            raise InputError(f"score must be 'softmax' (class probability, the paper) or 'logit', got {score!r}")
-        self.batch_size, self.score = batch_size, score
-
-    def _class_scores(self, output: Any) -> torch.Tensor:
-        """``(n, N)`` class logits or probabilities of a model output."""
-        logits = to_logits(output).float()
-        return torch.softmax(logits, dim=-1) if self.score == "softmax" else logits
-
-    def _scores(self, output: Any, targets: Targets) -> torch.Tensor:
-        """``(n, K)`` scores of the rows of ``output`` for ``targets`` (one row of targets per row)."""
-        if targets.fn is not None:
-            return targets.scores(output, None).float()
-        assert targets.indices is not None
-        scores = self._class_scores(output)
-        return scores.expand(targets.indices.shape[0], -1).gather(1, targets.indices.to(scores.device))
-
-    def compute(self, ctx: Context) -> Maps:
-        x = ctx.x
-        batch, size = x.shape[0], (x.shape[-2], x.shape[-1])
-        raw, weights = [], []
-        for a in ctx.acts:
-            c = a.shape[1]
-            flat = a.flatten(2)
-            constant = flat.amax(-1) == flat.amin(-1)  # (B, C)
-            s = torch.empty(batch, ctx.scores.shape[1], c, device=a.device)
-            with torch.no_grad():
-                if constant.any():  # one all-zero input serves every constant channel of every image
-                    out0 = self.model(torch.zeros_like(x[:1]))
-                    s0 = self._scores(out0, ctx.targets).expand(batch, -1)  # (B, K)
-                    bs, ks = constant.nonzero(as_tuple=True)
-                    s[bs, :, ks] = s0[bs].to(s.dtype)
-                bi, ki = (~constant).nonzero(as_tuple=True)
-                for sl in _chunks(bi.numel(), self.batch_size):
-                    b, k = bi[sl], ki[sl]
-                    region = None if ctx.region is None else ctx.region.select(b)
-                    masks = normalize(to_input(a[b, k], size, region))  # (n, H, W), in the input's frame
-                    output = self.model(x[b] * masks.unsqueeze(1).to(x.dtype))
-                    s[b, :, k] = self._scores(output, _rows(ctx.targets, b.cpu())).to(s.dtype)
-            w = torch.softmax(s, dim=-1)
-            raw.append(weighted_sum(w, a))
-            weights.append(w)
-        return raw, weights

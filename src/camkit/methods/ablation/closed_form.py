@@ -26,10 +26,10 @@ from typing import Callable, Optional
 
 import torch
 
-from ..core.affine import AffineWatch, NotAffine
-from ..errors import CamkitError, NoGradientError
-from .base import Context
-from .gradient import grid_grads
+from .affine import AffineWatch, NotAffine
+from ...errors import CamkitError, NoGradientError
+from ..explanation import Context
+from ..gradient import grid_grads
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Sequence, Union
 from torch import nn
 
 from ..errors import LayerNotFoundError
-from .keys import split_key
+from ..core.keys import split_key
 
 LayerSpec = Union[str, nn.Module, Sequence[Union[str, nn.Module]]]
 

@@ -4,12 +4,12 @@ a list of one callable per image, or a :class:`RowTarget` (per-image targets of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
 from ..errors import TargetError
-from .per_image import PerImage
+from .per_image import PerImage, ScoreFn
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,6 @@ class RowTarget:
         raise NotImplementedError
 
 
-ScoreFn = Callable[[Any], torch.Tensor]
 TargetSpec = Union[None, int, Sequence[int], torch.Tensor, TopK, BottomK, RowTarget, ScoreFn, Sequence[ScoreFn]]
 
 

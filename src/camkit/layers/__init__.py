@@ -1,0 +1,20 @@
+"""Which layer to explain and how to read its output: below methods and models, above core.
+
+Modules, one idea each: :mod:`.names` (a layer by dotted name, module or list; ``name[key]``
+addresses one tensor of a container output), :mod:`.layout` (reading an output's shape as a
+feature grid: NCHW, channels-last, tokens with prefixes), :mod:`.trace` (one traced forward: every
+module call, attention blocks marked), :mod:`.probe` (what that trace says, cached per model and
+input size), :mod:`.reading` (one layer's output read from shape and evidence, or a clear
+refusal), :mod:`.auto` (``layer="auto"``: the layer an expert explains), :mod:`.presets` (the task
+of a model and the layer of detectors' and segmenters' backbones).
+"""
+from .auto import auto_layer, choose_layers
+from .layout import KINDS, Layout, patch_size, readings
+from .names import LayerSpec, find_layer, module_name, resolve_layers
+from .presets import model_task, task_layer
+from .reading import read_layer
+
+__all__ = [
+    "auto_layer", "choose_layers", "KINDS", "Layout", "patch_size", "readings", "LayerSpec", "find_layer",
+    "module_name", "resolve_layers", "model_task", "task_layer", "read_layer",
+]

@@ -1,0 +1,186 @@
+"""Reading one layer's output as a feature grid: the shape's readings (:mod:`.layout`), settled by
+the model's evidence (:mod:`.probe`) where shape alone is not proof.
+
+- attention internals and MLP hidden widths are refused (see :mod:`.probe`);
+- a reading that shape alone leaves open (nchw or nhwc, how many prefix tokens) is settled by the
+  shapes at a second input size when the model accepts one;
+- token grids are checked to be raster grids: changing the image inside cell (i, j) must change the
+  tokens around grid cell (i, j) (Hiera's unrolled tokens fail this).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.hooks import Hooks
+from ..core.region import InputRegion
+from ..errors import InputError
+from .layout import Layout, custom, describe_failure, readings
+from .probe import Probe, grid_key, probe
+from .trace import ModuleCall, trace
+
+Reshape = Callable[[torch.Tensor], torch.Tensor]
+
+
+def read_layer(model: nn.Module, module: nn.Module, name: str, a: torch.Tensor, x: torch.Tensor,
+               patch: Optional[tuple[int, int]], kind: Optional[str] = None, reshape: Optional[Reshape] = None,
+               region: Optional[InputRegion] = None) -> Layout:
+    """How to read layer ``name``'s output ``a`` as ``(B, C, h, w)``: forced by ``reshape`` / ``kind``
+    (``"nchw"``, ``"nhwc"``, ``"tokens"``), else from the shape and, where shape alone is not proof,
+    the model's evidence. ``region``: the model resizes and pads inside, its layers see an image of
+    size ``region.padded``. A shape with no reading is an :class:`InputError` saying what would work."""
+    if reshape is not None:
+        return custom(reshape, a, name)
+    hw = (x.shape[-2], x.shape[-1]) if region is None else region.padded
+    options = readings(a, x.shape[0], hw, patch, kind=kind)
+    if not options:
+        raise InputError(describe_failure(a, name, x.shape[0], hw))
+    if kind is not None or options[0].kind == "nchw":
+        return options[0]
+    return settle(model, module, name, a, x, options)
+
+
+def _second_size(model: nn.Module, x: torch.Tensor, p: Probe) -> None:
+    """Shapes of every module call at a larger, non-square input (once; nothing if the model refuses it)."""
+    if p.second is not None:
+        return
+    step = max(32, p.patch[0] if p.patch else 0)
+    hw2 = (p.input_hw[0] + step, p.input_hw[1] + 2 * step)
+    p.second, p.second_hw = {}, hw2
+    x2 = F.interpolate(x[:1].detach(), size=hw2, mode="bilinear", align_corners=False)
+    try:
+        with torch.no_grad():
+            calls, _ = trace(model, x2, keep=False)
+    except Exception:
+        return  # a model that takes one input size: no evidence from a second one
+    for c in calls:
+        if c.shape is not None:
+            p.second.setdefault(id(c.module), []).append(c.shape)
+
+
+def _holds_at_second(p: Probe, module: nn.Module, r: Layout, shape1: torch.Size) -> Optional[bool]:
+    """Does reading ``r`` also read the module's output at the second size (None: no evidence)?"""
+    shapes = (p.second or {}).get(id(module))
+    if not shapes or p.second_hw is None or shapes[0] == shape1:
+        return None  # not run there, or the model resizes its input internally
+    t2 = torch.empty(shapes[0], device="meta")
+    for r2 in readings(t2, 1, p.second_hw, p.patch, kind=r.kind):
+        same_width = t2.shape[-1 if r.kind != "nchw" else 1] == shape1[-1 if r.kind != "nchw" else 1]
+        if r2.prefix == r.prefix and r2.seq_first == r.seq_first and same_width and r2.mismatch < 1.5:
+            return True
+    return False
+
+
+class _Stop(Exception):
+    pass
+
+
+def _output_of(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output of ``module``'s first call in ``model(x)`` (no grad); the rest of the forward is skipped."""
+    got: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+        got.append(out)
+        raise _Stop
+
+    try:
+        with Hooks() as hooks, torch.no_grad():
+            hooks.on_forward(module, hook)
+            model(x)
+    except _Stop:
+        pass
+    return got[0]
+
+
+def _is_raster(model: nn.Module, module: nn.Module, layout: Layout, x: torch.Tensor) -> bool:
+    """Whether a token grid is a raster grid of the image: changing the image inside cell (i, j) must
+    change the layer output around grid cell (i, j).
+
+    One batched forward: the image with each of a spread of probe cells inverted (``1 - x`` there),
+    plus the image itself. Per probe cell, the centre of the squared change over the grid; a cell
+    whose change is spread evenly (peak below twice the mean: global mixing, no local evidence) does
+    not count. The grid fails when at least half of the probe cells are conclusive and their median
+    distance (in cells) from their own cell exceeds ``max(1.5, 0.15 * max(h, w))``: convolutions and
+    attention blur a raster grid's change around the cell, an unrolled order (Hiera) moves it away.
+    """
+    h, w = layout.h, layout.w
+    if h < 3 and w < 3:
+        return True
+    cells = sorted({(0, w - 1), (h - 1, 0), (h // 2, w // 2), (h // 3, 2 * w // 3), (2 * h // 3, w // 4)})
+    hh, ww = int(x.shape[-2]), int(x.shape[-1])
+    xs = x[:1].detach().repeat(len(cells) + 1, 1, 1, 1)
+    for n, (i, j) in enumerate(cells, start=1):
+        rows = slice(i * hh // h, max((i + 1) * hh // h, i * hh // h + 1))
+        cols = slice(j * ww // w, max((j + 1) * ww // w, j * ww // w + 1))
+        xs[n, :, rows, cols] = 1 - xs[n, :, rows, cols]
+    grid = layout(_output_of(model, module, xs)).float()
+    change = (grid[1:] - grid[:1]).square().sum(1)  # (cells, h, w)
+    ys = torch.arange(h, dtype=torch.float32, device=change.device)[:, None]
+    xs_ = torch.arange(w, dtype=torch.float32, device=change.device)[None, :]
+    distances = []
+    for (i, j), c in zip(cells, change):
+        if float(c.max()) < 2 * float(c.mean()):
+            continue
+        weight = c.square() / c.square().sum()
+        cy, cx = float((weight * ys).sum()), float((weight * xs_).sum())
+        distances.append(max(abs(cy - i), abs(cx - j)))
+    if len(distances) * 2 < len(cells):
+        return True  # no local evidence either way: the shape's reading stands
+    return sorted(distances)[len(distances) // 2] <= max(1.5, 0.15 * max(h, w))
+
+
+def settle(model: nn.Module, module: nn.Module, name: str, t: torch.Tensor, x: torch.Tensor,
+           options: list[Layout]) -> Layout:
+    """The one reading of layer output ``t`` that the model's evidence supports, or a clear error."""
+    p = probe(model, x)
+    calls = p.calls_of(module)
+    if calls and calls[0].internal:
+        raise InputError(
+            f"layer {name!r} (shape {tuple(t.shape)}) is computed inside the attention block "
+            f"{_mixer_name(calls[0])!r}: an attention internal (queries, keys, values, heads), not a feature "
+            "map. Explain the block's input norm or output instead (layer='auto' picks it), or force "
+            "layout='tokens' if you really mean it"
+        )
+    if calls and p.hidden(calls[0], options[0]):
+        widths = sorted(p.stream.get(grid_key(calls[0].shape, options[0]), set()))  # type: ignore[arg-type]
+        raise InputError(
+            f"layer {name!r} outputs {tuple(t.shape)}: a width of {t.shape[-1]} where the model's residual stream "
+            f"has {widths} (an MLP hidden layer or fused qkv), not a feature map; explain a norm or block output, "
+            "or force layout='tokens'"
+        )
+    layout = options[0]
+    ambiguous = len(options) > 1 and (options[0].kind != options[1].kind or
+                                      options[0].mismatch >= options[1].mismatch)
+    if ambiguous:
+        _second_size(model, x, p)
+        shape1 = calls[0].shape if calls else None
+        held = [r for r in options if shape1 is not None and _holds_at_second(p, module, r, shape1)]
+        if held:
+            layout = held[0]
+        elif options[0].kind != options[1].kind:
+            raise InputError(
+                f"layer {name!r} outputs {tuple(t.shape)}, which reads as a feature map both as {options[0]} and "
+                f"as {options[1]}; pass layout='{options[0].kind}' or layout='{options[1].kind}'"
+            )
+    if layout.kind == "tokens":  # a flattened sequence may be in any order; (B, h, w, C) keeps its axes
+        key = (id(module), layout)
+        if key not in p.raster:
+            p.raster[key] = _is_raster(model, module, layout, x)
+        if not p.raster[key]:
+            raise InputError(
+                f"layer {name!r} outputs {tuple(t.shape)}: its tokens are not in raster order (changing the image "
+                f"inside cell (i, j) changes the tokens around another grid cell than (i, j), as with Hiera's "
+                "unrolled tokens), so no grid can be read from it; explain a layer whose tokens are a raster grid "
+                "(e.g. the last stage) or pass reshape=callable(tensor) -> (B, C, h, w)"
+            )
+    return layout
+
+
+def _mixer_name(call: ModuleCall) -> str:
+    p = call.parent
+    while p is not None and not p.mixer:
+        p = p.parent
+    return p.name if p is not None else "?"
