@@ -33,8 +33,8 @@ from ..errors import CamkitError
 from ..methods import get, list_methods
 from .batching import Batcher, QueueFull
 from .service import (
-    BadRequest, Explainer, MapResult, b64, class_name, decode_image, display_image, encode_maps, is_attribution,
-    parse_target, top_classes,
+    BadRequest, Explainer, MapResult, b64, class_name, decode_image, display_image, encode_maps, parse_target,
+    top_classes,
 )
 
 STATIC = Path(__file__).parent / "static"
@@ -52,6 +52,7 @@ class MethodInfo(BaseModel):
     name: str
     output: str = Field(description="'map' ([0, 1] heat map) or 'attribution' (signed RGB gradient image)")
     summary: str
+    cost: str = Field(description="what one explanation costs, in passes of the model")
 
 
 class ClassScore(BaseModel):
@@ -96,6 +97,11 @@ class _InMemoryParser(MultiPartParser):
     """Starlette's multipart parser, keeping file parts in memory (the body is already bounded)."""
 
     spool_max_size = 1 << 62
+
+
+def api_output(output: str) -> str:
+    """A method's ``output`` as the API names it: the library's ``"cam"`` is ``"map"`` here."""
+    return "map" if output == "cam" else output
 
 
 def _error(status: int, message: str, headers: Optional[dict[str, str]] = None) -> JSONResponse:
@@ -167,8 +173,8 @@ def create_app(
 
     @app.get("/methods", response_model=list[MethodInfo])
     async def methods() -> list[MethodInfo]:
-        return [MethodInfo(name=n, output="attribution" if is_attribution(n) else "map",
-                           summary=(get(n).__doc__ or "").strip().split("\n")[0]) for n in list_methods()]
+        return [MethodInfo(name=n, output=api_output(get(n).output), summary=(get(n).__doc__ or "").strip().split("\n")[0],
+                           cost=get(n).cost) for n in list_methods()]
 
     @app.get("/samples")
     async def samples() -> list[dict[str, str]]:
@@ -267,10 +273,9 @@ def _response(explainer: Explainer, model: str, image: torch.Tensor, names: list
     k = max(len(results[0].classes), 5)
     maps: dict[str, list[dict[str, Any]]] = {}
     for name, r in zip(names, results):
-        attribution = is_attribution(name)
         maps[name] = []
         for j, c in enumerate(r.classes):
-            png, heat, npy = encode_maps(shown, r.maps[j], attribution)
+            png, heat, npy = encode_maps(shown, r.maps[j], r.output == "attribution")
             maps[name].append({"class": c, "name": class_name(cats, c), "png": b64(png), "heatmap": b64(heat),
                                "npy": b64(npy)})
     return {"model": model, "classes": top_classes(results[0].logits, cats, k), "maps": maps,

@@ -98,18 +98,15 @@ class Item:
 
 @dataclass
 class MapResult:
-    """One image's answer from one method: ``maps`` ``(K, H, W)`` (``(K, 3, H, W)`` for guided
-    methods), explained ``classes`` (K), the model's ``logits`` (N) and the job's timings."""
+    """One image's answer from one method: ``maps`` ``(K, H, W)`` (``(K, 3, H, W)`` when the
+    method's ``output`` is ``"attribution"``), explained ``classes`` (K), the model's ``logits``
+    (N), the job's run time and the method's ``output`` (``"cam"`` or ``"attribution"``)."""
 
     maps: torch.Tensor
     classes: list[int]
     logits: Optional[torch.Tensor]
     seconds: float
-
-
-def is_attribution(method: str) -> bool:
-    """Guided methods give a signed (3, H, W) attribution, not a [0, 1] map."""
-    return get(method).name.startswith("guided")
+    output: str = "cam"
 
 
 class Explainer:
@@ -171,7 +168,8 @@ class Explainer:
         classes = e.targets.reshape(len(items), -1).tolist() if e.targets is not None else [[] for _ in items]
         logits = None if e.logits is None else e.logits.detach().float().cpu()
         took = time.perf_counter() - start
-        return [MapResult(maps[i], classes[i], None if logits is None else logits[i], took) for i in range(len(items))]
+        return [MapResult(maps[i], classes[i], None if logits is None else logits[i], took, e.output)
+                for i in range(len(items))]
 
 
 # -------------------------------------------------------------------------------------------- encoding
