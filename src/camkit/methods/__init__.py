@@ -7,7 +7,8 @@ post-processing; each method declares ``output``, ``cost`` and ``expensive``),
 every CAM), :mod:`.gradient` (CAM, Grad-CAM, Grad-CAM++, Smooth Grad-CAM++, XGrad-CAM, Layer-CAM,
 HiResCAM), :mod:`.eigen` (EigenCAM), :mod:`.eigengrad` (EigenGrad-CAM), :mod:`.fullgrad`
 (FullGrad), :mod:`.scorecam` (Score-CAM), :mod:`.ablation` (Ablation-CAM and its tail replay),
-:mod:`.guided` (Guided Backprop, Guided Grad-CAM: pixel-space attributions).
+:mod:`.guided` (Guided Backprop, Guided Grad-CAM: pixel-space attributions), :mod:`.perturbation`
+(deprecated path of Ablation-CAM and Score-CAM, removed in 0.3.0).
 """
 from .base import BaseCAM
 from .explanation import Explanation
