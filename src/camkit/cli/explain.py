@@ -9,7 +9,8 @@ the maps come back in the image's frame). ``detect`` writes ``STEM_detections.pn
 with score >= ``--min-score`` drawn) and, per method and detection, an overlay with its box
 (``STEM_METHOD_detK``); ``segment`` writes, per method and class, an overlay (``STEM_METHOD_CLASS``).
 
-Guided methods (signed, pixel space) are drawn as a picture of their own; the others as an overlay.
+A method whose ``output`` is ``"attribution"`` (signed, pixel space: Guided Backprop) is drawn as a
+picture of its own; a ``"cam"`` map as an overlay on its image.
 """
 from __future__ import annotations
 
@@ -166,7 +167,7 @@ def _print_predictions(model: nn.Module, x: torch.Tensor, paths: Sequence[str], 
 def _write_maps(e: Explanation, method: str, paths: Sequence[str], pictures: list[Picture], out: Path,
                 cats: Optional[list[str]]) -> None:
     """One method's maps, per image and target: ``STEM_METHOD[_kK].png`` and ``.npy``."""
-    attribution = method.startswith("guided")
+    attribution = e.output == "attribution"
     maps = e.maps if e.maps.dim() == (5 if attribution else 4) else e.maps.unsqueeze(1)
     classes = e.targets.reshape(len(paths), -1) if e.targets is not None else None
     for i, path in enumerate(paths):
@@ -274,7 +275,7 @@ def _write_slot_maps(model: nn.Module, x: torch.Tensor, slots: _Slots, method: s
     """One method's map per slot: ``PREFIX_METHOD_SLOT.png`` and ``.npy``; returns the PNGs."""
     cls = get(method)
     e = cls(model, layer=layer or "auto").explain(x, targets=slots.target)
-    attribution = cls.name.startswith("guided")
+    attribution = e.output == "attribution"
     maps = e.maps.reshape(len(slots.names), *e.maps.shape[-3 if attribution else -2:])
     written = []
     for k, (slot, caption) in enumerate(zip(slots.names, slots.captions)):
