@@ -102,3 +102,16 @@ def test_a_hugging_face_vit_at_another_size_says_how(one_thread):
         num_labels=7)).eval()
     with pytest.raises(camkit.InputError, match=r"96×80.*interpolate_pos_encoding=True.*hf:DIR"):
         camkit.GradCAM(net).explain(torch.rand(1, 3, 96, 80))
+
+
+def test_the_probe_cache_does_not_keep_an_explained_model_alive():
+    """The auto-layer probe is cached per model (weakly): once the user drops the model, it is freed."""
+    import gc
+    import weakref
+
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    camkit.GradCAM(model)(torch.rand(1, 3, 64, 64))
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None

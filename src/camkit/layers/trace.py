@@ -9,6 +9,7 @@ mixer (q/k/v, fused qkv, per-head tensors) are attention internals, never featur
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -28,7 +29,7 @@ class ModuleCall:
     """One module call of the traced forward."""
 
     name: str
-    module: nn.Module
+    module_ref: "weakref.ref[nn.Module]"  # weak: a cached probe must not keep the model alive
     parent: Optional["ModuleCall"]
     order: int = -1  # position in the order calls ended
     shape: Optional[torch.Size] = None
@@ -37,6 +38,11 @@ class ModuleCall:
     mixer: bool = False
     passthrough: bool = False  # returned its input tensor itself, unchanged (Identity, eval Dropout)
     version: int = -1  # the input's version counter when the call started (an in-place op bumps it)
+
+    @property
+    def module(self) -> Optional[nn.Module]:
+        """The called module (None once it is gone)."""
+        return self.module_ref()
 
     @property
     def internal(self) -> bool:
@@ -92,7 +98,7 @@ def trace(model: nn.Module, x: torch.Tensor, keep: bool = True) -> tuple[list[Mo
 
     def pre(name: str):
         def hook(m: nn.Module, args: Any) -> None:
-            stack.append(ModuleCall(name, m, stack[-1] if stack else None, version=_version(args)))
+            stack.append(ModuleCall(name, weakref.ref(m), stack[-1] if stack else None, version=_version(args)))
         return hook
 
     def post(m: nn.Module, args: Any, out: Any) -> None:
