@@ -34,8 +34,8 @@ def add_parser(sub: Any) -> None:
                     "one forward per channel), which wait in a queue of their own, before 503 (default: 8)")
     sv.add_argument("--expensive-workers", type=int, default=1, help="threads running expensive methods' batches "
                     "(default: 1)")
-    sv.add_argument("--timeout", type=float, default=120.0, help="seconds per request, from reading it to the last "
-                    "byte of its answer, before 504 (default: 120)")
+    sv.add_argument("--timeout", type=float, default=120.0, help="seconds per request, from reading its body to building "
+                    "its answer, before 504 (default: 120)")
     sv.add_argument("--read-timeout", type=float, default=30.0, help="seconds a request's body may stall before 408 "
                     "(default: 30)")
     sv.add_argument("--max-image-mb", type=float, default=20.0, help="largest upload in MB (default: 20)")

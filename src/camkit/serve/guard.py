@@ -5,7 +5,8 @@
   127.0.0.1). The names are the loopback ones (:data:`LOOPBACK`) unless the server is told others
   (``camkit serve --allowed-hosts``; ``*`` lets any name in).
 - **Origin**: a request a browser sends from another page (an ``Origin`` that is not the
-  ``Host`` itself) is refused (403): no other site can make the server work for it.
+  ``Host`` itself) is refused (403): no other site can make the server work for it. Behind a
+  reverse proxy, pass the browser's ``Host`` through (and name it in ``--allowed-hosts``).
 - **Headers**: every answer says ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``,
   ``Referrer-Policy: no-referrer`` and a ``Content-Security-Policy`` (the page loads its own
   scripts and styles only; the API docs also run the inline script that starts Swagger UI).

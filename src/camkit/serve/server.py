@@ -33,7 +33,7 @@ PIXEL_STAGES = 2  # decodings and encodings running at once (each holds an image
 @dataclass(frozen=True)
 class Limits:
     """Uploads up to ``max_image_mb`` MB and ``max_megapixels``; ``timeout`` seconds per request,
-    from its first byte of body to its last byte of answer; ``read_timeout`` seconds at most between
+    from reading its body to building its answer; ``read_timeout`` seconds at most between
     two pieces of a request's body (a slow client is answered 408); answers up to ``max_response_mb``."""
 
     max_image_mb: float = 20.0
