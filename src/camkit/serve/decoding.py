@@ -57,7 +57,7 @@ def decode_image(data: bytes, max_pixels: int) -> Decoded:
             if w * h > max_pixels:
                 raise _too_many_pixels(w, h, max_pixels)
             scale = MAX_SIDE / max(w, h)
-            if im.format == "JPEG" and scale < 1:  # decoded at the smallest 1/2^k scale still >= the bound
+            if scale < 1:  # JPEG (and MPO): decoded at the smallest 1/2^k scale still >= the bound; others: no-op
                 im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
             im.load()  # decode now, so a truncated file fails here
             rgb = im if im.mode == "RGB" else im.convert("RGB")
