@@ -393,14 +393,18 @@ def test_the_command_line_passes_the_new_limits(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(camkit.serve, "run", lambda specs, **kw: seen.update(kw, specs=specs))
-    assert main(["serve", "--models", "digits_resnet", "--methods", "gradcam,eigencam", "--allowed-hosts",
-                 "cams.example", "--read-timeout", "5", "--max-response-mb", "8", "--max-expensive-queue", "2",
-                 "--expensive-workers", "1"]) == 0
-    assert seen["methods"] == ["gradcam", "eigencam"] and seen["allowed_hosts"] == ["cams.example"]
-    assert (seen["read_timeout"], seen["max_response_mb"], seen["max_expensive_queue"]) == (5, 8, 2)
-    seen.clear()
-    assert main(["serve", "--models", "digits_resnet"]) == 0
-    assert seen["methods"] is None and seen["allowed_hosts"] is None
+    threads = torch.get_num_threads()
+    try:
+        assert main(["serve", "--models", "digits_resnet", "--methods", "gradcam,eigencam", "--allowed-hosts",
+                     "cams.example", "--read-timeout", "5", "--max-response-mb", "8", "--max-expensive-queue", "2",
+                     "--expensive-workers", "1", "--threads", "1"]) == 0
+        assert seen["methods"] == ["gradcam", "eigencam"] and seen["allowed_hosts"] == ["cams.example"]
+        assert (seen["read_timeout"], seen["max_response_mb"], seen["max_expensive_queue"]) == (5, 8, 2)
+        seen.clear()
+        assert main(["serve", "--models", "digits_resnet", "--threads", "1"]) == 0
+        assert seen["methods"] is None and seen["allowed_hosts"] is None
+    finally:
+        torch.set_num_threads(threads)
 
 
 # -- the batcher: its batch cap and its lock ----------------------------------------------------------------------
