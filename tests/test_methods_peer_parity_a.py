@@ -290,31 +290,44 @@ def test_nmf_equals_scikit_learn_nmf_with_the_same_init(init):
     np.testing.assert_allclose(h.numpy(), sk.components_, rtol=1e-9, atol=1e-12)
 
 
-def test_dff_concepts_maps_and_labels_equal_scikit_learn_nmf_of_the_activations():
+def _sk_dff(m: np.ndarray, k: int):
+    """scikit-learn's NMF of ``m - min`` (per row), H rows scaled to peak 1: concepts, maps, shift."""
+    offset = m.min(1, keepdims=True)
+    sk = NMF(n_components=k, init="nndsvda", solver="cd", max_iter=2000, tol=1e-4)
+    w = sk.fit_transform(m - offset)
+    peak = sk.components_.max(1)
+    return w * peak, sk.components_ / peak[:, None], offset
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_dff_concepts_maps_and_labels_equal_scikit_learn_nmf_of_the_activations(joint):
     model = GapNet(c=8, n_cls=5).double()
     x = _x(3, 16)
-    e = camkit.DFF(model, layer="feat", k=3, max_iter=2000).explain(x)
+    e = camkit.DFF(model, layer="feat", k=3, joint=joint, max_iter=2000).explain(x)
     a = model.feat(model.stem(x)).detach()
-    m = a.transpose(0, 1).reshape(8, -1).numpy()  # (C, B * positions)
-    offset = m.min(1, keepdims=True)
-    sk = NMF(n_components=3, init="nndsvda", solver="cd", max_iter=2000, tol=1e-4)
-    w = sk.fit_transform(m - offset)
-    h = sk.components_
-    peak = h.max(1)
-    maps = torch.from_numpy((h / peak[:, None]).reshape(3, 3, 8, 8).transpose(1, 0, 2, 3))
+    if joint:  # one (C, B * positions) matrix: concepts shared by the images
+        w, h, offset = _sk_dff(a.transpose(0, 1).reshape(8, -1).numpy(), 3)
+        parts = [(w, h[:, 64 * b:64 * (b + 1)], offset) for b in range(3)]
+    else:  # each image's (C, positions)
+        parts = [_sk_dff(a[b].reshape(8, -1).numpy(), 3) for b in range(3)]
     assert e.output == "concepts" and e.maps.shape == (3, 3, 16, 16)
-    torch.testing.assert_close(e.raw, maps.float(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(e.maps, normalize(upsample(maps.float(), (16, 16))), atol=1e-5, rtol=0)
-    concepts = w * peak  # W H unchanged
-    torch.testing.assert_close(e.weights[0], torch.from_numpy(concepts.T).float(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(e.scores, maps.flatten(2).mean(-1).float(), rtol=1e-5, atol=1e-6)
-    logits = model.fc(torch.from_numpy((offset + concepts).T)).detach()  # the head on each concept's peak activation
-    torch.testing.assert_close(e.concept_scores[1], logits.float(), rtol=1e-5, atol=1e-6)
-    assert torch.equal(e.targets, logits.argmax(1).expand(3, -1))
+    for b, (w, h, offset) in enumerate(parts):
+        maps = torch.from_numpy(h.reshape(3, 8, 8)).float()
+        torch.testing.assert_close(e.raw[b], maps, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(e.maps[b], normalize(upsample(maps, (16, 16))), atol=1e-5, rtol=0)
+        torch.testing.assert_close(e.weights[b], torch.from_numpy(w.T).float(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(e.scores[b], maps.flatten(1).mean(-1), rtol=1e-5, atol=1e-6)
+        logits = model.fc(torch.from_numpy((offset + w).T)).detach()  # the head at each concept's peak activation
+        torch.testing.assert_close(e.concept_scores[b], logits.float(), rtol=1e-5, atol=1e-6)
+        assert torch.equal(e.targets[b], logits.argmax(1))
+    if not joint:  # an image's concepts do not depend on its batch
+        alone = camkit.DFF(model, layer="feat", k=3, max_iter=2000).explain(x[1:2])
+        torch.testing.assert_close(alone.maps[0], e.maps[1])
     none = camkit.DFF(model, layer="feat", k=3, head=None).explain(x)
     assert none.targets is None and none.concept_scores is None
-    own = camkit.DFF(model, layer="feat", k=3, head=lambda t: t[:, :4] * 2).explain(x)  # any callable (k, C) -> (k, N)
-    torch.testing.assert_close(own.concept_scores[2], torch.from_numpy(2 * (offset + concepts).T[:, :4]).float(),
+    own = camkit.DFF(model, layer="feat", k=3, joint=joint, max_iter=2000, head=lambda t: t[:, :4] * 2).explain(x)
+    w, _, offset = parts[2]
+    torch.testing.assert_close(own.concept_scores[2], torch.from_numpy(2 * (offset + w).T[:, :4]).float(),
                                rtol=1e-5, atol=1e-6)
 
 
@@ -372,7 +385,7 @@ def test_cross_check_with_pytorch_grad_cam_on_resnet18_layer4():
     # DFF with pgc's initialisation (random, seed 0): the same concept maps
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        e = camkit.DFF(model, layer="layer4", k=3, init="random", seed=0).explain(x)
+        e = camkit.DFF(model, layer="layer4", k=3, joint=True, init="random", seed=0).explain(x)
         with torch.no_grad():
             feats = model.layer4(model.layer3(model.layer2(model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x))))))))
         _, expl = pgc_dff(feats.numpy().copy(), n_components=3)
@@ -396,16 +409,20 @@ def test_every_new_method_with_auto_layer_batches_topk_and_the_cli(tmp_path, cap
         e = camkit.create(name, model).explain(x, None if name == "dff" else camkit.TopK(2))
         assert e.layers == ["layer4"] and e.maps.shape == ((3, 5, 64, 64) if name == "dff" else (3, 2, 64, 64)), name
         alone = camkit.create(name, model).explain(x[1:2], None if name == "dff" else camkit.TopK(2))
-        if name not in ("dff", "randomcam"):  # concepts are shared by a batch; random draws follow the batch
+        if name != "randomcam":  # random draws follow the batch
             torch.testing.assert_close(alone.maps[0], e.maps[1], atol=1e-4, rtol=0)
+        if name != "dff":  # a callable target; two layers fused
+            assert camkit.create(name, model).explain(x, lambda out: out[:, 3] - out[:, 5]).maps.shape == (3, 64, 64)
+            two = camkit.create(name, model, layer=["layer3", "layer4"]).explain(x)
+            assert two.layers == ["layer3", "layer4"] and bool(torch.isfinite(two.maps).all()), name
     assert camkit.methods.get("randomcam").baseline and camkit.methods.get("segeigencam").tasks == ("segmentation",)
     image = tmp_path / "d.png"
     viz.to_pil(digits(1, seed=5)[0].image).save(image)
     out = tmp_path / "out"
     assert main(["explain", str(image), "--model", "digits_resnet", "--weights", "random", "--method",
-                 ",".join(NEW), "--threads", "1", "-o", str(out)]) == 0
+                 ",".join(NEW), "--target", "top2", "--threads", "1", "-o", str(out)]) == 0
     files = {p.name for p in out.iterdir()}
-    assert {"d_shapleycam.png", "d_gradcam-elementwise.npy", "d_dff_k5.png"} <= files
+    assert {"d_shapleycam_k2.png", "d_gradcam-elementwise_k1.npy", "d_dff_k5.png"} <= files  # DFF: 5 concepts
 
 
 def test_smoothing_options_where_they_apply_and_a_clear_error_elsewhere():

@@ -58,8 +58,12 @@ def test_bf16_forward_float32_results_close_to_float32(name):
         assert t.dtype == torch.float32 and torch.isfinite(t).all()
     assert e.maps.shape == ref.maps.shape
     assert (e.targets is None and ref.targets is None) or torch.equal(e.targets, ref.targets)  # DFF: no labels here
-    same = (e.maps - ref.maps).flatten(2).abs().amax(-1).flatten() < 1e-2  # e.g. both all-zero (RandomCAM)
-    assert ((_corr(e.maps.flatten(0, 1), ref.maps.flatten(0, 1)) > 0.95) | same).all()
+    if e.output == "concepts":  # NMF factors may trade places under bf16 rounding; their product W H may not
+        product = lambda v: torch.einsum("bkc,bkhw->bchw", v.weights, v.raw)  # noqa: E731
+        assert (product(e) - product(ref)).norm() < 0.05 * product(ref).norm()
+    else:
+        same = (e.maps - ref.maps).flatten(2).abs().amax(-1).flatten() < 1e-2  # e.g. both all-zero (RandomCAM)
+        assert ((_corr(e.maps.flatten(0, 1), ref.maps.flatten(0, 1)) > 0.95) | same).all()
     assert not any(isinstance(m, nn.Module) and "forward" in m.__dict__ for m in model.modules())
 
 

@@ -57,12 +57,13 @@ def _sweep(w: torch.Tensor, hht: torch.Tensor, xht: torch.Tensor) -> torch.Tenso
     """One cyclic coordinate-descent pass over the columns of ``w`` (in place) for ``min |X - W H|^2``,
     ``W >= 0``, given ``H H^T`` and ``X H^T``; returns the projected-gradient violation before the pass."""
     violation = w.new_zeros(())
+    hess = hht.diagonal()
+    inv = torch.where(hess != 0, 1 / torch.where(hess != 0, hess, torch.ones_like(hess)), 0.0)  # no step where 0
     for t in range(w.shape[1]):
-        grad = w @ hht[:, t] - xht[:, t]
-        violation = violation + torch.where(w[:, t] == 0, grad.clamp_max(0), grad).abs().sum()
-        hess = hht[t, t]
-        step = torch.where(hess != 0, grad / torch.where(hess != 0, hess, torch.ones_like(hess)), 0.0)
-        w[:, t] = (w[:, t] - step).clamp_min(0)
+        col = w[:, t]
+        grad = torch.addmv(xht[:, t], w, hht[:, t], beta=-1)  # (W H H^T - X H^T)[:, t]
+        violation += torch.where(col == 0, grad.clamp_max(0), grad).abs().sum()
+        w[:, t] = (col - grad * inv[t]).clamp_min_(0)
     return violation
 
 
@@ -87,36 +88,37 @@ def nmf(x: torch.Tensor, w: torch.Tensor, h: torch.Tensor, max_iter: int = 200,
 
 @register("dff")
 class DFF(BaseCAM):
-    """Deep Feature Factorization (Collins, Achanta & Süsstrunk, ECCV 2018, arXiv 1806.10206): the
-    activations of all images of a call, ``X`` the ``(C, B * grid)`` matrix shifted per channel by its
-    minimum (``X - min``, as pytorch-grad-cam; ReLU layers are unchanged), factorised as ``X ~ W H``
-    with ``W (C, k) >= 0`` the concepts and ``H (k, B * grid) >= 0`` where each concept is
-    (:func:`nmf`, scikit-learn's coordinate-descent NMF). The concepts are shared by the images of the
-    call: an image's maps depend on the batch it is explained with.
+    """Deep Feature Factorization (Collins, Achanta & Süsstrunk, ECCV 2018, arXiv 1806.10206): an
+    image's activations, ``X`` the ``(C, grid)`` matrix shifted per channel by its minimum (``X - min``,
+    as pytorch-grad-cam; ReLU layers are unchanged), factorised as ``X ~ W H`` with ``W (C, k) >= 0``
+    the concepts and ``H (k, grid) >= 0`` where each concept is (:func:`nmf`, scikit-learn's
+    coordinate-descent NMF). ``joint=True`` factorises the images of a call together, ``X (C, B * grid)``
+    (the paper's concepts shared by a set of images, and pytorch-grad-cam's): an image's maps then
+    depend on the batch; by default each image gets its own ``k`` concepts, whatever its batch.
 
     It explains no class and takes no targets (``output = "concepts"``). The :class:`Explanation`:
     ``maps`` ``(B, k, H, W)``, concept ``j``'s map per image (``H_j`` upsampled, normalised per map);
-    ``raw`` ``(B, k, h, w)`` the ``H`` rows, each scaled to maximum 1 over the batch (``W`` scaled
-    inversely, so ``W H`` is unchanged); ``weights`` ``(B, k, C)`` the concepts ``W_j``; ``scores``
-    ``(B, k)`` how much of each concept an image holds (the mean of its ``raw`` map);
-    ``concept_scores`` ``(B, k, N)`` the head's class scores of each concept's embedding
-    ``min + W_j`` -- the activation where the concept is strongest -- and ``targets`` ``(B, k)`` its
-    label (their argmax). ``head``: ``"auto"`` (the linear layer that maps the layer's global average to
-    the logits, verified on the call as CAM's; where there is none -- the layer is not the one before
-    global pooling, or the model has no class scores -- ``targets`` and ``concept_scores`` are None), None
-    (no labels), or a callable mapping ``(k, C)`` embeddings to ``(k, N)`` scores.
+    ``raw`` ``(B, k, h, w)`` the ``H`` rows, each scaled to maximum 1 (``W`` scaled inversely, so
+    ``W H`` is unchanged); ``weights`` ``(B, k, C)`` the concepts ``W_j``; ``scores`` ``(B, k)`` how
+    much of each concept an image holds (the mean of its ``raw`` map); ``concept_scores``
+    ``(B, k, N)`` the head's class scores of each concept's embedding ``min + W_j`` -- the activation
+    where the concept is strongest -- and ``targets`` ``(B, k)`` its label (their argmax). ``head``:
+    ``"auto"`` (the linear layer that maps the layer's global average to the logits, verified on the
+    call as CAM's; where there is none -- the layer is not the one before global pooling, or the model
+    has no class scores -- ``targets`` and ``concept_scores`` are None), None (no labels), or a
+    callable mapping ``(n, C)`` embeddings to ``(n, N)`` scores.
 
-    ``k`` concepts (1 to C); ``init`` ``"nndsvda"`` (deterministic; needs ``k`` at most the positions
-    ``B * grid``), ``"random"`` with ``seed`` (pytorch-grad-cam's ``init='random', random_state=0``) or
+    ``k`` concepts (1 to C); ``init`` ``"nndsvda"`` (deterministic; needs ``k`` at most the factorised
+    positions), ``"random"`` with ``seed`` (pytorch-grad-cam's ``init='random', random_state=0``) or
     None (default; scikit-learn's rule: nndsvda where it applies, else random); ``max_iter``, ``tol``:
     scikit-learn's (the factorisation stops after ``max_iter`` sweeps even if the tolerance is not met;
-    scikit-learn then warns, camkit does not).
-    One layer; ``aug_smooth`` and ``eigen_smooth`` do not apply (concepts are found anew on each input).
+    scikit-learn then warns, camkit does not). One layer; ``aug_smooth`` and ``eigen_smooth`` do not
+    apply (concepts are found anew on each input, so views cannot be matched concept by concept).
 
-    Differences from pytorch-grad-cam's ``DeepFeatureFactorization``: the default initialisation
-    (pgc: random, seed 0); concept embeddings use the scale at which each concept peaks at 1 (pgc: the
-    arbitrary scale NMF returns, which moves labels against the head's bias); the factorisation runs
-    in torch (float64) on the input's device.
+    Differences from pytorch-grad-cam's ``DeepFeatureFactorization``: per image by default (pgc: the
+    batch jointly, ``joint=True``); the default initialisation (pgc: random, seed 0); concept
+    embeddings at the scale where each concept peaks at 1 (pgc: the arbitrary scale NMF returns, which
+    moves labels against the head's bias); the factorisation runs in torch (float64) on the input's device.
     """
 
     uses_gradients = False
@@ -125,22 +127,28 @@ class DFF(BaseCAM):
     tasks = ()
     smoothing = ()
 
-    def __init__(self, model: nn.Module, layer: Any = "auto", *, k: int = 5, head: Head = "auto",
-                 init: Optional[str] = None, seed: int = 0, max_iter: int = 200, tol: float = 1e-4, **kw: Any) -> None:
+    def __init__(self, model: nn.Module, layer: Any = "auto", *, k: int = 5, joint: bool = False,
+                 head: Head = "auto", init: Optional[str] = None, seed: int = 0, max_iter: int = 200,
+                 tol: float = 1e-4, **kw: Any) -> None:
         super().__init__(model, layer, **kw)
         positive_int("k", k, "number of concepts, at most the layer's channels")
         positive_int("max_iter", max_iter, "NMF iterations at most")
+        if not isinstance(joint, bool):
+            raise InputError(f"joint must be True (one factorisation of the batch) or False (per image), got {joint!r}")
         if init not in (None, "nndsvda", "random"):
             raise InputError(f"init must be None (nndsvda where k <= positions, else random), 'nndsvda' "
                              f"(deterministic) or 'random' (with seed=), got {init!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+            raise InputError(f"seed must be an int in [0, 2**32) (numpy's RandomState, init='random'), got {seed!r}")
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0:
             raise InputError(f"tol must be a number >= 0 (NMF stopping tolerance), got {tol!r}")
         if not (head is None or head == "auto" or callable(head)):
-            raise InputError(f"head must be 'auto', None or a callable (k, C) -> (k, N), got {head!r}")
+            raise InputError(f"head must be 'auto', None or a callable (n, C) -> (n, N), got {head!r}")
         if self.aug_smooth is not None or self.eigen_smooth:
             raise InputError("DFF finds its concepts anew on each input, so views cannot be averaged concept by "
                              "concept: aug_smooth and eigen_smooth do not apply")
-        self.k, self.head, self.init, self.seed, self.max_iter, self.tol = k, head, init, seed, max_iter, float(tol)
+        self.k, self.joint, self.head, self.init, self.seed = k, joint, head, init, seed
+        self.max_iter, self.tol = max_iter, float(tol)
 
     def explain(self, x: torch.Tensor, targets: TargetSpec = None) -> Explanation:
         """Concept maps ``(B, k, H, W)`` and labels; see the class docstring."""
@@ -155,44 +163,52 @@ class DFF(BaseCAM):
             region = region_of()
             to_grid, (a,) = self._grids(p, names, modules, x, region)
             check_finite(self.precision, a, [])
-            w, raw, offset = self._factorise(a)
-            embed = (offset[:, None] + w).T  # (k, C): the activation where each concept peaks
-            concept_scores = self._label(a, embed, p.logits)
-        b = x.shape[0]
+            w, raw, offset = self._factorise(a)  # (B, k, C), (B, k, *grid), (B, C)
+            concept_scores = self._label(a, offset[:, None, :] + w, p.logits)  # at each concept's peak
         raw = raw.float()
         return Explanation(
             maps=finalize([raw], (x.shape[-2], x.shape[-1]), region),
             raw=raw,
-            weights=w.T.float().unsqueeze(0).expand(b, -1, -1),
+            weights=w.float(),
             scores=raw.flatten(2).mean(-1),
-            targets=None if concept_scores is None else concept_scores.argmax(-1).unsqueeze(0).expand(b, -1),
+            targets=None if concept_scores is None else concept_scores.argmax(-1),
             logits=None if p.logits is None else p.logits.detach(),
             layers=names,
             layout=[str(g) for g in to_grid],
             output=self.output,
-            concept_scores=None if concept_scores is None else concept_scores.unsqueeze(0).expand(b, -1, -1),
+            concept_scores=concept_scores,
         )
 
     def _factorise(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Concepts ``W`` ``(C, k)``, their maps ``(B, k, *grid)`` (each at most 1) and the shift ``(C,)``."""
+        """Concepts ``(B, k, C)``, their maps ``(B, k, *grid)`` (each at most 1) and the shifts ``(B, C)``."""
         b, c = a.shape[:2]
-        x = a.detach().double().transpose(0, 1).reshape(c, -1)  # (C, B * grid)
+        x = a.detach().double().reshape(b, c, -1)
+        if self.joint:
+            w, h, offset = self._factor(x.transpose(0, 1).reshape(c, -1))
+            maps = h.reshape(self.k, b, *a.shape[2:]).transpose(0, 1)
+            return w.T.expand(b, -1, -1), maps, offset.expand(b, -1)
+        ws, hs, offsets = zip(*(self._factor(xi) for xi in x))
+        maps = torch.stack(hs).reshape(b, self.k, *a.shape[2:])
+        return torch.stack(ws).transpose(1, 2), maps, torch.stack(offsets)
+
+    def _factor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One ``(C, n)`` matrix: concepts ``W`` ``(C, k)``, ``H`` ``(k, n)`` with rows peaking at 1, shift ``(C,)``."""
+        c, n = x.shape
         if self.k > c:
             raise InputError(f"k must be between 1 and {c} (the layer's channels), got k={self.k}")
-        if self.init == "nndsvda" and self.k > x.shape[1]:
-            raise InputError(f"k must be between 1 and {x.shape[1]} (the positions of the batch's grids) for "
-                             f"init='nndsvda', got k={self.k}; use init=None or 'random'")
-        init = self.init or ("nndsvda" if self.k <= x.shape[1] else "random")
+        if self.init == "nndsvda" and self.k > n:
+            raise InputError(f"k must be between 1 and {n} (the factorised positions) for init='nndsvda', got "
+                             f"k={self.k}; use init=None or 'random'")
         offset = x.amin(dim=1)
         x = x - offset[:, None]
-        w, h, _ = nmf(x, *nmf_init(x, self.k, init, self.seed), self.max_iter, self.tol)
+        w, h, _ = nmf(x, *nmf_init(x, self.k, self.init or ("nndsvda" if self.k <= n else "random"), self.seed),
+                      self.max_iter, self.tol)
         peak = h.amax(dim=1)
         peak = torch.where(peak > 0, peak, torch.ones_like(peak))
-        maps = (h / peak[:, None]).reshape(self.k, b, *a.shape[2:]).transpose(0, 1)
-        return w * peak, maps, offset
+        return w * peak, h / peak[:, None], offset
 
     def _label(self, a: torch.Tensor, embed: torch.Tensor, logits: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """The head's class scores ``(k, N)`` of the concept embeddings, or None without a head."""
+        """The head's class scores ``(B, k, N)`` of the concept embeddings ``(B, k, C)``, or None without a head."""
         head = self.head
         if head == "auto":
             if logits is None or logits.dim() != 2:
@@ -203,9 +219,10 @@ class DFF(BaseCAM):
         if head is None:
             return None
         dtype = next((t.dtype for t in head.parameters()), torch.float32) if isinstance(head, nn.Module) else torch.float32
+        flat = embed.reshape(-1, embed.shape[-1])
         with torch.no_grad():
-            out = head(embed.to(a.device, dtype))
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != embed.shape[0]:
+            out = head(flat.to(a.device, dtype))
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != flat.shape[0]:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise InputError(f"head must map the ({embed.shape[0]}, C) concept embeddings to (k, N) scores, got {got}")
-        return out.float()
+            raise InputError(f"head must map ({flat.shape[0]}, C) concept embeddings to (n, N) scores, got {got}")
+        return out.float().reshape(*embed.shape[:2], -1)
