@@ -284,10 +284,25 @@ def test_nmf_equals_scikit_learn_nmf_with_the_same_init(init):
         warnings.simplefilter("ignore")
         sk = NMF(n_components=3, init=init, random_state=0, solver="cd", max_iter=200, tol=1e-4)
         w_ref = sk.fit_transform(x.numpy())
-    w, h, it = nmf(x, *nmf_init(x, 3, init, seed=0))
-    assert it == sk.n_iter_
+    w0, h0 = nmf_init(x, 3, init, seed=0)
+    start = (w0.clone(), h0.clone())
+    w, h, it = nmf(x, w0, h0)
+    assert it == sk.n_iter_ and torch.equal(w0, start[0]) and torch.equal(h0, start[1])  # inputs left as they were
     np.testing.assert_allclose(w.numpy(), w_ref, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(h.numpy(), sk.components_, rtol=1e-9, atol=1e-12)
+    # several problems at once: each stops at its own iteration, as scikit-learn run on it alone
+    x2 = torch.rand(12, 40, generator=torch.Generator().manual_seed(4), dtype=torch.float64) ** 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk2 = NMF(n_components=3, init=init, random_state=0, solver="cd", max_iter=200, tol=1e-4)
+        w2_ref = sk2.fit_transform(x2.numpy())
+    assert sk2.n_iter_ != sk.n_iter_
+    w1, h1 = nmf_init(x2, 3, init, seed=0)
+    ws, hs, it = nmf(torch.stack([x, x2]), torch.stack([w0, w1]), torch.stack([h0, h1]))
+    assert it == max(sk.n_iter_, sk2.n_iter_)
+    np.testing.assert_allclose(ws[0].numpy(), w_ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ws[1].numpy(), w2_ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(hs[1].numpy(), sk2.components_, rtol=1e-9, atol=1e-12)
 
 
 def _sk_dff(m: np.ndarray, k: int):

@@ -1,4 +1,4 @@
-"""Deep Feature Factorization: the activations of a batch as k non-negative concepts, each a map and a label."""
+"""Deep Feature Factorization: an image's (or a batch's) activations as k non-negative concepts, each a map and a label."""
 from __future__ import annotations
 
 import math
@@ -53,37 +53,53 @@ def nmf_init(x: torch.Tensor, k: int, init: str = "nndsvda", seed: int = 0) -> t
     return torch.where(w == 0, avg, w), torch.where(h == 0, avg, h)
 
 
-def _sweep(w: torch.Tensor, hht: torch.Tensor, xht: torch.Tensor) -> torch.Tensor:
-    """One cyclic coordinate-descent pass over the columns of ``w`` (in place) for ``min |X - W H|^2``,
-    ``W >= 0``, given ``H H^T`` and ``X H^T``; returns the projected-gradient violation before the pass."""
-    violation = w.new_zeros(())
-    hess = hht.diagonal()
-    inv = torch.where(hess != 0, 1 / torch.where(hess != 0, hess, torch.ones_like(hess)), 0.0)  # no step where 0
-    for t in range(w.shape[1]):
-        col = w[:, t]
-        grad = torch.addmv(xht[:, t], w, hht[:, t], beta=-1)  # (W H H^T - X H^T)[:, t]
-        violation += torch.where(col == 0, grad.clamp_max(0), grad).abs().sum()
-        w[:, t] = (col - grad * inv[t]).clamp_min_(0)
-    return violation
+def _sweep(rows: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """One cyclic coordinate-descent pass (in place) over the ``k`` rows of ``rows`` = ``W^T`` ``(N, k, m)``
+    for ``min |X - W H|^2``, ``W >= 0``, given ``gram = H H^T`` ``(N, k, k)`` and ``cross = H X^T``
+    ``(N, k, m)``, for the ``N`` problems where ``active`` ``(N,)``; returns each problem's
+    projected-gradient violation before the pass. (Rows, not columns: contiguous, and torch's matrix
+    products of that shape are several times faster on the CPU.)"""
+    hess = gram.diagonal(dim1=1, dim2=2)  # (N, k)
+    steps = torch.where(hess != 0, 1 / torch.where(hess != 0, hess, torch.ones_like(hess)), 0.0)  # 0: no step
+    steps = (steps * active[:, None]).T.unsqueeze(-1)  # (k, N, 1); a converged problem takes none
+    before = rows.clone()  # a row changes only at its own step: its value when its gradient is taken
+    grads = rows.new_empty(rows.shape[1], rows.shape[0], 1, rows.shape[2])  # (k, N, 1, m)
+    for t, (grad, step) in enumerate(zip(grads, steps)):
+        # (W H H^T - X H^T)^T[t], the rows before t already updated
+        torch.baddbmm(cross[:, t:t + 1], gram[:, t:t + 1], rows, beta=-1, out=grad)
+        rows[:, t].sub_(grad[:, 0] * step).clamp_min_(0)
+    g = grads[:, :, 0].transpose(0, 1)  # (N, k, m)
+    return torch.where(before == 0, g.clamp_max(0), g).abs().sum(dim=(1, 2))
 
 
 def nmf(x: torch.Tensor, w: torch.Tensor, h: torch.Tensor, max_iter: int = 200,
         tol: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``x`` ``(m, n) >= 0`` ~ ``W H`` from the start ``(w, h)``: scikit-learn's ``NMF(solver="cd")``
-    (Cichocki & Phan 2009 hierarchical ALS; Frobenius loss, no regularisation, no shuffling), the same
-    updates in the same order, and its stopping rule (violation / first violation <= ``tol``).
-    Returns ``W``, ``H`` and the number of iterations."""
-    w, ht = w.clone(), h.T.contiguous()
-    first = 0.0
+    """``x`` ``(m, n) >= 0`` ~ ``W H`` from the start ``(w, h)`` -- or ``N`` such problems at once,
+    ``(N, m, n)`` -- by scikit-learn's ``NMF(solver="cd")`` (Cichocki & Phan 2009 hierarchical ALS;
+    Frobenius loss, no regularisation, no shuffling): the same updates in the same order, and its
+    stopping rule per problem (violation / first violation <= ``tol``; a problem that has stopped is
+    left as it is while the others go on). Returns ``W``, ``H`` and the number of iterations of the
+    slowest problem; ``w`` and ``h`` are left as they were."""
+    one = x.dim() == 2
+    if one:
+        x, w, h = x[None], w[None], h[None]
+    wt = w.transpose(1, 2).clone(memory_format=torch.contiguous_format)  # (N, k, m)
+    h = h.clone(memory_format=torch.contiguous_format)  # (N, k, n)
+    x, xt = x.contiguous(), x.transpose(1, 2).contiguous()
+    active = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+    first = None
     it = 0
     for it in range(1, max_iter + 1):
-        violation = _sweep(w, ht.T @ ht, x @ ht)
-        violation = violation + _sweep(ht, w.T @ w, x.T @ w)
-        if it == 1:
-            first = float(violation)
-        if first == 0 or float(violation) / first <= tol:
+        violation = _sweep(wt, h @ h.transpose(1, 2), h @ xt, active)
+        violation = violation + _sweep(h, wt @ wt.transpose(1, 2), wt @ x, active)
+        if first is None:
+            first = violation
+        done = (first == 0) | (violation <= tol * first)
+        active = active * ~done
+        if not bool(active.any()):
             break
-    return w, ht.T, it
+    w, h = wt.transpose(1, 2), h
+    return (w[0], h[0], it) if one else (w, h, it)
 
 
 @register("dff")
@@ -182,30 +198,26 @@ class DFF(BaseCAM):
     def _factorise(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Concepts ``(B, k, C)``, their maps ``(B, k, *grid)`` (each at most 1) and the shifts ``(B, C)``."""
         b, c = a.shape[:2]
-        x = a.detach().double().reshape(b, c, -1)
-        if self.joint:
-            w, h, offset = self._factor(x.transpose(0, 1).reshape(c, -1))
-            maps = h.reshape(self.k, b, *a.shape[2:]).transpose(0, 1)
-            return w.T.expand(b, -1, -1), maps, offset.expand(b, -1)
-        ws, hs, offsets = zip(*(self._factor(xi) for xi in x))
-        maps = torch.stack(hs).reshape(b, self.k, *a.shape[2:])
-        return torch.stack(ws).transpose(1, 2), maps, torch.stack(offsets)
-
-    def _factor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One ``(C, n)`` matrix: concepts ``W`` ``(C, k)``, ``H`` ``(k, n)`` with rows peaking at 1, shift ``(C,)``."""
-        c, n = x.shape
+        x = a.detach().double().reshape(b, c, -1)  # one (C, grid) matrix per image
+        if self.joint:  # one (C, B * grid) matrix
+            x = x.transpose(0, 1).reshape(1, c, -1)
+        n = x.shape[2]
         if self.k > c:
             raise InputError(f"k must be between 1 and {c} (the layer's channels), got k={self.k}")
         if self.init == "nndsvda" and self.k > n:
             raise InputError(f"k must be between 1 and {n} (the factorised positions) for init='nndsvda', got "
                              f"k={self.k}; use init=None or 'random'")
-        offset = x.amin(dim=1)
-        x = x - offset[:, None]
-        w, h, _ = nmf(x, *nmf_init(x, self.k, self.init or ("nndsvda" if self.k <= n else "random"), self.seed),
-                      self.max_iter, self.tol)
-        peak = h.amax(dim=1)
+        init = self.init or ("nndsvda" if self.k <= n else "random")
+        offset = x.amin(dim=2)
+        x = x - offset[..., None]
+        starts = [nmf_init(xi, self.k, init, self.seed) for xi in x]
+        w, h, _ = nmf(x, torch.stack([s for s, _ in starts]), torch.stack([s for _, s in starts]), self.max_iter, self.tol)
+        peak = h.amax(dim=2, keepdim=True)  # (N, k, 1)
         peak = torch.where(peak > 0, peak, torch.ones_like(peak))
-        return w * peak, h / peak[:, None], offset
+        w, h = (w * peak.transpose(1, 2)).transpose(1, 2), h / peak  # (N, k, C), (N, k, n)
+        if self.joint:
+            return w.expand(b, -1, -1), h[0].reshape(self.k, b, *a.shape[2:]).transpose(0, 1), offset.expand(b, -1)
+        return w, h.reshape(b, self.k, *a.shape[2:]), offset
 
     def _label(self, a: torch.Tensor, embed: torch.Tensor, logits: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """The head's class scores ``(B, k, N)`` of the concept embeddings ``(B, k, C)``, or None without a head."""
