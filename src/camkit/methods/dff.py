@@ -13,7 +13,7 @@ from ..core.precision import check_finite
 from ..core.state import preserved
 from ..errors import InputError, TargetError
 from ..targets import TargetSpec
-from .base import BaseCAM, positive_int
+from .base import BaseCAM, positive_int, size_hint
 from .explanation import Explanation
 from .gradient import gap_linear_head
 from .registry import register
@@ -172,7 +172,7 @@ class DFF(BaseCAM):
             raise TargetError("DFF explains no class: it factorises the layer's activations into k concepts "
                               "(labels in Explanation.targets); call it without targets")
         x = self._check_input(x)
-        with preserved(self.model, self.eval_mode), self._forward_mode(x):
+        with preserved(self.model, self.eval_mode), self._forward_mode(x), size_hint(self.model, x):
             names, modules, p, region_of = self._run(x)
             if len(names) != 1:
                 raise InputError(f"DFF factorises one layer's activations; layer= names {len(names)}: {names}")
