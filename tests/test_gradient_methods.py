@@ -8,21 +8,13 @@ import torch
 import camkit
 from camkit.core import engine
 from camkit.core.postprocess import normalize, upsample
-from toy_models import GapNet
+from toy_models import GapNet, acts_and_grads as _acts_and_grads
 
 torch.manual_seed(0)
 
 
 def _x(b: int = 2, s: int = 8, dtype=torch.float64) -> torch.Tensor:
     return torch.rand(b, 3, s, s, generator=torch.Generator().manual_seed(1), dtype=dtype)
-
-
-def _acts_and_grads(model: GapNet, x: torch.Tensor, cls: torch.Tensor):
-    """Reference A and dS/dA from plain autograd on the whole model (float64)."""
-    a = model.feat(model.stem(x)).detach().requires_grad_(True)
-    s = model.tail(a).gather(1, cls.view(-1, 1)).sum()
-    (g,) = torch.autograd.grad(s, a)
-    return a.detach(), g
 
 
 def _final(raw: torch.Tensor, size) -> torch.Tensor:

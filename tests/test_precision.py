@@ -38,22 +38,32 @@ def _layer(name: str) -> str:
     return "feat" if name != "cam" else "mid"
 
 
+def _targets(name: str):
+    """TopK(2), or none for a method that explains no target (DFF's concepts)."""
+    return None if camkit.methods.get(name).output == "concepts" else camkit.TopK(2)
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_bf16_forward_float32_results_close_to_float32(name):
     model, x = Net(), _x()
-    ref = camkit.create(name, model, layer=_layer(name)).explain(x, camkit.TopK(2))
+    ref = camkit.create(name, model, layer=_layer(name)).explain(x, _targets(name))
     model.seen.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        e = camkit.create(name, model, layer=_layer(name), precision="bf16").explain(x, camkit.TopK(2))
+        e = camkit.create(name, model, layer=_layer(name), precision="bf16").explain(x, _targets(name))
     # the tail after "feat" is not affine: Ablation-CAM replays in bf16, and says what that costs
     assert [str(w.message)[:40] for w in caught] == (["Ablation-CAM replayed the ablations of l"] if name == "ablationcam" else [])
     assert model.seen and set(model.seen) == {torch.bfloat16}  # every model call ran under autocast
     for t in (e.maps, e.scores, e.logits) + ((e.weights,) if isinstance(e.weights, torch.Tensor) else ()):
         assert t.dtype == torch.float32 and torch.isfinite(t).all()
     assert e.maps.shape == ref.maps.shape
-    assert torch.equal(e.targets, ref.targets)
-    assert (_corr(e.maps.flatten(0, 1), ref.maps.flatten(0, 1)) > 0.95).all()
+    assert (e.targets is None and ref.targets is None) or torch.equal(e.targets, ref.targets)  # DFF: no labels here
+    if e.output == "concepts":  # NMF factors may trade places under bf16 rounding; their product W H may not
+        product = lambda v: torch.einsum("bkc,bkhw->bchw", v.weights, v.raw)  # noqa: E731
+        assert (product(e) - product(ref)).norm() < 0.05 * product(ref).norm()
+    else:
+        same = (e.maps - ref.maps).flatten(2).abs().amax(-1).flatten() < 1e-2  # e.g. both all-zero (RandomCAM)
+        assert ((_corr(e.maps.flatten(0, 1), ref.maps.flatten(0, 1)) > 0.95) | same).all()
     assert not any(isinstance(m, nn.Module) and "forward" in m.__dict__ for m in model.modules())
 
 
@@ -61,11 +71,11 @@ def test_bf16_forward_float32_results_close_to_float32(name):
 def test_channels_last_gives_the_float32_maps_and_restores_the_model(name):
     model, x = Net(), _x()
     weights = {n: (p, p.data_ptr(), p.stride()) for n, p in model.named_parameters()}
-    ref = camkit.create(name, model, layer=_layer(name)).explain(x, camkit.TopK(2))
+    ref = camkit.create(name, model, layer=_layer(name)).explain(x, _targets(name))
     seen: list[bool] = []
     h = model.feat[0].register_forward_pre_hook(
         lambda m, a: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last)))
-    e = camkit.create(name, model, layer=_layer(name), channels_last=True).explain(x, camkit.TopK(2))
+    e = camkit.create(name, model, layer=_layer(name), channels_last=True).explain(x, _targets(name))
     h.remove()
     assert seen and all(seen)
     torch.testing.assert_close(e.maps, ref.maps, rtol=1e-4, atol=1e-4)

@@ -148,6 +148,19 @@ def test_explain_equals_the_library(client, digits, target, spec):
         assert set(body["timings"]["explain_ms"]) == set(methods)
 
 
+def test_concept_maps_are_served_without_a_target(client, digits):
+    """DFF (``output = "concepts"``) explains no class: whatever the target asked, one map per concept."""
+    data = _png()
+    r = _post(client, data, methods="dff,shapleycam", target="top3")
+    assert r.status_code == 200, r.text
+    e = _library(digits, data, "dff", None)
+    items = r.json()["maps"]["dff"]
+    assert len(items) == 5 and [it["class"] for it in items] == e.targets[0].tolist()
+    for it, ref in zip(items, e.maps[0]):
+        np.testing.assert_allclose(_npy(it), ref.numpy(), atol=ATOL, rtol=0)
+    assert len(r.json()["maps"]["shapleycam"]) == 3
+
+
 def _queued_behind_busy_workers(client, model, images: list[bytes], parks: int, **fields) -> list:
     """Post ``images[0]``, park its first ``parks`` forwards (the workers are busy), post the other
     images while it waits, release once their jobs (one per method) are all queued: the answers."""

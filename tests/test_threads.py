@@ -94,7 +94,8 @@ def _x(seed: int, b: int = 2) -> torch.Tensor:
 
 
 def _run(model: nn.Module, name: str, x: torch.Tensor, target, layer: str = "layer2") -> torch.Tensor:
-    return camkit.create(name, model, layer=layer, **OPTIONS.get(name, {}))(x, targets=target)
+    concepts = camkit.methods.get(name).output == "concepts"  # DFF explains no target
+    return camkit.create(name, model, layer=layer, **OPTIONS.get(name, {}))(x, targets=None if concepts else target)
 
 
 def _state(model: nn.Module) -> dict:

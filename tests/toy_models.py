@@ -28,6 +28,14 @@ class GapNet(nn.Module):
         return self.tail(self.feat(self.stem(x)))
 
 
+def acts_and_grads(model: GapNet, x: torch.Tensor, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference A and dS/dA at ``model.feat`` from plain autograd on the whole model (float64)."""
+    a = model.feat(model.stem(x)).detach().requires_grad_(True)
+    s = model.tail(a).gather(1, cls.view(-1, 1)).sum()
+    (g,) = torch.autograd.grad(s, a)
+    return a.detach(), g
+
+
 class TinyViT(nn.Module):
     """Patch conv, ``prefix`` learned tokens (class + registers), transformer blocks, class-token head."""
 

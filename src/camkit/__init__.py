@@ -19,6 +19,7 @@ from .methods import (
     XGradCAM, create, list_methods,
     AblationCAM, ScoreCAM, EigenCAM, GuidedBackprop, GuidedGradCAM, to_image,
     Augment, EigenGradCAM, FullGrad,
+    GradCAMElementWise, ShapleyCAM, KPCACAM, FEM, SegEigenCAM, RandomCAM, DFF,
 )
 
 __version__ = "0.1.0"
@@ -37,5 +38,6 @@ __all__ = [
     "BaseCAM", "Explanation", "TopK", "BottomK", "create", "list_methods",
     "AblationCAM", "ScoreCAM", "EigenCAM", "GuidedBackprop", "GuidedGradCAM", "to_image",
     "Augment", "EigenGradCAM", "FullGrad",
+    "GradCAMElementWise", "ShapleyCAM", "KPCACAM", "FEM", "SegEigenCAM", "RandomCAM", "DFF",
     "CamkitError", "InputError", "LayerNotFoundError", "NoGradientError", "TargetError", "UnsupportedModelError",
 ]

@@ -200,7 +200,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     _print_predictions(model, x, args.images, cats)
     for method in csv_list(args.method):
         cls = get(method)
-        e = cls(model, layer=layer, precision=precision, channels_last=args.channels_last).explain(x, targets=targets)
+        cam = cls(model, layer=layer, precision=precision, channels_last=args.channels_last)
+        # a method whose maps are concepts (DFF) explains no target: it writes one map per concept
+        e = cam.explain(x, targets=None if cls.output == "concepts" else targets)
         _write_maps(e, cls.name, args.images, pictures, out, cats)
     print(f"camkit explain: maps written to {out.resolve()}")
     return 0

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import InputError, NoGradientError
+from ..errors import InputError, NoGradientError, UnsupportedModelError
 from .hooks import Hooks
 from .keys import replace, select, split_key
 from .outputs import to_logits
@@ -123,3 +123,36 @@ def gradients(p: Pass, scores: torch.Tensor) -> list[torch.Tensor]:
         if g is None:
             raise NoGradientError(f"the explained score does not depend on layer {name!r}")
     return list(grads)  # type: ignore[arg-type]
+
+
+def hessian_vector_products(p: Pass, scores: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``dS_k/dA`` and ``H A = (d^2 S_k / dA^2) A`` for each layer output ``A`` and score ``k``: one tensor
+    ``(K, *layer_shape)`` per layer for each.
+
+    Per score: one backward with ``create_graph`` and one double backward with the layer output itself as
+    the vector, both through the layers after the target only (nothing before it was recorded). ``H A``
+    is 0 where the tail is piecewise linear in ``A`` (ReLU networks with a linear head).
+    """
+    if not scores.requires_grad:
+        raise NoGradientError(f"the explained scores do not depend on layer(s) {p.names}")
+    grads: list[list[torch.Tensor]] = [[] for _ in p.acts]
+    hvps: list[list[torch.Tensor]] = [[] for _ in p.acts]
+    with torch.enable_grad():
+        for k in range(scores.shape[1]):
+            g_k = torch.autograd.grad(scores[:, k].sum(), p.acts, create_graph=True, allow_unused=True)
+            for i, (name, a, g) in enumerate(zip(p.names, p.acts, g_k)):
+                if g is None:
+                    raise NoGradientError(f"the explained score does not depend on layer {name!r}")
+                hv = None
+                if g.requires_grad:  # else the gradient is constant in A: H = 0
+                    try:
+                        (hv,) = torch.autograd.grad(g, a, grad_outputs=a.detach(), retain_graph=True, allow_unused=True)
+                    except (RuntimeError, NotImplementedError) as exc:
+                        raise UnsupportedModelError(
+                            f"second derivatives of the layers after {name!r} are not available in PyTorch "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0]}); explain this model with a "
+                            "first-order method such as 'gradcam'"
+                        ) from exc
+                grads[i].append(g.detach())
+                hvps[i].append(torch.zeros_like(a) if hv is None else hv.detach())
+    return [torch.stack(g) for g in grads], [torch.stack(h) for h in hvps]

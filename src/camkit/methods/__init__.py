@@ -5,19 +5,29 @@ post-processing; each method declares ``output``, ``cost`` and ``expensive``),
 :mod:`.explanation` (what a method returns and computes from), :mod:`.registry` (name -> class,
 ``create``, ``list_methods``), :mod:`.smoothing` (``aug_smooth`` and ``eigen_smooth``, options of
 every CAM), :mod:`.gradient` (CAM, Grad-CAM, Grad-CAM++, Smooth Grad-CAM++, XGrad-CAM, Layer-CAM,
-HiResCAM), :mod:`.eigen` (EigenCAM), :mod:`.eigengrad` (EigenGrad-CAM), :mod:`.fullgrad`
+HiResCAM, Grad-CAM element-wise), :mod:`.shapley` (ShapleyCAM: gradient and Hessian-vector product),
+:mod:`.eigen` (EigenCAM), :mod:`.eigengrad` (EigenGrad-CAM, Seg-Eigen-CAM), :mod:`.kpca` (KPCA-CAM:
+kernel PCA), :mod:`.fem` (FEM: k-sigma channel weights), :mod:`.randomcam` (RandomCAM: a random
+baseline), :mod:`.dff` (Deep Feature Factorization: NMF concepts), :mod:`.fullgrad`
 (FullGrad), :mod:`.scorecam` (Score-CAM), :mod:`.ablation` (Ablation-CAM and its tail replay),
 :mod:`.guided` (Guided Backprop, Guided Grad-CAM: pixel-space attributions), :mod:`.perturbation`
 (deprecated path of Ablation-CAM and Score-CAM, removed in 0.3.0).
 """
 from .base import BaseCAM
 from .explanation import Explanation
-from .gradient import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, SmoothGradCAMPlusPlus, XGradCAM
+from .gradient import (
+    CAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, SmoothGradCAMPlusPlus, XGradCAM,
+)
+from .shapley import ShapleyCAM
 from .registry import create, get, list_methods, register
 from .ablation import AblationCAM
 from .scorecam import ScoreCAM
 from .eigen import EigenCAM
-from .eigengrad import EigenGradCAM
+from .eigengrad import EigenGradCAM, SegEigenCAM
+from .kpca import KPCACAM
+from .fem import FEM
+from .randomcam import RandomCAM
+from .dff import DFF
 from .fullgrad import FullGrad
 from .smoothing import Augment
 from .guided import GuidedBackprop, GuidedGradCAM, to_image
@@ -27,4 +37,5 @@ __all__ = [
     "LayerCAM", "HiResCAM", "create", "get", "list_methods", "register",
     "AblationCAM", "ScoreCAM", "EigenCAM", "GuidedBackprop", "GuidedGradCAM", "to_image",
     "EigenGradCAM", "FullGrad", "Augment",
+    "GradCAMElementWise", "ShapleyCAM", "KPCACAM", "FEM", "SegEigenCAM", "RandomCAM", "DFF",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import contextmanager
-from typing import Any, ClassVar, Iterator, Optional, Union
+from typing import Any, Callable, ClassVar, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -78,13 +78,22 @@ class BaseCAM:
     name: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = True
     #: what the method produces: ``"cam"`` -- maps ``(B, [K,] H, W)`` in [0, 1] (the map metrics apply);
-    #: ``"attribution"`` -- signed pixel-space attributions ``(B, [K,] C, H, W)`` (draw with ``viz.attribution``)
+    #: ``"attribution"`` -- signed pixel-space attributions ``(B, [K,] C, H, W)`` (draw with ``viz.attribution``);
+    #: ``"concepts"`` -- maps ``(B, k, H, W)`` in [0, 1] of k concepts found in the activations, not of a
+    #: class (DFF: the labels are in ``Explanation.targets`` / ``concept_scores``; class-map metrics do not apply)
     output: ClassVar[str] = "cam"
     #: what one explanation costs, in passes of the model (``camkit list`` prints it)
     cost: ClassVar[str] = "one forward, a backward through the layers after the target"
     #: True when the cost grows with the layer's channels or a sample count (hundreds of forwards):
     #: such methods are left out of the demo's photo run and of ``--methods all`` unless named
     expensive: ClassVar[bool] = False
+    #: the target kinds the method is designed for; a method built for one task (SegEigenCAM:
+    #: ``("segmentation",)``) still runs on the others, but tables of another task leave it out
+    tasks: ClassVar[tuple[str, ...]] = ("classification", "segmentation", "detection")
+    #: True for a sanity baseline (RandomCAM): shown beside the uniform/centre/random maps, never recommended
+    baseline: ClassVar[bool] = False
+    #: the smoothing options the method takes; it refuses the others with an InputError saying why
+    smoothing: ClassVar[tuple[str, ...]] = ("aug_smooth", "eigen_smooth")
 
     def __init__(
         self,
@@ -141,15 +150,12 @@ class BaseCAM:
         x = self._check_input(x)
         # autograd on for target scores even under a caller's no_grad; the engine turns it off before the target
         with preserved(self.model, self.eval_mode), torch.enable_grad(), self._forward_mode(x), size_hint(self.model, x):
-            names, modules = self._layers(x)
-            with input_region(self.model) as region_of:
-                p = self._forward(x, modules, names)
+            names, modules, p, region_of = self._run(x)
             t = resolve_targets(targets, p.logits, x.shape[0], p.logits_error, output=p.output)
             scores = t.scores(p.output, p.logits)
             check_finite(self.precision, scores, [])  # before a method spends time on them
             region = region_of()
-            to_grid = [self._read(a, n, m, x, region) for a, n, m in zip(p.acts, names, modules)]
-            acts = [f(a.detach()).float() for f, a in zip(to_grid, p.acts)]
+            to_grid, acts = self._grids(p, names, modules, x, region)
             ctx = Context(self.model, x, p, t, scores, acts, modules, to_grid, region)
             raw, weights = eigen_compute(self, ctx) if self.eigen_smooth else self.compute(ctx)
         check_finite(self.precision, scores, raw)
@@ -184,6 +190,19 @@ class BaseCAM:
         return engine.forward(self.model, x, modules, names, record=self.uses_gradients)
 
     # -- helpers -----------------------------------------------------------------------------------------
+    def _run(self, x: torch.Tensor) -> tuple[list[str], list[nn.Module], engine.Pass, Callable[[], Optional[InputRegion]]]:
+        """The explained layers and forward pass, and the input frame recorded during it (call it after)."""
+        names, modules = self._layers(x)
+        with input_region(self.model) as region_of:
+            p = self._forward(x, modules, names)
+        return names, modules, p, region_of
+
+    def _grids(self, p: engine.Pass, names: list[str], modules: list[nn.Module], x: torch.Tensor,
+               region: Optional[InputRegion]) -> tuple[list[Layout], list[torch.Tensor]]:
+        """How each captured output reads as a grid, and the detached float32 grids ``(B, C, *grid)``."""
+        to_grid = [self._read(a, n, m, x, region) for a, n, m in zip(p.acts, names, modules)]
+        return to_grid, [f(a.detach()).float() for f, a in zip(to_grid, p.acts)]
+
     def _forward_mode(self, x: torch.Tensor) -> Any:
         """Context in which the model's calls run at ``precision`` / ``channels_last``."""
         return model_forward(self.model, self.precision, self.channels_last, x.device)

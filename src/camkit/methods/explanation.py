@@ -27,6 +27,9 @@ class Explanation:
     ``(B, [K])`` (None for a callable target). ``logits``: the full model output ``(B, N)``.
     ``layers``: the explained layers' names; ``layout``: how each layer's output was read as a grid,
     e.g. ``"nchw 7×7"``, ``"nhwc 7×7"``, ``"tokens: 5 prefix, 16×16"``.
+    ``output`` ``"concepts"`` (DFF): ``maps`` are ``(B, k, H, W)``, one per concept found in the
+    activations, ``targets`` ``(B, k)`` each concept's label and ``concept_scores`` ``(B, k, N)`` the
+    head's class scores of each concept (None without a head); see :class:`camkit.methods.DFF`.
     """
 
     maps: torch.Tensor
@@ -38,7 +41,8 @@ class Explanation:
     layers: list[str]
     layout: list[str] = field(default_factory=list)
     target: Any = None  # the resolved RowTarget (Segmentation/Detection: the classes, masks, boxes explained)
-    output: str = "cam"  # the method's ``output``: "cam" maps in [0, 1], or "attribution" (signed, (B, [K,] C, H, W))
+    output: str = "cam"  # the method's ``output``: "cam" maps in [0, 1], "attribution" (signed, (B, [K,] C, H, W)) or "concepts"
+    concept_scores: Optional[torch.Tensor] = None  # output "concepts": the head's class scores of each concept (B, k, N)
 
 
 @dataclass

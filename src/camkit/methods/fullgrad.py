@@ -89,6 +89,7 @@ class FullGrad(BaseCAM):
 
     uses_gradients = True
     cost = "one forward, a backward to the input"
+    smoothing = ("aug_smooth",)
 
     def __init__(self, model: nn.Module, layer: Any = "auto", **kw: Any) -> None:
         super().__init__(model, layer, **kw)

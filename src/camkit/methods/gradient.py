@@ -200,6 +200,16 @@ class HiResCAM(ElementwiseCAM):
         return g * a.unsqueeze(1), None
 
 
+@register("gradcam-elementwise")
+class GradCAMElementWise(ElementwiseCAM):
+    """Grad-CAM element-wise (pytorch-grad-cam 1.5): ``L = relu(sum_c relu(dS/dA_c * A_c))``, the
+    positive part of each channel's element-wise contribution, summed over channels (HiResCAM keeps
+    the negative products, Layer-CAM rectifies the gradient alone)."""
+
+    def contribution(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return torch.relu(g * a.unsqueeze(1)), None
+
+
 @register("cam")
 class CAM(BaseCAM):
     """CAM (Zhou et al. 2016): ``L = sum_c W[class, c] A_c`` with ``W`` the weights of the linear layer
@@ -227,25 +237,31 @@ class CAM(BaseCAM):
                 "callable targets) do not have; use 'gradcam' instead"
             )
         a = ctx.acts[0]
-        fc = self._head(a, ctx.pass_.logits.float())
+        fc = gap_linear_head(self.model, a, ctx.pass_.logits.float(), self.precision, self.fc)
+        if fc is None:
+            raise UnsupportedModelError(
+                f"CAM needs a head of global average pooling followed by one linear layer after the explained "
+                f"layer ({a.shape[1]} channels): no nn.Linear with in_features={a.shape[1]} maps the spatial mean "
+                "of its activations to the model's logits. Use 'gradcam' (identical to CAM on such heads) or "
+                "choose the layer right before global average pooling."
+            )
         w = fc.weight.detach().float()[ctx.targets.indices]  # (B, K, C)
         return [weighted_sum(w, a)], [w]
 
-    def _head(self, a: torch.Tensor, logits: torch.Tensor) -> torch.nn.Linear:
-        candidates = [self.fc] if self.fc is not None else [
-            m for m in self.model.modules() if isinstance(m, torch.nn.Linear) and m.in_features == a.shape[1]
-        ]
-        gap = a.mean(dim=(-2, -1))
-        tol = score_tolerance(self.precision)
-        for fc in reversed(candidates):
-            if fc.out_features != logits.shape[1]:
-                continue
-            pred = torch.nn.functional.linear(gap, fc.weight.float(), None if fc.bias is None else fc.bias.float())
-            if torch.allclose(pred, logits, rtol=tol, atol=tol * (1 + logits.abs().max().item())):
-                return fc
-        raise UnsupportedModelError(
-            f"CAM needs a head of global average pooling followed by one linear layer after the explained "
-            f"layer ({a.shape[1]} channels): no nn.Linear with in_features={a.shape[1]} maps the spatial mean "
-            "of its activations to the model's logits. Use 'gradcam' (identical to CAM on such heads) or "
-            "choose the layer right before global average pooling."
-        )
+
+def gap_linear_head(model: torch.nn.Module, a: torch.Tensor, logits: torch.Tensor, precision: str = "fp32",
+                    fc: Optional[torch.nn.Linear] = None) -> Optional[torch.nn.Linear]:
+    """The ``nn.Linear`` of ``model`` (or ``fc``) that maps the spatial mean of activations ``a``
+    ``(B, C, *grid)`` to ``logits`` ``(B, N)`` -- verified on this pass, not assumed -- or None."""
+    candidates = [fc] if fc is not None else [
+        m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.in_features == a.shape[1]
+    ]
+    gap = a.mean(dim=tuple(range(2, a.dim())))
+    tol = score_tolerance(precision)
+    for head in reversed(candidates):
+        if head.out_features != logits.shape[1]:
+            continue
+        pred = torch.nn.functional.linear(gap, head.weight.float(), None if head.bias is None else head.bias.float())
+        if torch.allclose(pred, logits, rtol=tol, atol=tol * (1 + logits.abs().max().item())):
+            return head
+    return None

@@ -102,6 +102,7 @@ class GuidedBackprop(BaseCAM):
     uses_gradients = True
     output = "attribution"
     cost = "one forward, a backward to the input"
+    smoothing = ()
 
     def __init__(self, model: nn.Module, layer: Any = None, **kw: Any) -> None:
         super().__init__(model, layer, **kw)

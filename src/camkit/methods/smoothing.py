@@ -169,3 +169,13 @@ def channel_contributions(raw_weights: Maps, acts: list[torch.Tensor], name: str
     if weights is None:
         raise UnsupportedModelError(f"{name} has no per-channel contributions, so eigen_smooth cannot apply")
     return [w[..., None, None].to(a.dtype) * a.unsqueeze(1) for w, a in zip(weights, acts)], weights
+
+
+def peak_positive(proj: torch.Tensor) -> torch.Tensor:
+    """``proj`` ``(N, ...)`` with each row's sign chosen so that its largest-magnitude entry is positive
+    (``|max| >= |min|``; the first such entry on ties): Seg-Eigen-CAM's sign correction (Eq. 13) and
+    scikit-learn's ``svd_flip`` rule for principal components."""
+    flat = proj.flatten(1)
+    peak = flat.gather(1, flat.abs().argmax(dim=1, keepdim=True)).squeeze(1)
+    sign = torch.where(peak < 0, -1.0, 1.0).to(proj.dtype)
+    return proj * sign.view(-1, *([1] * (proj.dim() - 1)))

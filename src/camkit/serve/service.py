@@ -187,7 +187,8 @@ class Explainer:
         start = time.perf_counter()
         x = torch.stack([it.x for it in items]).to(self.device)
         targets: Any = TopK(k) if kind == "top" else torch.tensor([[it.target.index] for it in items])
-        e = self._cam(model, method).explain(x, targets=targets)
+        cam = self._cam(model, method)
+        e = cam.explain(x, targets=None if cam.output == "concepts" else targets)  # DFF: concepts, no target
         maps = e.maps.detach().float().cpu()
         classes = e.targets.reshape(len(items), -1).tolist() if e.targets is not None else [[] for _ in items]
         logits = None if e.logits is None else e.logits.detach().float().cpu()
