@@ -147,6 +147,7 @@ class BaseCAM:
             layout=[str(g) for g in to_grid],
             target=t.fn if t.indices is None else None,
             output=self.output,
+            categories=self._categories(),
         )
 
     # -- what subclasses implement -------------------------------------------------------------------
@@ -164,6 +165,11 @@ class BaseCAM:
         return engine.forward(self.model, x, modules, names, record=self.uses_gradients)
 
     # -- helpers -----------------------------------------------------------------------------------------
+    def _categories(self) -> Optional[list[str]]:
+        """The model's class names (``model.categories``, set by camkit's zoo and loaders), else None."""
+        names = getattr(self.model, "categories", None)
+        return list(names) if isinstance(names, (list, tuple)) and names else None
+
     def _forward_mode(self, x: torch.Tensor) -> Any:
         """Context in which the model's calls run at ``precision`` / ``channels_last``."""
         return model_forward(self.model, self.precision, self.channels_last, x.device)

@@ -26,7 +26,9 @@ class Explanation:
     them. ``scores``: the explained model outputs ``(B, [K])``. ``targets``: class indices
     ``(B, [K])`` (None for a callable target). ``logits``: the full model output ``(B, N)``.
     ``layers``: the explained layers' names; ``layout``: how each layer's output was read as a grid,
-    e.g. ``"nchw 7×7"``, ``"nhwc 7×7"``, ``"tokens: 5 prefix, 16×16"``.
+    e.g. ``"nchw 7×7"``, ``"nhwc 7×7"``, ``"tokens: 5 prefix, 16×16"``. ``categories``: the model's
+    class names where it has them (``model.categories``: zoo and loaded models), so that pictures
+    (``viz.show``) name the classes without being told.
     """
 
     maps: torch.Tensor
@@ -39,6 +41,7 @@ class Explanation:
     layout: list[str] = field(default_factory=list)
     target: Any = None  # the resolved RowTarget (Segmentation/Detection: the classes, masks, boxes explained)
     output: str = "cam"  # the method's ``output``: "cam" maps in [0, 1], or "attribution" (signed, (B, [K,] C, H, W))
+    categories: Optional[list[str]] = field(default=None, repr=False)  # the model's class names, if it has them
 
 
 @dataclass
