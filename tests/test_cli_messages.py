@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from camkit.cli import build_parser, main
-from camkit.cli.phrasing import to_cli
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 #: Python phrasings that must not reach the command's output
@@ -39,7 +38,7 @@ def photo(tmp_path):
 
 @pytest.mark.parametrize("argv, flag", [
     (["--model", "digits_resnet", "--layer", "layer9"], "(camkit layers digits_resnet lists all"),
-    (["--model", "digits_resnet", "--weights", "nosuchset"], "unknown weights 'nosuchset'; use one of"),
+    (["--model", "digits_resnet", "--weights", "nosuchset"], "'default'], random or a path to a state-dict file"),
     (["--model", "torchvision:resnet18", "--weights", "missing.pth"], "pass --weights PATH to a local checkpoint"),
     (["--model", "digits_vit", "--weights", "random", "--layer", "blocks.0.mlp.fc1"], "or force --layout tokens"),
     (["--model", "digits_resnet", "--precision", "fp16"], "--precision fp16 is not supported on this CPU"),
@@ -64,6 +63,8 @@ def test_bench_speaks_of_models_name_equals_weights(tmp_path, capsys):
 
 
 def test_each_rule_rewrites_the_phrasing_the_library_uses():
+    from camkit.cli.phrasing import to_cli
+
     args = build_parser().parse_args(["explain", "x.png", "--model", "timm:vit"])
     cases = {
         "no layer 'x'. (see [n for n, _ in model.named_modules()] for all 41 names, or use layer='auto')":

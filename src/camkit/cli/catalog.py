@@ -37,7 +37,7 @@ def method_line(name: str) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """``camkit list``: the methods one a line with their cost; models, prefixes, datasets, engines."""
-    print("methods (cost of one explanation, in passes of the model):")
+    print("methods:  (each with the cost of one explanation, in passes of the model)")
     for name in camkit.list_methods():
         print(method_line(name))
     print("models:   " + ", ".join(camkit.models.list_models()))
