@@ -23,7 +23,7 @@ from camkit.errors import CamkitError
 from camkit.core.region import InputRegion
 from camkit.layers import choose_layers, model_task, read_layer, readings, task_layer
 from camkit.layers.names import POOLING
-from camkit.layers.probe import Probe, grid_key, remember, summarise
+from camkit.layers.probe import Probe, grid_key, summarise
 from camkit.layers.trace import ModuleCall, trace
 
 from .common import add_device_options, model_spec
@@ -46,7 +46,8 @@ def add_parser(sub: Any) -> None:
 def reading(call: ModuleCall, p: Probe) -> str:
     """How ``camkit explain --layer NAME`` would read this call's output, or why it would refuse it."""
     if call.shape is None:
-        return "no single float tensor (a tuple, dict or integers): explain one element as NAME[KEY]"
+        return ("several tensors (a tuple or dict): explain one as NAME[KEY]" if call.shapes
+                else "no floating-point tensor")
     if p.counts[id(call.module)] > 1:
         return f"refused: called {p.counts[id(call.module)]} times in one forward"
     if call.internal:
@@ -104,16 +105,22 @@ def cmd_layers(args: argparse.Namespace) -> int:
         calls, _ = trace(model, x)
     region = region_of()
     p = summarise(model, calls, region.padded if region is not None else size)
-    rows = [(c.name, type(c.module).__name__, "-" if c.shape is None else str(tuple(c.shape)), reading(c, p))
-            for c in _first_calls(calls)]
+    rows = [(c.name, type(c.module).__name__, _output(c), reading(c, p)) for c in _first_calls(calls)]
     widths = [max(len(r[i]) for r in rows + [("layer", "type", "output", "")]) for i in range(3)]
     where = "" if region is None else f" (resized inside to {region.padded[0]}x{region.padded[1]})"
     print(f"{args.model}: {len(rows)} layers on a 1x3x{size[0]}x{size[1]} input{where}")
     for row in [("layer", "type", "output", "read as")] + rows:
         print("  ".join(v.ljust(w) for v, w in zip(row[:3], widths)) + "  " + row[3])
     print(f"auto (--layer left out): {_auto(model, x, calls, p, region)}")
-    remember(model, p)
     return 0
+
+
+def _output(call: ModuleCall) -> str:
+    """The output shape; for a tuple or dict, its tensors' shapes; ``-`` without a float tensor."""
+    if call.shape is not None:
+        return str(tuple(call.shape))
+    shown = " ".join(str(tuple(s)) for s in call.shapes[:3])
+    return shown + (f" +{len(call.shapes) - 3} more" if len(call.shapes) > 3 else "") or "-"
 
 
 def _first_calls(calls: list[ModuleCall]) -> list[ModuleCall]:
