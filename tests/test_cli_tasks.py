@@ -132,3 +132,11 @@ def test_every_task_builds_its_methods_with_the_options_given(task, tmp_path, mo
                  "-o", str(tmp_path / "o")]) == 0
     assert seen and all(kw["layout"] == "nchw" and kw["precision"] == "bf16" and kw["channels_last"] for kw in seen)
     assert all(len(kw["layer"]) == 2 for kw in seen)
+
+
+def test_classify_on_a_detector_names_the_task_flag(tmp_path, monkeypatch, capsys):
+    img = _png(tmp_path / "street.png", 48, 60)
+    _serve(monkeypatch, tiny_detector())
+    assert main(["explain", img, "--model", "torchvision:x", "-o", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err
+    assert "torchvision:x is a detection model: explain it with --task detect" in err and "targets=" not in err

@@ -38,6 +38,7 @@ from camkit.data import resize_image
 from camkit.data.geometry import Frame, fit
 from camkit.data.imageio import read_image
 from camkit.errors import CamkitError, InputError
+from camkit.layers import model_task
 from camkit.methods import get, to_image
 
 from .common import add_device_options, add_forward_options, checked_precision, csv_list, model_spec, stem, warn
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from camkit.methods import Explanation
 
 DEFAULT_OUT = "camkit-explain"
+_TASK_FLAG = {"detection": "detect", "segmentation": "segment"}  # a model's task -> the --task that explains it
 MAX_MAPS = 10  # --task detect|segment: maps per image and method (a random detector finds 100 boxes: 200 files)
 Picture = tuple[Optional[Frame], torch.Tensor]  # the frame a map goes back through (None: as computed), its image
 
@@ -217,6 +219,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.task != "classify":
         return cmd_explain_task(args)
     model = _load(args)
+    task = getattr(model, "task", None) or model_task(model)
+    if task in _TASK_FLAG:
+        raise InputError(f"{args.model} is a {task} model: explain it with --task {_TASK_FLAG[task]}")
     x, pictures = _inputs(args.images, model, args.size, args.fit or "stretch")
     x = x.to(args.device)
     cats = getattr(model, "categories", None)

@@ -36,6 +36,7 @@ _RULES: list[tuple[str, str]] = [
     (r"layout='(\w+)'", "--layout {0}"),
     (r"precision='(\w+)'", "--precision {0}"),
     (r"pass reshape=callable\(tensor\)", "from Python, pass reshape=callable(tensor)"),
+    (r"[Pp]ass targets=callable\(output\)", "from Python, pass targets=callable(output)"),
 ]
 
 
