@@ -80,6 +80,8 @@ def test_each_rule_rewrites_the_phrasing_the_library_uses():
         "lower min_score to explain it": "lower --min-score to explain it",
         "pass layout='nchw' or layout='nhwc'": "pass --layout nchw or --layout nhwc",
         "use precision='fp32' for this layer": "use --precision fp32 for this layer",
+        "use precision='bf16' or 'fp32' on CPU, or 'fp16' on a CUDA device":
+            "use --precision bf16 or fp32 on CPU, or fp16 on a CUDA device",
     }
     for library, command in cases.items():
         assert to_cli(library, args) == command

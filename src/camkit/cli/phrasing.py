@@ -34,6 +34,7 @@ _RULES: list[tuple[str, str]] = [
     (r"None \(random\)", "random"),
     (r"lower min_score", "lower --min-score"),
     (r"layout='(\w+)'", "--layout {0}"),
+    (r"precision='(\w+)' or '(\w+)' on CPU, or '(\w+)' on", "--precision {0} or {1} on CPU, or {2} on"),
     (r"precision='(\w+)'", "--precision {0}"),
     (r"pass reshape=callable\(tensor\)", "from Python, pass reshape=callable(tensor)"),
     (r"[Pp]ass targets=callable\(output\)", "from Python, pass targets=callable(output)"),
