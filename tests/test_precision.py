@@ -184,4 +184,4 @@ def test_bench_precision_and_channels_last(tmp_path, capsys):
         capsys.readouterr()
         assert main(argv[:-3] + ["--precision", "fp16", "-o", str(tmp_path / "fp16")]) == 1
         err = capsys.readouterr().err
-        assert "'fp16' is not supported on this CPU" in err and len(err.strip().splitlines()) == 1
+        assert "--precision fp16 is not supported on this CPU" in err and len(err.strip().splitlines()) == 1

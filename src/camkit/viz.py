@@ -306,15 +306,18 @@ def show(
     ``explanation``: what a method's ``explain`` returned, or ``{"name": explanation, ...}`` for one
     column group per method. ``images``: the explained batch ``(B, 3, H, W)`` or one image per row in
     any accepted form, e.g. the original photos (maps are brought to each image's size; pass the
-    ``frames`` of a letterbox/crop preprocessing to undo it exactly). ``labels``: class names
-    (``model.categories``), a mapping or a callable. Titles: class name and probability (softmax of
-    the logits; the raw score for a callable target). ``boxes``: per image, ``(N, 4)`` boxes
+    ``frames`` of a letterbox/crop preprocessing to undo it exactly). ``labels``: class names, a
+    mapping or a callable; by default the names the explanation carries (``categories``, the
+    ``model.categories`` of camkit's zoo and loaded models), else ``class N``. Titles: class name
+    and probability (softmax of the logits; the raw score for a callable target). ``boxes``: per image, ``(N, 4)`` boxes
     ``x0, y0, x1, y1`` in that image's pixels, drawn on every cell of its row. Guided Backprop
     attributions are drawn with :func:`attribution`. Returns a PIL image (shown inline by Jupyter).
     """
     groups = dict(explanation) if isinstance(explanation, Mapping) else {"": explanation}
     if not groups:
         raise InputError("show needs at least one explanation")
+    if labels is None:  # the model's class names, as the explanation recorded them
+        labels = next((e.categories for e in groups.values() if getattr(e, "categories", None)), None)
     rows = list(images) if not isinstance(images, torch.Tensor) or images.dim() == 4 else [images]
     b = len(rows)
     for name, given in (("boxes", boxes), ("frames", frames), ("titles", titles)):

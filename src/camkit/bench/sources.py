@@ -73,13 +73,29 @@ def random_weights(spec: str) -> bool:
 
 
 def random_weights_warning(spec: str) -> str:
-    """The warning for a model that runs with random weights (see :func:`random_weights`)."""
+    """The warning for a model that runs with random weights (see :func:`random_weights`), with advice
+    that works here: ``imagenet`` only where torchvision's file is in the cache, else a state-dict file
+    or a zoo model that ships real weights."""
     name, weights = parse_model_spec(spec)
     if weights is None:
         return f"{name} runs with random weights, as asked: its predictions and maps say nothing about a trained {name}"
     return (f"{name} runs with RANDOM weights, none were given: its predictions and maps say nothing about a "
-            f"trained {name}; give weights 'imagenet' (torchvision's cached file) or a state-dict path "
-            f"(explain --weights W, bench --models {name}=W)")
+            f"trained {name}; {_weights_advice(name)}")
+
+
+def _weights_advice(name: str) -> str:
+    """What to give instead of no weights, for model ``name``: only advice that loads here."""
+    from ..models.zoo import named_weights_file
+
+    try:
+        cached = named_weights_file(name, "imagenet")
+    except (CamkitError, OSError, KeyError):
+        cached = None
+    with_file = f"explain --weights FILE, bench --models {name}=FILE"
+    if cached is not None:
+        return f"give weights 'imagenet' (torchvision's file, found at {cached}) or a state-dict file ({with_file})"
+    return (f"give a state-dict file ({with_file}); efficientnet_lite0 and the digits models ship with real weights "
+            "(camkit list)")
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,6 +1,7 @@
 """The ``camkit`` command: thin argument parsing over the library.
 
     camkit explain IMAGE... --model NAME [--method gradcam[,layercam]] [-o DIR]
+    camkit layers MODEL [--size H W]
     camkit bench --models A,B --methods all --data digits --limit 100 -o DIR
     camkit demo [-o DIR]
     camkit report DIR
@@ -8,13 +9,15 @@
     camkit train-digits [names...]
     camkit serve --models efficientnet_lite0,digits_resnet [--port 8000]
 
-Exit status: 0 on success, 1 on an error (a one-line message, no traceback unless ``--debug``),
-130 when interrupted (a bench can be resumed by running the same command again).
+Exit status: 0 on success, 1 on an error (a one-line message in the command's flags, no traceback
+unless ``--debug``), 130 when interrupted (a bench can be resumed by running the same command again),
+141 when the reader of its output went away (``camkit list | head``).
 
 Modules, one subcommand (or a close pair) each, every one owning its parser and its ``cmd_*``:
 :mod:`.explain` (``explain``, ``--task classify|detect|segment``), :mod:`.bench` (``bench``, ``report``),
-:mod:`.demo`, :mod:`.serve`, :mod:`.catalog` (``list``, ``train-digits``), :mod:`.common` (helpers and
-option groups they share). This module only assembles them and runs one.
+:mod:`.demo`, :mod:`.serve`, :mod:`.catalog` (``list``, ``train-digits``), :mod:`.layers` (``layers``),
+:mod:`.common` (helpers and option groups they share), :mod:`.phrasing` (the library's messages in the
+command's flags). This module only assembles them and runs one.
 """
 from __future__ import annotations
 
@@ -27,8 +30,9 @@ from typing import Optional
 from camkit import __version__
 from camkit.errors import CamkitError
 
-from . import bench, catalog, demo, explain, serve
+from . import bench, catalog, demo, explain, layers, serve
 from .common import set_threads
+from .phrasing import cli_warnings, to_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -41,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     explain.add_parser(sub)
+    layers.add_parser(sub)
     bench.add_bench_parser(sub)
     demo.add_parser(sub)
     bench.add_report_parser(sub)
@@ -56,7 +61,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     set_threads(getattr(args, "threads", None))
     try:
-        return int(args.func(args) or 0)
+        with cli_warnings(args.command, args):
+            return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader left (`camkit list | head`): stop quietly, as other tools do
+        _quiet_stdout()
+        return 141
     except KeyboardInterrupt:
         print("\ncamkit: interrupted; rerun the same command to resume a bench", file=sys.stderr)
         return 130
@@ -64,6 +73,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.debug or os.environ.get("CAMKIT_DEBUG"):
             raise
         kind = "" if isinstance(exc, CamkitError) else f"{type(exc).__name__}: "
-        print(f"camkit {args.command}: error: {kind}{exc}", file=sys.stderr)
+        print(f"camkit {args.command}: error: {kind}{to_cli(str(exc), args)}", file=sys.stderr)
         return 1
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at the null device, so that Python's flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (captured by a test)
+        pass
 

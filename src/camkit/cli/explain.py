@@ -5,9 +5,14 @@ classes are printed, and per method and target the map goes back through the sam
 image at ``--size``: ``STEM_METHOD`` (``STEM_METHOD_kK`` for ``--target topK``).
 
 ``--task detect|segment``: images are read at their own size (detectors and segmenters resize inside;
-the maps come back in the image's frame). ``detect`` writes ``STEM_detections.png`` (every detection
-with score >= ``--min-score`` drawn) and, per method and detection, an overlay with its box
-(``STEM_METHOD_detK``); ``segment`` writes, per method and class, an overlay (``STEM_METHOD_CLASS``).
+the maps come back in the image's frame; ``--fit`` and ``--size model`` do not apply and are refused).
+``detect`` writes ``STEM_detections.png`` (every detection with score >= ``--min-score`` drawn) and,
+per method and detection, an overlay with its box (``STEM_METHOD_detK``); ``segment`` writes, per
+method and class, an overlay (``STEM_METHOD_CLASS``). At most ``--max-maps`` maps per image and
+method (the highest-scoring detections, the largest classes); how many were left out is printed.
+
+Every task warns on stderr when the model runs with random weights, and runs the methods with
+``--precision``, ``--channels-last``, ``--layer`` (comma-separated: several layers fused) and ``--layout``.
 
 A method whose ``output`` is ``"attribution"`` (signed, pixel space: Guided Backprop) is drawn as a
 picture of its own; a ``"cam"`` map as an overlay on its image.
@@ -33,15 +38,17 @@ from camkit.data import resize_image
 from camkit.data.geometry import Frame, fit
 from camkit.data.imageio import read_image
 from camkit.errors import CamkitError, InputError
+from camkit.layers import model_task
 from camkit.methods import get, to_image
 
 from .common import add_device_options, add_forward_options, checked_precision, csv_list, model_spec, stem, warn
 
 if TYPE_CHECKING:
-    from camkit.targets.detection import Detection
     from camkit.methods import Explanation
 
 DEFAULT_OUT = "camkit-explain"
+_TASK_FLAG = {"detection": "detect", "segmentation": "segment"}  # a model's task -> the --task that explains it
+MAX_MAPS = 10  # --task detect|segment: maps per image and method (a random detector finds 100 boxes: 200 files)
 Picture = tuple[Optional[Frame], torch.Tensor]  # the frame a map goes back through (None: as computed), its image
 
 
@@ -53,18 +60,23 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--model", required=True, help="zoo model name, timm:NAME, hf:DIR or torchvision:NAME (camkit list)")
     e.add_argument("--weights", default=None, help="state-dict path, a named weights set, or 'random'")
     e.add_argument("--method", default="gradcam", help="method name(s), comma-separated (default: gradcam)")
-    e.add_argument("--layer", default=None, help="layer name (default: the model's default layer)")
+    e.add_argument("--layer", default=None, help="layer name, or several comma-separated (default: the automatic "
+                   "choice; camkit layers MODEL lists them)")
+    e.add_argument("--layout", default=None, choices=("nchw", "nhwc", "tokens"),
+                   help="force how the layer's output is read (default: from its shape and the model's evidence)")
     e.add_argument("--target", default="top1", help="top1, topK (e.g. top3), a class index or a class name; "
                    "--task segment: classes (comma-separated; default: every predicted class)")
     e.add_argument("--task", default="classify", choices=("classify", "detect", "segment"),
                    help="detect: one map per detection (torchvision detectors); segment: one map per class")
     e.add_argument("--min-score", type=float, default=0.5, help="--task detect: explain detections scoring at least this")
+    e.add_argument("--max-maps", type=int, default=MAX_MAPS, help="--task detect|segment: at most this many maps per "
+                   f"image and method, the highest-scoring detections or largest classes (default: {MAX_MAPS})")
     e.add_argument("-o", "--output", default=DEFAULT_OUT, help=f"output directory (default: {DEFAULT_OUT})")
     e.add_argument("--size", default="original", help="size of the written overlays and .npy maps: original "
-                   "(each image's own, default), model (the model's input) or N (longer side N pixels)")
-    e.add_argument("--fit", default="stretch", choices=("stretch", "letterbox", "crop"),
-                   help="how an image becomes the model's input: stretch (resize, default), letterbox (resize "
-                   "keeping the aspect ratio, pad) or crop (resize to cover, centre crop); maps go back the same way")
+                   "(each image's own, default), model (the model's input; --task classify) or N (longer side N pixels)")
+    e.add_argument("--fit", default=None, choices=("stretch", "letterbox", "crop"),
+                   help="--task classify: how an image becomes the model's input: stretch (resize, default), letterbox "
+                   "(resize keeping the aspect ratio, pad) or crop (resize to cover, centre crop); maps go back the same way")
     add_forward_options(e)
     add_device_options(e)
     e.set_defaults(func=cmd_explain)
@@ -100,6 +112,27 @@ def _save(base: Path, picture: Image.Image, m: torch.Tensor) -> None:
     """``BASE.png`` (the picture) and ``BASE.npy`` (the raw map)."""
     picture.save(f"{base}.png")
     np.save(f"{base}.npy", m.detach().cpu().numpy())
+
+
+def _layer(spec: Optional[str]) -> Any:
+    """``--layer``: None -> ``"auto"``, one name, or a list of comma-separated names (fused)."""
+    names = csv_list(spec or "")
+    return "auto" if not names else names[0] if len(names) == 1 else names
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What every method of ``camkit explain`` is built with: layer, layout, precision, channels-last."""
+    return {"layer": _layer(args.layer), "layout": args.layout, "precision": checked_precision(args),
+            "channels_last": args.channels_last}
+
+
+def _load(args: argparse.Namespace) -> nn.Module:
+    """The model of ``--model``/``--weights``, with a warning on stderr when its weights are random."""
+    spec = model_spec(args)
+    model = sources.load_model(spec, args.device)
+    if sources.random_weights(spec):
+        warn("explain", sources.random_weights_warning(spec))
+    return model
 
 
 # ------------------------------------------------------------------------------------------ classify
@@ -185,24 +218,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """``camkit explain``: print the predicted classes, write each method's maps."""
     if args.task != "classify":
         return cmd_explain_task(args)
-    spec = model_spec(args)
-    model = sources.load_model(spec, args.device)
-    if sources.random_weights(spec):
-        warn("explain", sources.random_weights_warning(spec))
-    x, pictures = _inputs(args.images, model, args.size, args.fit)
+    model = _load(args)
+    task = getattr(model, "task", None) or model_task(model)
+    if task in _TASK_FLAG:
+        raise InputError(f"{args.model} is a {task} model: explain it with --task {_TASK_FLAG[task]}")
+    x, pictures = _inputs(args.images, model, args.size, args.fit or "stretch")
     x = x.to(args.device)
     cats = getattr(model, "categories", None)
     targets = _target(args.target, cats)
-    precision = checked_precision(args)
-    layer = args.layer or "auto"  # "auto": the zoo model's default_layer (FullGrad: all its biased layers)
+    options = _method_options(args)  # layer "auto": the zoo model's default_layer (FullGrad: all its biased layers)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     _print_predictions(model, x, args.images, cats)
     for method in csv_list(args.method):
         cls = get(method)
-        cam = cls(model, layer=layer, precision=precision, channels_last=args.channels_last)
         # a method whose maps are concepts (DFF) explains no target: it writes one map per concept
-        e = cam.explain(x, targets=None if cls.output == "concepts" else targets)
+        e = cls(model, **options).explain(x, targets=None if cls.output == "concepts" else targets)
         _write_maps(e, cls.name, args.images, pictures, out, cats)
     print(f"camkit explain: maps written to {out.resolve()}")
     return 0
@@ -218,7 +249,25 @@ class _Slots:
     target: Any  # a Detection or a Segmentation
     names: list[str]
     captions: list[str]
-    boxes: bool  # draw each detection's box on its map
+    boxes: Optional[torch.Tensor] = None  # (K, 4): each detection's box, drawn on its map
+
+
+@dataclass
+class _Output:
+    """Where and how big an image's pictures and maps are written."""
+
+    prefix: Path  # OUT/STEM
+    size: tuple[int, int]  # (H, W) of the written pictures and maps
+    scale: tuple[float, float]  # (x, y) from the image's pixels to the written ones
+
+    def image(self, x: torch.Tensor) -> torch.Tensor:
+        return x if tuple(x.shape[-2:]) == self.size else resize_image(x, self.size)
+
+    def map(self, m: torch.Tensor) -> torch.Tensor:
+        return m if tuple(m.shape[-2:]) == self.size else viz.to_original(m, self.size)
+
+    def boxes(self, b: torch.Tensor) -> torch.Tensor:
+        return b.detach().cpu() * torch.tensor([self.scale[0], self.scale[1]] * 2)
 
 
 def segment_classes(spec: str, categories: Optional[Sequence[str]], predicted: list[int]) -> list[int]:
@@ -239,53 +288,69 @@ def segment_classes(spec: str, categories: Optional[Sequence[str]], predicted: l
     return out
 
 
-def _detections_picture(image: torch.Tensor, target: Detection, scores: torch.Tensor,
-                        categories: Optional[Sequence[str]]) -> Image.Image:
-    """The image with every detection's box, class and score drawn."""
-    pic = viz.draw_boxes(viz.to_pil(image), target.boxes[0])
-    draw = ImageDraw.Draw(pic)
-    for box, label, score in zip(target.boxes[0].tolist(), target.labels[0].tolist(), scores.tolist()):
-        draw.text((box[0] + 2, box[1] + 1), f"{_name(categories, label)} {score:.2f}", fill="#00ff00")
-    return pic
+def _capped(path: str, what: str, found: int, max_maps: int) -> int:
+    """How many of ``found`` maps to write; a warning naming the rest when ``--max-maps`` leaves some out."""
+    if found > max_maps:
+        warn("explain", f"{path}: {found} {what}; explaining the first {max_maps} ({found - max_maps} left out: "
+             f"--max-maps {found} explains all)")
+    return min(found, max_maps)
 
 
-def _detect(output: Any, x: torch.Tensor, path: str, min_score: float, cats: Optional[Sequence[str]],
-            picture: Path) -> _Slots:
-    """The detections scoring >= ``min_score``: drawn into ``picture``, printed, one slot each."""
+def _detect(output: Any, image: torch.Tensor, path: str, min_score: float, max_maps: int,
+            cats: Optional[Sequence[str]], out: _Output) -> Optional[_Slots]:
+    """The highest-scoring detections (>= ``min_score``, at most ``max_maps``): drawn into
+    ``PREFIX_detections.png``, printed, one slot each; None (and a warning) when there is none."""
     from camkit.targets.detection import Detection  # torchvision: only when detecting
 
-    target = Detection.from_output(output, min_score)
-    scores = output[0]["scores"][output[0]["scores"] >= min_score]
+    pred = output[0]
+    scores = pred["scores"].detach()
+    keep = (scores >= min_score).nonzero().flatten()
+    if keep.numel() == 0:
+        best = f"the best scores {float(scores.max()):.3f}" if scores.numel() else "the detector found nothing at all"
+        warn("explain", f"{path}: no detection scores >= {min_score} ({best}); lower --min-score to explain one")
+        return None
+    keep = keep[scores[keep].argsort(descending=True)][:_capped(path, f"detections score >= {min_score}",
+                                                                keep.numel(), max_maps)]
+    boxes, labels, scores = pred["boxes"].detach()[keep], pred["labels"].detach()[keep], scores[keep]
     captions = [f"{_name(cats, int(lab))} {float(s):.2f} {[round(v) for v in box.tolist()]}"
-                for box, lab, s in zip(target.boxes[0], target.labels[0], scores)]
-    _detections_picture(x[0], target, scores, cats).save(picture)
-    print(f"{path}: {len(captions)} detection(s) with score >= {min_score}: " + "; ".join(captions))
-    return _Slots(target, [f"det{k + 1}" for k in range(len(captions))], captions, boxes=True)
+                for box, lab, s in zip(boxes, labels, scores)]
+    pic = viz.draw_boxes(viz.to_pil(out.image(image)), out.boxes(boxes))
+    draw = ImageDraw.Draw(pic)
+    for box, caption in zip(out.boxes(boxes).tolist(), captions):
+        draw.text((box[0] + 2, box[1] + 1), caption.rsplit(" [", 1)[0], fill="#00ff00")
+    pic.save(f"{out.prefix}_detections.png")
+    print(f"{path}: {len(captions)} detection(s) explained: " + "; ".join(captions))
+    return _Slots(Detection([boxes], [labels], each=True), [f"det{k + 1}" for k in range(len(captions))], captions,
+                  boxes=boxes)
 
 
-def _segment(output: Any, path: str, spec: str, cats: Optional[Sequence[str]]) -> _Slots:
-    """The classes ``spec`` asks for among those present (printed), one slot each."""
-    predicted = torch.unique(segmentation_logits(output)[0].argmax(0)).tolist()
+def _segment(output: Any, path: str, spec: str, max_maps: int, cats: Optional[Sequence[str]]) -> _Slots:
+    """The classes ``spec`` asks for (default: those present, largest first; at most ``max_maps``), one slot each."""
+    counts = torch.bincount(segmentation_logits(output)[0].argmax(0).flatten())
+    predicted = [int(c) for c in counts.argsort(descending=True) if counts[c] > 0]
     classes = segment_classes(spec, cats, predicted)
+    classes = classes[:_capped(path, "classes asked for", len(classes), max_maps)]
     captions = [_name(cats, c) for c in classes]
-    print(f"{path}: classes present: {', '.join(_name(cats, c) for c in predicted)}")
-    return _Slots(Segmentation([classes]), [_slug(c) for c in captions], captions, boxes=False)
+    print(f"{path}: classes present, largest first: {', '.join(_name(cats, c) for c in predicted)}")
+    return _Slots(Segmentation([classes]), [_slug(c) for c in captions], captions)
 
 
-def _write_slot_maps(model: nn.Module, x: torch.Tensor, slots: _Slots, method: str, prefix: Path,
-                     layer: Optional[str]) -> list[Path]:
+def _write_slot_maps(model: nn.Module, x: torch.Tensor, slots: _Slots, method: str, out: _Output,
+                     options: dict[str, Any]) -> list[Path]:
     """One method's map per slot: ``PREFIX_METHOD_SLOT.png`` and ``.npy``; returns the PNGs."""
     cls = get(method)
-    e = cls(model, layer=layer or "auto").explain(x, targets=slots.target)
+    e = cls(model, **options).explain(x, targets=slots.target)
     attribution = e.output == "attribution"
     maps = e.maps.reshape(len(slots.names), *e.maps.shape[-3 if attribution else -2:])
+    image = out.image(x[0].cpu())
     written = []
     for k, (slot, caption) in enumerate(zip(slots.names, slots.captions)):
-        base = Path(f"{prefix}_{_slug(cls.name)}_{slot}")
-        pic = _picture(x[0], maps[k], attribution)
-        if slots.boxes:
-            pic = viz.draw_boxes(pic, slots.target.boxes[0][k:k + 1])
-        _save(base, pic, maps[k])
+        base = Path(f"{out.prefix}_{_slug(cls.name)}_{slot}")
+        m = out.map(maps[k].detach().cpu())
+        pic = _picture(image, m, attribution)
+        if slots.boxes is not None:
+            pic = viz.draw_boxes(pic, out.boxes(slots.boxes[k:k + 1]))
+        _save(base, pic, m)
         written.append(Path(f"{base}.png"))
         print(f"  {cls.name} -> {base}.png ({caption}) + .npy")
     return written
@@ -293,33 +358,51 @@ def _write_slot_maps(model: nn.Module, x: torch.Tensor, slots: _Slots, method: s
 
 def explain_task(
     model: nn.Module, paths: Sequence[str], task: str, methods: Sequence[str], out: Path, *,
-    layer: Optional[str] = None, target: str = "top1", min_score: float = 0.5, device: str = "cpu",
+    target: str = "top1", min_score: float = 0.5, max_maps: int = MAX_MAPS, size: str = "original",
+    device: str = "cpu", options: Optional[dict[str, Any]] = None,
 ) -> list[Path]:
-    """Write the pictures and maps of ``--task detect|segment`` (module doc); returns the PNG paths written."""
+    """Write the pictures and maps of ``--task detect|segment`` (module doc); returns the PNG paths written.
+    ``options``: what each method is built with (``layer``, ``precision``, ...; default: the automatic layer)."""
     if task not in ("detect", "segment"):
         raise InputError(f"task must be 'detect' or 'segment', got {task!r}")
     if task == "detect" and target != "top1":
         raise InputError("--target does not apply to --task detect: every detection scoring >= --min-score is explained")
+    if size == "model":
+        raise InputError("--size model applies to --task classify: detectors and segmenters take each image at its "
+                         "own size; use --size original or a number of pixels")
+    if max_maps < 1:
+        raise InputError(f"--max-maps must be >= 1, got {max_maps}")
     out.mkdir(parents=True, exist_ok=True)
     cats = getattr(model, "categories", None)
     written: list[Path] = []
     for path in paths:
         x = _read(path)[None].to(device)
+        h, w = x.shape[-2:]
+        oh, ow = _picture_size(size, (h, w), (h, w))
+        where = _Output(out / stem(path), (oh, ow), (ow / w, oh / h))
         with torch.no_grad():
             output = model(x)
         if task == "detect":
-            written.append(out / f"{stem(path)}_detections.png")
-            slots = _detect(output, x, path, min_score, cats, written[-1])
+            slots = _detect(output, x[0].cpu(), path, min_score, max_maps, cats, where)
+            if slots is None:
+                continue
+            written.append(Path(f"{where.prefix}_detections.png"))
         else:
-            slots = _segment(output, path, target, cats)
+            slots = _segment(output, path, target, max_maps, cats)
         for method in methods:
-            written += _write_slot_maps(model, x, slots, method, out / stem(path), layer)
+            written += _write_slot_maps(model, x, slots, method, where, options or {"layer": "auto"})
     return written
 
 
 def cmd_explain_task(args: argparse.Namespace) -> int:
     """The ``--task detect|segment`` branch of ``camkit explain``."""
-    model = sources.load_model(model_spec(args), args.device)
-    explain_task(model, args.images, args.task, csv_list(args.method), Path(args.output), layer=args.layer,
-                 target=args.target, min_score=args.min_score, device=args.device)
+    if args.fit is not None:
+        raise InputError("--fit applies to --task classify: detectors and segmenters take each image at its own size "
+                         "and resize inside")
+    model = _load(args)
+    out = Path(args.output)
+    explain_task(model, args.images, args.task, csv_list(args.method), out, target=args.target,
+                 min_score=args.min_score, max_maps=args.max_maps, size=args.size, device=args.device,
+                 options=_method_options(args))
+    print(f"camkit explain: maps written to {out.resolve()}")
     return 0

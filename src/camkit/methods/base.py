@@ -173,6 +173,7 @@ class BaseCAM:
             layout=[str(g) for g in to_grid],
             target=t.fn if t.indices is None else None,
             output=self.output,
+            categories=self._categories(),
         )
 
     # -- what subclasses implement -------------------------------------------------------------------
@@ -202,6 +203,11 @@ class BaseCAM:
         """How each captured output reads as a grid, and the detached float32 grids ``(B, C, *grid)``."""
         to_grid = [self._read(a, n, m, x, region) for a, n, m in zip(p.acts, names, modules)]
         return to_grid, [f(a.detach()).float() for f, a in zip(to_grid, p.acts)]
+
+    def _categories(self) -> Optional[list[str]]:
+        """The model's class names (``model.categories``, set by camkit's zoo and loaders), else None."""
+        names = getattr(self.model, "categories", None)
+        return list(names) if isinstance(names, (list, tuple)) and names else None
 
     def _forward_mode(self, x: torch.Tensor) -> Any:
         """Context in which the model's calls run at ``precision`` / ``channels_last``."""

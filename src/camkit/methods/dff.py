@@ -193,6 +193,7 @@ class DFF(BaseCAM):
             layout=[str(g) for g in to_grid],
             output=self.output,
             concept_scores=concept_scores,
+            categories=self._categories(),
         )
 
     def _factorise(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

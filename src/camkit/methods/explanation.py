@@ -26,7 +26,9 @@ class Explanation:
     them. ``scores``: the explained model outputs ``(B, [K])``. ``targets``: class indices
     ``(B, [K])`` (None for a callable target). ``logits``: the full model output ``(B, N)``.
     ``layers``: the explained layers' names; ``layout``: how each layer's output was read as a grid,
-    e.g. ``"nchw 7×7"``, ``"nhwc 7×7"``, ``"tokens: 5 prefix, 16×16"``.
+    e.g. ``"nchw 7×7"``, ``"nhwc 7×7"``, ``"tokens: 5 prefix, 16×16"``. ``categories``: the model's
+    class names where it has them (``model.categories``: zoo and loaded models), so that pictures
+    (``viz.show``) name the classes without being told.
     ``output`` ``"concepts"`` (DFF): ``maps`` are ``(B, k, H, W)``, one per concept found in the
     activations, ``targets`` ``(B, k)`` each concept's label and ``concept_scores`` ``(B, k, N)`` the
     head's class scores of each concept (None without a head); see :class:`camkit.methods.DFF`.
@@ -43,6 +45,7 @@ class Explanation:
     target: Any = None  # the resolved RowTarget (Segmentation/Detection: the classes, masks, boxes explained)
     output: str = "cam"  # the method's ``output``: "cam" maps in [0, 1], "attribution" (signed, (B, [K,] C, H, W)) or "concepts"
     concept_scores: Optional[torch.Tensor] = None  # output "concepts": the head's class scores of each concept (B, k, N)
+    categories: Optional[list[str]] = field(default=None, repr=False)  # the model's class names, if it has them
 
 
 @dataclass

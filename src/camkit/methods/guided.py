@@ -117,7 +117,7 @@ class GuidedBackprop(BaseCAM):
         squeeze = (lambda v: v) if t.keep_k else (lambda v: None if v is None else v[:, 0])
         return Explanation(
             maps=squeeze(attr), raw=squeeze(attr), weights=None, scores=squeeze(scores),
-            targets=squeeze(t.indices), logits=logits, layers=[], output=self.output,
+            targets=squeeze(t.indices), logits=logits, layers=[], output=self.output, categories=self._categories(),
         )
 
     def _guided_grads(
@@ -183,4 +183,5 @@ class GuidedGradCAM(GuidedBackprop):
         return Explanation(
             maps=prod if t.keep_k else prod[:, 0], raw=cam.raw, weights=cam.weights, scores=cam.scores,
             targets=cam.targets, logits=cam.logits, layers=cam.layers, layout=cam.layout, output=self.output,
+            categories=cam.categories,
         )

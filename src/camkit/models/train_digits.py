@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camkit.errors import UnsupportedModelError
 from camkit.models.digits_nets import DIGITS_ARCHITECTURES, DIGITS_SIZE
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -161,20 +162,26 @@ def save(model: nn.Module, path: Path) -> None:
     torch.save(state, path)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: train the named digits models (all by default) and save their weights."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", default=list(DIGITS_ARCHITECTURES))
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The trainer's options (``python -m camkit.models.train_digits`` and ``camkit train-digits``)."""
+    parser.add_argument("names", nargs="*", default=list(DIGITS_ARCHITECTURES),
+                        help=f"models to train (default: all of {', '.join(DIGITS_ARCHITECTURES)})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=12000)
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the weights go (default: the bundled ones)")
+    parser.add_argument("--threads", dest="train_threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--workers", type=int, default=2, help="processes generating the data")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=0, help="override the recipes' epochs")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train the models ``args`` names (see :func:`add_arguments`) and save their weights."""
+    unknown = [n for n in args.names if n not in RECIPES]
+    if unknown:
+        raise UnsupportedModelError(f"unknown digits model(s) {unknown}; choose from {', '.join(sorted(RECIPES))}")
+    if args.train_threads:
+        torch.set_num_threads(args.train_threads)
     start = time.perf_counter()
     data = generated_tensors(args.n_train, args.seed, "train", workers=args.workers)
     print(f"generated {args.n_train} training images in {time.perf_counter() - start:.0f}s", flush=True)
@@ -188,6 +195,13 @@ def main(argv: list[str] | None = None) -> None:
         save(model, path)
         print(f"{name}: held-out top-1 {acc:.4f}, {time.perf_counter() - start:.0f}s, "
               f"{path} ({path.stat().st_size / 1e3:.0f} kB)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: train the named digits models (all by default) and save their weights."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

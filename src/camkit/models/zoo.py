@@ -80,6 +80,12 @@ def default_weights(name: str) -> str | None:
     return _REGISTRY[name].default
 
 
+def named_weights_file(name: str, weights: str) -> Path:
+    """The file of zoo model ``name``'s named weights set ``weights`` (``"imagenet"``, ``"bundled"``);
+    KeyError when there is no such model or set, an error saying where to put it when the file is missing."""
+    return _REGISTRY[name].named_weights[weights](name)
+
+
 def _unknown(name: str) -> str:
     """Why ``name`` names no model, with the closest prefix (``timmm:resnet18`` -> ``timm:resnet18``) or names."""
     prefix, sep, rest = name.partition(":")
@@ -122,7 +128,7 @@ def load(name: str, weights: Weights = "default", **kwargs: Any) -> PixelModel:
             weights = entry.default
     if weights is not None:
         if isinstance(weights, str) and weights in entry.named_weights:
-            path = entry.named_weights[weights](name)
+            path = named_weights_file(name, weights)
             source = f"{weights!r} ({path})"
         elif (isinstance(weights, str) and os.path.sep not in weights and not Path(weights).suffix
               and not Path(weights).is_file()):
