@@ -18,7 +18,7 @@ from .methods import (
     CAM, BaseCAM, Explanation, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, SmoothGradCAMPlusPlus,
     XGradCAM, create, list_methods,
     AblationCAM, ScoreCAM, EigenCAM, GuidedBackprop, GuidedGradCAM, to_image,
-    Augment, EigenGradCAM, FullGrad,
+    Augment, EigenGradCAM, FullGrad, ISCAM, SSCAM, FinerCAM, RefineCAM, SESS, LeGrad,
 )
 
 __version__ = "0.1.0"
@@ -36,6 +36,6 @@ __all__ = [
     "CAM", "GradCAM", "GradCAMPlusPlus", "SmoothGradCAMPlusPlus", "XGradCAM", "LayerCAM", "HiResCAM",
     "BaseCAM", "Explanation", "TopK", "BottomK", "create", "list_methods",
     "AblationCAM", "ScoreCAM", "EigenCAM", "GuidedBackprop", "GuidedGradCAM", "to_image",
-    "Augment", "EigenGradCAM", "FullGrad",
+    "Augment", "EigenGradCAM", "FullGrad", "SSCAM", "ISCAM", "FinerCAM", "RefineCAM", "SESS", "LeGrad",
     "CamkitError", "InputError", "LayerNotFoundError", "NoGradientError", "TargetError", "UnsupportedModelError",
 ]

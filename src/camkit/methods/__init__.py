@@ -6,24 +6,31 @@ post-processing; each method declares ``output``, ``cost`` and ``expensive``),
 ``create``, ``list_methods``), :mod:`.smoothing` (``aug_smooth`` and ``eigen_smooth``, options of
 every CAM), :mod:`.gradient` (CAM, Grad-CAM, Grad-CAM++, Smooth Grad-CAM++, XGrad-CAM, Layer-CAM,
 HiResCAM), :mod:`.eigen` (EigenCAM), :mod:`.eigengrad` (EigenGrad-CAM), :mod:`.fullgrad`
-(FullGrad), :mod:`.scorecam` (Score-CAM), :mod:`.ablation` (Ablation-CAM and its tail replay),
-:mod:`.guided` (Guided Backprop, Guided Grad-CAM: pixel-space attributions).
+(FullGrad), :mod:`.scorecam` (Score-CAM, SS-CAM, IS-CAM: one loop of masked forwards), :mod:`.ablation` (Ablation-CAM and its tail replay),
+:mod:`.guided` (Guided Backprop, Guided Grad-CAM: pixel-space attributions), :mod:`.meta`
+(meta-methods around a ``base`` method: FinerCAM, RefineCAM; ``"meta:base"`` names), :mod:`.sess`
+(SESS: windows at several scales, fused), :mod:`.legrad` (LeGrad: gradients with respect to a
+vision transformer's attention).
 """
 from .base import BaseCAM
 from .explanation import Explanation
 from .gradient import CAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, SmoothGradCAMPlusPlus, XGradCAM
 from .registry import create, get, list_methods, register
 from .ablation import AblationCAM
-from .scorecam import ScoreCAM
+from .scorecam import ISCAM, SSCAM, ScoreCAM
 from .eigen import EigenCAM
 from .eigengrad import EigenGradCAM
 from .fullgrad import FullGrad
 from .smoothing import Augment
 from .guided import GuidedBackprop, GuidedGradCAM, to_image
+from .meta import FinerCAM, MetaCAM, RefineCAM
+from .sess import SESS
+from .legrad import LeGrad
 
 __all__ = [
     "BaseCAM", "Explanation", "CAM", "GradCAM", "GradCAMPlusPlus", "SmoothGradCAMPlusPlus", "XGradCAM",
     "LayerCAM", "HiResCAM", "create", "get", "list_methods", "register",
     "AblationCAM", "ScoreCAM", "EigenCAM", "GuidedBackprop", "GuidedGradCAM", "to_image",
-    "EigenGradCAM", "FullGrad", "Augment",
+    "EigenGradCAM", "FullGrad", "Augment", "SSCAM", "ISCAM",
+    "MetaCAM", "FinerCAM", "RefineCAM", "SESS", "LeGrad",
 ]

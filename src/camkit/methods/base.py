@@ -65,6 +65,12 @@ class BaseCAM:
     #: True when the cost grows with the layer's channels or a sample count (hundreds of forwards):
     #: such methods are left out of the demo's photo run and of ``--methods all`` unless named
     expensive: ClassVar[bool] = False
+    #: True when the map is a function of the target layer's activations and of the network after the
+    #: layer only (gradients through it, its weights), never of further passes over the input: SESS's
+    #: fast mode may then give the method activations cropped from a larger image
+    from_layer: ClassVar[bool] = False
+    #: how the maps of several layers are fused (:func:`camkit.core.postprocess.finalize`): "max" or "product"
+    fusion: str = "max"
 
     def __init__(
         self,
@@ -134,7 +140,7 @@ class BaseCAM:
             raw, weights = eigen_compute(self, ctx) if self.eigen_smooth else self.compute(ctx)
         check_finite(self.precision, scores, raw)
         raw = [torch.relu(r) for r in raw]
-        maps = finalize(raw, (x.shape[-2], x.shape[-1]), ctx.region)
+        maps = finalize(raw, (x.shape[-2], x.shape[-1]), ctx.region, self.fusion)
         squeeze = (lambda v: v[:, 0] if v is not None else None) if not t.keep_k else (lambda v: v)
         return Explanation(
             maps=squeeze(maps),

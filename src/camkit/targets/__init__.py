@@ -4,15 +4,17 @@ Modules, one idea each: :mod:`.classes` (class targets -- ``None`` for top-1, an
 image, ``TopK``/``BottomK``, a callable -- and :func:`resolve_targets`, which turns any spec into
 the scores of one forward), :mod:`.per_image` (one callable per image, pytorch-grad-cam's habit),
 :mod:`.segmentation` (a class's logits summed over a mask), :mod:`.detection` (the scores of a
-detector's predictions matching given boxes). Segmentation and Detection are :class:`RowTarget`\\ s:
+detector's predictions matching given boxes), :mod:`.contrast` (a class's logit minus those of its
+most similar classes: Finer-CAM's target). Segmentation, Detection and Contrast are :class:`RowTarget`\\ s:
 targets that hold something per image and score an output row by row.
 """
 from .classes import BottomK, RowTarget, ScoreFn, TargetSpec, Targets, TopK, resolve_targets
+from .contrast import Contrast
 from .detection import Detection
 from .per_image import PerImage
 from .segmentation import Segmentation
 
 __all__ = [
     "TopK", "BottomK", "RowTarget", "TargetSpec", "Targets", "ScoreFn", "resolve_targets",
-    "PerImage", "Segmentation", "Detection",
+    "PerImage", "Segmentation", "Detection", "Contrast",
 ]
