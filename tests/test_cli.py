@@ -130,7 +130,7 @@ def test_errors_are_one_readable_line(argv, message, tmp_path, capsys, monkeypat
 
 def test_target_parsing():
     from camkit import TopK
-    from camkit.cli import _target
+    from camkit.cli.explain import _target
 
     cats = ["tench, Tinca tinca", "goldfish, Carassius auratus"]
     assert _target("top1", cats) is None and _target("top3", cats) == TopK(3)

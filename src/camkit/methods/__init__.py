@@ -6,11 +6,12 @@ post-processing; each method declares ``output``, ``cost`` and ``expensive``),
 ``create``, ``list_methods``), :mod:`.smoothing` (``aug_smooth`` and ``eigen_smooth``, options of
 every CAM), :mod:`.gradient` (CAM, Grad-CAM, Grad-CAM++, Smooth Grad-CAM++, XGrad-CAM, Layer-CAM,
 HiResCAM), :mod:`.eigen` (EigenCAM), :mod:`.eigengrad` (EigenGrad-CAM), :mod:`.fullgrad`
-(FullGrad), :mod:`.scorecam` (Score-CAM, SS-CAM, IS-CAM: one loop of masked forwards), :mod:`.ablation` (Ablation-CAM and its tail replay),
-:mod:`.guided` (Guided Backprop, Guided Grad-CAM: pixel-space attributions), :mod:`.meta`
-(meta-methods around a ``base`` method: FinerCAM, RefineCAM; ``"meta:base"`` names), :mod:`.sess`
-(SESS: windows at several scales, fused), :mod:`.legrad` (LeGrad: gradients with respect to a
-vision transformer's attention).
+(FullGrad), :mod:`.scorecam` (Score-CAM, SS-CAM, IS-CAM: one loop of masked forwards),
+:mod:`.ablation` (Ablation-CAM and its tail replay), :mod:`.guided` (Guided Backprop, Guided
+Grad-CAM: pixel-space attributions), :mod:`.meta` (meta-methods around a ``base`` method:
+FinerCAM, RefineCAM; ``"meta:base"`` names), :mod:`.sess` (SESS: windows at several scales, fused),
+:mod:`.legrad` (LeGrad: gradients with respect to a vision transformer's attention),
+:mod:`.perturbation` (deprecated path of Ablation-CAM and Score-CAM, removed in 0.3.0).
 """
 from .base import BaseCAM
 from .explanation import Explanation

@@ -206,3 +206,15 @@ class BaseCAM:
     def _layers(self, x: torch.Tensor) -> tuple[list[str], list[nn.Module]]:
         pairs = choose_layers(self.model, self.layer, x)
         return [n for n, _ in pairs], [m for _, m in pairs]
+
+
+def __getattr__(name: str) -> Any:  # deprecated aliases of names that moved (removed in 0.3.0)
+    if name == "auto_layer":
+        import warnings
+
+        from ..layers import auto_layer
+
+        warnings.warn("camkit.methods.base.auto_layer moved to camkit.layers.auto_layer; the old name goes "
+                      "away in camkit 0.3.0", DeprecationWarning, stacklevel=2)
+        return auto_layer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,42 +1,41 @@
-"""What the server computes, apart from HTTP: decoded images, batched explanations, encoded maps.
+"""What the server computes, apart from HTTP: targets, decoded images, batched explanations.
 
 A request asks one model for maps of one image by several methods; it becomes one job per method.
 Jobs of the same model, method and kind of target are batched (:mod:`camkit.serve.batching`):
 their images, resized to the model's input size as ``camkit explain`` does, go through one
 ``explain`` call, so several requests share one forward. An image's maps do not depend on the
 other images of its batch (eval mode), so each answer equals the library's call on that image
-alone, up to float rounding.
+alone, up to float rounding. Turning the answers into PNG and ``.npy`` is :mod:`.encoding`'s.
 """
 from __future__ import annotations
 
-import base64
 import io
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Hashable, Optional, Sequence, Union
+from typing import Any, Hashable, Optional, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from .. import viz
 from ..targets import TopK
 from ..data import resize_image
 from ..errors import CamkitError
-from ..methods import create, get, list_methods, to_image
+from ..methods import create, get, list_methods
 from ..methods.base import BaseCAM
 
 MAX_K = 10  # topK targets explain at most this many classes
-DISPLAY_MAX_SIDE = 2048  # overlays are drawn at the image's own size, up to this many pixels per side
 
 
 class BadRequest(CamkitError):
-    """A request the server cannot answer as asked; ``status`` is the HTTP status to answer with."""
+    """A request the server cannot answer as asked (4xx), or not now (503 busy, 504 too slow):
+    ``status`` is the HTTP status to answer with, ``headers`` go with it (``Retry-After``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Optional[dict[str, str]] = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers
 
 
 @dataclass(frozen=True)
@@ -98,18 +97,15 @@ class Item:
 
 @dataclass
 class MapResult:
-    """One image's answer from one method: ``maps`` ``(K, H, W)`` (``(K, 3, H, W)`` for guided
-    methods), explained ``classes`` (K), the model's ``logits`` (N) and the job's timings."""
+    """One image's answer from one method: ``maps`` ``(K, H, W)`` (``(K, 3, H, W)`` when the
+    method's ``output`` is ``"attribution"``), explained ``classes`` (K), the model's ``logits``
+    (N), the job's run time and the method's ``output`` (``"cam"`` or ``"attribution"``)."""
 
     maps: torch.Tensor
     classes: list[int]
     logits: Optional[torch.Tensor]
     seconds: float
-
-
-def is_attribution(method: str) -> bool:
-    """Guided methods give a signed (3, H, W) attribution, not a [0, 1] map."""
-    return get(method).name.startswith("guided")
+    output: str = "cam"
 
 
 class Explainer:
@@ -171,60 +167,5 @@ class Explainer:
         classes = e.targets.reshape(len(items), -1).tolist() if e.targets is not None else [[] for _ in items]
         logits = None if e.logits is None else e.logits.detach().float().cpu()
         took = time.perf_counter() - start
-        return [MapResult(maps[i], classes[i], None if logits is None else logits[i], took) for i in range(len(items))]
-
-
-# -------------------------------------------------------------------------------------------- encoding
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def npy_bytes(a: torch.Tensor) -> bytes:
-    """``a`` as float32 ``.npy`` file bytes (``numpy.load(io.BytesIO(...))`` reads it back)."""
-    buf = io.BytesIO()
-    np.save(buf, a.detach().cpu().numpy().astype(np.float32))
-    return buf.getvalue()
-
-
-def display_image(image: torch.Tensor) -> torch.Tensor:
-    """The uploaded image, shrunk only when a side exceeds :data:`DISPLAY_MAX_SIDE`."""
-    h, w = image.shape[-2:]
-    scale = DISPLAY_MAX_SIDE / max(h, w)
-    return image if scale >= 1 else resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale))))
-
-
-def png_bytes(picture: Any) -> bytes:
-    """A PIL image as PNG with fast compression (level 1: about 5x faster than the default on
-    photos, files about 10 % larger)."""
-    buf = io.BytesIO()
-    picture.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def encode_maps(image: torch.Tensor, maps: torch.Tensor, attribution: bool) -> tuple[bytes, bytes, bytes]:
-    """PNG of the overlay (the coloured map blended at alpha 0.5 over the image, at the image's
-    size, as :func:`camkit.viz.overlay` draws it), PNG of the coloured map alone (for the page's
-    opacity slider), and the map's ``.npy`` bytes."""
-    from PIL import Image
-
-    h, w = image.shape[-2:]
-    if attribution:
-        pic = png_bytes(viz.to_pil(to_image(maps)).resize((w, h)))
-        return pic, pic, npy_bytes(maps)
-    heat = viz.heatmap(maps, size=(h, w))
-    return png_bytes(Image.blend(viz.to_pil(image), heat, 0.5)), png_bytes(heat), npy_bytes(maps)
-
-
-def top_classes(logits: Optional[torch.Tensor], categories: Optional[Sequence[str]], k: int) -> list[dict[str, Any]]:
-    """The ``k`` most probable classes: ``{"index", "name", "score"}`` with softmax probabilities."""
-    if logits is None or logits.dim() != 1:
-        return []
-    probs = logits.float().softmax(0)
-    top = probs.topk(min(k, probs.numel()))
-    return [{"index": int(i), "name": class_name(categories, int(i)), "score": float(v)}
-            for v, i in zip(top.values, top.indices)]
-
-
-def class_name(categories: Optional[Sequence[str]], i: int) -> str:
-    return categories[i] if categories and 0 <= i < len(categories) else str(i)
+        return [MapResult(maps[i], classes[i], None if logits is None else logits[i], took, e.output)
+                for i in range(len(items))]
