@@ -69,6 +69,9 @@ class BaseCAM:
     #: layer only (gradients through it, its weights), never of further passes over the input: SESS's
     #: fast mode may then give the method activations cropped from a larger image
     from_layer: ClassVar[bool] = False
+    #: what the model must have beyond being an ``nn.Module`` (() = nothing): LeGrad ("attention",) needs
+    #: transformer blocks with attention it can read; elsewhere it raises a clear error
+    requires: ClassVar[tuple[str, ...]] = ()
     #: how the maps of several layers are fused (:func:`camkit.core.postprocess.finalize`): "max" or "product"
     fusion: str = "max"
 

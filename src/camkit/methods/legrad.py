@@ -53,6 +53,7 @@ class LeGrad(BaseCAM):
     """
 
     uses_gradients = True
+    requires = ("attention",)
     cost = "one forward (eager attention in the explained blocks), a backward per block through that block and the head"
 
     def __init__(self, model: nn.Module, layer: Any = "auto", *,

@@ -138,7 +138,9 @@ class RefineCAM(MetaCAM):
     product, as the paper says and torchcam does. pytorch-grad-cam's loop meant to do it
     (``for cam in cam_per_layer: cam = cam / max``) only rebinds its loop variable and normalises
     nothing; its maps come out right only because its base methods already return min-max normalised
-    maps. ``raw`` holds the per-layer maps before normalisation.
+    maps. Each layer's map is brought to the input before the product (pytorch-grad-cam); torchcam
+    multiplies at the finest layer's grid unless given ``target_shape``. ``raw`` holds the per-layer
+    maps before normalisation.
     """
 
     default_base = GradCAMPlusPlus

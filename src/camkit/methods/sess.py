@@ -32,6 +32,12 @@ from .meta import Base, MetaCAM
 from .registry import register
 
 
+#: a weighted window map counts in the mean at a pixel when it exceeds ``theta`` by more than this share of
+#: the window's weight: pixels that are 0 in exact arithmetic (a window's minimum, upsampled) stay out
+#: whatever the rounding of the resizing
+ROUNDING = 1e-6
+
+
 def window_starts(length: int, step: int, window: int) -> list[int]:
     """Start offsets of windows covering ``length`` (pytorch-grad-cam's rule): every ``step``, the last
     one shifted back so that it ends at the border."""
@@ -86,7 +92,7 @@ class SESS(MetaCAM):
     class probability ``p_i / max_j p_j`` (pre-filtered: the ``pre_filter`` share of lowest-scoring
     windows is dropped), placed where the window lies and resized to the input, and the maps are
     fused per pixel by the mean over windows whose weighted map exceeds ``theta`` (``pool="mean"``, the
-    paper's spatial weighted average) or their maximum (``pool="max"``); the result is smoothed by an
+    paper's spatial weighted average; by more than float rounding, :data:`ROUNDING`) or their maximum (``pool="max"``); the result is smoothed by an
     11x11 Gaussian (sigma 5) and min-max normalised.
 
     Defaults are pytorch-grad-cam's (its ``SESS``): base Grad-CAM, ``window`` the input's shorter side,
@@ -311,7 +317,7 @@ class SESS(MetaCAM):
                 for b in rows.unique().tolist():
                     total[b] = torch.maximum(total[b], placed[rows == b].amax(0))
             else:
-                above = placed > self.theta
+                above = placed > self.theta + ROUNDING * wt.view(*wt.shape, 1, 1)  # exact zeros stay out of the count
                 total.index_add_(0, rows, torch.where(above, placed, torch.zeros_like(placed)))
                 count.index_add_(0, rows, above.float())
         if self.pool == "max":
