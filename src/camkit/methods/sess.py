@@ -92,8 +92,8 @@ class SESS(MetaCAM):
     class probability ``p_i / max_j p_j`` (pre-filtered: the ``pre_filter`` share of lowest-scoring
     windows is dropped), placed where the window lies and resized to the input, and the maps are
     fused per pixel by the mean over windows whose weighted map exceeds ``theta`` (``pool="mean"``, the
-    paper's spatial weighted average; by more than float rounding, :data:`ROUNDING`) or their maximum (``pool="max"``); the result is smoothed by an
-    11x11 Gaussian (sigma 5) and min-max normalised.
+    paper's spatial weighted average; by more than float rounding, :data:`ROUNDING`) or their maximum
+    (``pool="max"``); the result is smoothed by an 11x11 Gaussian (sigma 5) and min-max normalised.
 
     Defaults are pytorch-grad-cam's (its ``SESS``): base Grad-CAM, ``window`` the input's shorter side,
     ``step`` = ``window``, ``num_scales=12`` scales ``window + round(window * scale_step) * i`` with
@@ -103,25 +103,32 @@ class SESS(MetaCAM):
     used as is, clipped at 0. Windows scoring 0 weigh nothing (pytorch-grad-cam weights every window 1
     when all score 0).
 
-    ``mode="exact"``: every window is cropped from its rescaled image and explained by the base
-    method, ``batch_size`` windows per pass -- the windows of all images at once, maps equal to
-    pytorch-grad-cam's up to float rounding. ``mode="fast"`` (default): for bases whose map depends only
-    on the explained layer and the network after it (declared ``from_layer``: the gradient family,
-    CAM, EigenCAM) the network runs once per scale up to the layer, and each window's activations
-    are the cells of that run under it; the base then runs only the layers after the target, on call-
-    scoped replays (:mod:`camkit.methods.ablation.replay`). Bound on the difference: a cell of the
-    layer sees the same input pixels in both modes unless its receptive field crosses the window's
-    edge (exact mode sees the padding there, fast mode the neighbouring pixels), so activations are
-    equal except in a band of ``ceil(r / s)`` cells along the window's edges (``r`` the receptive-field
-    radius, ``s`` the layer's stride) -- none with unpadded convolutions, where the modes agree to float
-    rounding -- and everything else (crops, weights, fusion) is shared code. A window whose start is not
-    a multiple of the stride reads the nearest cells (off by up to half a cell). On deep networks
-    whose receptive field exceeds the window (ResNet-50's layer4) the band is the whole window:
-    fast mode is then an approximation (see ``benchmarks/bench_peer_parity_b.py`` for its agreement
-    with exact mode). Fast mode falls back to exact mode, with a warning, when the layer's output is
-    not an ``(B, C, h, w)`` grid, several layers are explained, the model cannot run the rescaled
-    image, or the network after the layer reads tensors computed before it (checked by replaying with
-    those poisoned); bases that are not ``from_layer`` (Score-CAM, ...) run exact mode.
+    ``mode="exact"`` (default): every window is cropped from its rescaled image and explained by the
+    base method, ``batch_size`` windows per pass -- the windows of all images and scales at once; maps
+    equal to pytorch-grad-cam's up to float rounding, at about one forward per window (the base's
+    backward runs only through the layers after the target) where pytorch-grad-cam spends about five
+    (a scoring forward, then a forward and a full backward with parameter gradients).
+
+    ``mode="fast"``: for bases whose map depends only on the explained layer and the network after it
+    (declared ``from_layer``: the gradient family, CAM, EigenCAM) the network runs once per scale up to
+    the layer, and each window's activations are the cells of that run under it; the base then runs
+    only the layers after the target, on call-scoped replays (:mod:`camkit.methods.ablation.replay`).
+    It costs one forward of every rescaled image, ``sum_s (s/window)^2`` window-forwards (91 for the
+    default 12 scales) whatever the windows, so it pays where windows overlap (``step < window``); with
+    the default ``step = window`` the windows tile each rescaled image (122 windows) and both modes cost
+    about the same. Bound on the difference: a
+    cell of the layer sees the same input pixels in both modes unless its receptive field crosses
+    the window's edge (exact mode sees the padding there, fast mode the neighbouring pixels), so
+    activations are equal except in a band of ``ceil(r / s)`` cells along the window's edges (``r`` the
+    receptive-field radius, ``s`` the layer's stride) -- none with unpadded convolutions, where the
+    modes agree to float rounding -- and everything else (crops, weights, fusion) is shared code. A
+    window whose start is not a multiple of the stride reads the nearest cells (off by up to half a
+    cell). On deep networks whose receptive field exceeds the window (ResNet's ``layer4``) the band is
+    the whole window: fast mode is then an approximation (``benchmarks/bench_peer_parity_b.py`` prints
+    its agreement with exact mode). Fast mode falls back to exact mode, with a warning, when the
+    layer's output is not an ``(B, C, h, w)`` grid, several layers are explained, the model cannot run
+    the rescaled image, or the network after the layer reads tensors computed before it (checked by
+    replaying with those poisoned); bases that are not ``from_layer`` (Score-CAM, ...) run exact mode.
     """
 
     def __init__(
@@ -140,7 +147,7 @@ class SESS(MetaCAM):
         pool: str = "mean",
         smooth: bool = True,
         batch_size: int = 32,
-        mode: str = "fast",
+        mode: str = "exact",
         **options: Any,
     ) -> None:
         super().__init__(model, layer, base=base, **options)
@@ -171,7 +178,7 @@ class SESS(MetaCAM):
 
     @classmethod
     def describe_cost(cls, base: type) -> str:
-        fast = "; fast mode (default): one forward per scale, then the layers after the target per window"
+        fast = "; mode='fast': one forward per rescaled image, then the layers after the target per window"
         return (f"the base ({base.cost}) on every window of every scale (12 scales: 122 windows at 224x224)"
                 + (fast if base.from_layer else ""))
 
