@@ -34,6 +34,7 @@ import torchvision
 import camkit
 from camkit.methods.sess import window_starts
 from _timing import device_label, median_ms  # benchmarks/ is on sys.path when run as a script
+from bench_perturbation import informative_channels
 
 
 def chunked_forwards(model: torch.nn.Module, n: int, batch: int, size: int, device: str) -> None:
@@ -42,17 +43,6 @@ def chunked_forwards(model: torch.nn.Module, n: int, batch: int, size: int, devi
     with torch.no_grad():
         for start in range(0, n, batch):
             model(x[: min(batch, n - start)])
-
-
-def informative_channels(model: torch.nn.Module, layer: str, x: torch.Tensor) -> int:
-    """Channels of ``layer`` whose map is not constant."""
-    store: dict[str, torch.Tensor] = {}
-    h = model.get_submodule(layer).register_forward_hook(lambda m, i, o: store.update(a=o))
-    with torch.no_grad():
-        model(x)
-    h.remove()
-    flat = store["a"].flatten(2)
-    return int((flat.amax(-1) != flat.amin(-1)).sum())
 
 
 def corr(a: torch.Tensor, b: torch.Tensor) -> float:

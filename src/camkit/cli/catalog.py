@@ -25,6 +25,8 @@ def add_train_digits_parser(sub: Any) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     """``camkit list``: one line per kind, model prefixes and datasets with their usage."""
     print("methods:  " + ", ".join(camkit.list_methods()))
+    metas = [n for n in camkit.list_methods() if getattr(camkit.methods.get(n), "meta", False)]
+    print(f"  {'META:BASE':<17} {', '.join(metas)} around another method, e.g. sess:gradcam++")
     print("models:   " + ", ".join(camkit.models.list_models()))
     for _module, _function, usage in camkit.models.PREFIXES.values():
         name, text = usage.split("  ", 1)

@@ -25,7 +25,7 @@ from ..core.precision import score_tolerance
 from ..core.state import preserved
 from ..errors import InputError, TargetError
 from ..targets import RowTarget, TargetSpec, Targets, resolve_targets
-from .ablation.replay import Plan, Replay, Tracer
+from .ablation.replay import Replay, Tracer
 from .base import BaseCAM, chunks, positive_int
 from .explanation import Explanation
 from .meta import Base, MetaCAM
@@ -266,12 +266,14 @@ class SESS(MetaCAM):
         return [items[sl] for sl in chunks(len(items), self.batch_size)]
 
     # -- weights and fusion -------------------------------------------------------------------------------
-    def _window_scores(self, scores: torch.Tensor, logits: Optional[torch.Tensor], t: Targets) -> torch.Tensor:
-        """``(n, K)``: the target classes' softmax probabilities, or a callable's ``scores`` clipped at 0."""
+    @staticmethod
+    def _window_scores(t: Targets, logits: Optional[torch.Tensor], scores: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``(n, K)``: the target classes' softmax probabilities, or the callable's ``scores()`` clipped at 0."""
         if t.indices is not None:
             assert logits is not None
             return torch.softmax(logits.detach().float(), -1).gather(1, t.indices.to(logits.device))
-        return scores.detach().reshape(scores.shape[0], -1).float().clamp_min(0)
+        s = scores().detach()
+        return s.reshape(s.shape[0], -1).float().clamp_min(0)
 
     def _prefilter(self, scales: list[_Scale], window: int, t: Targets, source: "_Source") -> torch.Tensor:
         """``(B, K, windows)`` weights ``p_i / max_kept p``: 0 for the pre-filtered windows."""
@@ -281,7 +283,7 @@ class SESS(MetaCAM):
             rows = torch.tensor([b for _, b, _, _ in items], device=scales[0].x.device)
             tr = t.rows(rows)
             output, logits = source.scores(items, scales, window)
-            s = self._window_scores(tr.scores(output, logits) if tr.indices is None else output, logits, tr)
+            s = self._window_scores(tr, logits, lambda: tr.scores(output, logits))
             for r, b in enumerate(rows.tolist()):
                 per[b].append(s[r])
         p = torch.stack([torch.stack(v, dim=-1) for v in per])  # (B, K, n)
@@ -316,7 +318,7 @@ class SESS(MetaCAM):
             layout = e.layout
             cams = e.maps if e.maps.dim() == 4 else e.maps.unsqueeze(1)  # (n, K, window, window)
             if wt is None:  # p_i; the 1 / max p of the weights is a constant the final normalisation removes
-                wt = self._window_scores(e.scores, e.logits, tr)
+                wt = self._window_scores(tr, e.logits, lambda: e.scores)
             ry = torch.stack([scales[s].rows[:, y:y + window] for s, _, y, _ in items])  # (n, H, window)
             rx = torch.stack([scales[s].cols[:, c:c + window] for s, _, _, c in items])  # (n, W, window)
             placed = ry.unsqueeze(1) @ (cams.float() * wt.view(*wt.shape, 1, 1)) @ rx.unsqueeze(1).transpose(-1, -2)
