@@ -52,7 +52,8 @@ def _attentions(module: nn.Module) -> list[nn.Module]:
 
 def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
     """``(name, block, attention)`` of every transformer block, in registration order: a block is the
-    nearest ancestor of an attention module that is an element of a ``ModuleList`` / ``Sequential``."""
+    nearest ancestor of an attention module that is an element of a ``ModuleList`` / ``Sequential``
+    (attention outside such a list, e.g. an attention-pooling head, is no block)."""
     names = {id(m): n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
     out = []
@@ -65,7 +66,8 @@ def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module
             if isinstance(parent, (nn.ModuleList, nn.Sequential)):
                 block = ".".join(parts[:i])
                 break
-        out.append((block if block is not None else name, modules.get(block or name, attn), attn))
+        if block is not None:
+            out.append((block, modules[block], attn))
     return out
 
 
