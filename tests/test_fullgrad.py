@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 import camkit
@@ -73,6 +74,32 @@ def test_fullgrad_equals_the_papers_sum_of_input_and_bias_gradient_terms():
     assert camkit.FullGrad(net, layer="conv2").explain(x).layers == ["conv2"]
     with pytest.raises(camkit.UnsupportedModelError, match="biases"):
         camkit.FullGrad(net, layer="fc")(x)
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "efficientnet_b0"])
+def test_fullgrad_auto_on_squeeze_excitation_nets_sums_every_biased_layer(arch, one_thread):
+    """The squeeze-excitation gates' 1×1 convolutions act on a pooled 1×1 map: their terms are constants
+    over the image, summed like every other term (pytorch-grad-cam resizes them too)."""
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, arch)(num_classes=7).eval()
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    e = camkit.FullGrad(net).explain(x)
+    layers = {n: m for n, m in net.named_modules() if isinstance(m, nn.BatchNorm2d) or
+              (isinstance(m, nn.Conv2d) and m.bias is not None)}
+    assert e.layers == list(layers) and any(".fc1" in n for n in layers)  # the gates' convolutions included
+    outs = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, o, n=n: outs.update({n: o})) for n, m in layers.items()]
+    xi = x.clone().requires_grad_(True)
+    score = net(xi)[0, int(e.targets[0])]
+    for h in hooks:
+        h.remove()
+    grads = torch.autograd.grad(score, [xi] + list(outs.values()))
+    terms = [grads[0][0] * xi[0]]
+    for g, (n, m) in zip(grads[1:], layers.items()):
+        bias = m.bias if isinstance(m, nn.Conv2d) else m.bias - m.running_mean * m.weight / torch.sqrt(m.running_var + m.eps)
+        terms.append(g[0] * bias.view(-1, 1, 1))
+    total = sum(upsample(_psi(t.detach())[None], x.shape[-2:])[0] for t in terms)
+    torch.testing.assert_close(e.maps[0], normalize(total), atol=1e-4, rtol=0)
 
 
 def test_fullgrad_leaves_the_model_as_found_and_refuses_eigen_smooth():

@@ -141,7 +141,9 @@ def test_attention_internals_and_hidden_widths_are_never_maps(layer, match):
     x = torch.rand(1, 3, 16, 36)  # 4 x 9 tokens
     with pytest.raises(camkit.InputError, match=match):
         camkit.GradCAM(model, layer=layer).explain(x)
-    assert camkit.GradCAM(model).explain(x).layers == ["fc2"]  # auto: the last residual-width token output
+    # auto: the last residual-width token output that is not a residual branch before its add (attn and
+    # fc2 are added to the stream they were computed from), i.e. the pre-attention norm, as on a ViT
+    assert camkit.GradCAM(model).explain(x).layers == ["norm"]
     forced = camkit.GradCAM(model, layer="fc1", layout="tokens").explain(x)  # the user may insist
     assert forced.layout == ["tokens: 0 prefix, 4\u00d79"]
 

@@ -141,6 +141,25 @@ def test_hf_classifier_from_directory(hf_vit) -> None:
     assert load_model(f"hf:{folder}").categories == model.categories  # the bench's path
 
 
+def test_hf_vit_at_another_size_interpolates_its_position_embeddings(hf_vit) -> None:
+    net, folder = hf_vit
+    model = cm.load(f"hf:{folder}")
+    x = torch.rand(2, 3, 48, 40)  # built for 32×32
+    with torch.no_grad():
+        expected = net(_normalised(x, MEAN, STD), interpolate_pos_encoding=True).logits
+        assert torch.allclose(model(x).logits, expected, atol=1e-5)
+        native = torch.rand(1, 3, 32, 32)  # at its own size the model runs as it always did
+        assert torch.allclose(model(native).logits, net(_normalised(native, MEAN, STD)).logits, atol=1e-5)
+    e = camkit.GradCAM(model).explain(x, targets=[0, 2])
+    assert e.layers == [model.default_layer] and e.layout == ["tokens: 1 prefix, 6×5"]
+    store = {}  # Grad-CAM weights by hand on the default layer, the network called with the flag
+    h = net.get_submodule(model.default_layer).register_forward_hook(lambda _m, _i, o: store.update(a=o))
+    logits = net(_normalised(x, MEAN, STD), interpolate_pos_encoding=True).logits
+    h.remove()
+    (g,) = torch.autograd.grad(logits.gather(1, torch.tensor([[0], [2]])).sum(), store["a"])
+    torch.testing.assert_close(e.weights, g[:, 1:].mean(1), rtol=1e-4, atol=1e-6)  # class token dropped
+
+
 def test_hf_preprocessing_is_read_from_the_processor_config() -> None:
     from camkit.models.hf_loader import categories, input_size, pixel_normalisation
 

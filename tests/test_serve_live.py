@@ -35,8 +35,8 @@ SCREENSHOT = os.environ.get("CAMKIT_SERVE_SCREENSHOT")  # also save the page's s
 
 
 class Server:
-    def __init__(self, proc: subprocess.Popen, url: str, dirs: dict[str, Path]) -> None:
-        self.proc, self.url, self.dirs = proc, url, dirs
+    def __init__(self, proc: subprocess.Popen, url: str, dirs: dict[str, Path], lines: list[str]) -> None:
+        self.proc, self.url, self.dirs, self.lines = proc, url, dirs, lines
 
     def rss_mb(self) -> float:
         text = Path(f"/proc/{self.proc.pid}/status").read_text()
@@ -53,7 +53,7 @@ def server(tmp_path_factory):
     env.update(HOME=str(dirs["home"]), TMPDIR=str(dirs["tmp"]), PYTHONDONTWRITEBYTECODE="1",
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "camkit", "serve", "--models", "efficientnet_lite0,digits_resnet", "--port", "0",
-           "--threads", "1", "--max-batch", "16", "--max-queue", "256", "--timeout", "120"]
+           "--threads", "1", "--max-batch", "16", "--max-queue", "256", "--timeout", "120", "--read-timeout", "3"]
     proc = subprocess.Popen(cmd, cwd=dirs["cwd"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     url = None
@@ -69,7 +69,7 @@ def server(tmp_path_factory):
         proc.kill()
         pytest.fail("camkit serve did not start:\n" + "".join(lines) + (proc.stdout.read() or ""))
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # keep the pipe drained
-    yield Server(proc, url, dirs)
+    yield Server(proc, url, dirs, lines)
     if proc.poll() is None:
         proc.kill()
         proc.wait(30)
@@ -155,8 +155,9 @@ def _chrome(profile: Path):
     opts.binary_location = CHROMIUM
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,900"):
+                "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,900"):
         opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console: CSP refusals, 404s
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
 
 
@@ -188,8 +189,17 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         from PIL import Image
 
         w, h = Image.open(photo).size
-        assert sizes == [[True, w, h]] * 4  # photo + map, twice, at the image's own size
-        captions = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "figure.result .label")]
+        assert sizes == [[True, w, h]] * 5  # the photo, then photo + map twice, at the image's own size
+        # at 1400 px the photo and its maps sit side by side, each scaled to one column, nothing overflows
+        boxes = driver.execute_script(
+            "return [...document.querySelectorAll('#results figure.result')].map(f => { const r = "
+            "f.querySelector('img').getBoundingClientRect(); return [f.className, r.top, r.left, r.right, r.width]; })")
+        assert [b[0] for b in boxes] == ["result input", "result", "result"]
+        assert max(b[1] for b in boxes) - min(b[1] for b in boxes) < 1, boxes  # one row
+        assert boxes[0][2] < boxes[1][2] < boxes[2][2] and max(b[3] for b in boxes) <= 1400, boxes
+        assert max(b[4] for b in boxes) - min(b[4] for b in boxes) < 1, boxes  # the same width
+        assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        captions = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "figure.result:not(.input) .label")]
         assert [c.split(" ·")[0] for c in captions] == ["gradcam", "eigencam"]
         classes = driver.find_element(By.ID, "classes").text.lower()
         assert "cat" in classes and "cat" in captions[0].lower()  # ImageNet weights: an Egyptian / tiger cat
@@ -198,7 +208,7 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         driver.find_element(By.ID, "class-name").send_keys("tiger cat")
         assert driver.find_element(By.ID, "class-hint").text == "class 282: tiger cat"
         driver.find_element(By.ID, "explain").click()
-        wait.until(lambda d: all("(282)" in e.text for e in d.find_elements(By.CSS_SELECTOR, "figure.result .label")))
+        wait.until(lambda d: all("(282)" in e.text for e in d.find_elements(By.CSS_SELECTOR, "figure.result:not(.input) .label")))
         assert len(driver.find_elements(By.CSS_SELECTOR, "figure.result img.heat")) == 2
         opacity = driver.find_element(By.ID, "opacity")
         driver.execute_script("arguments[0].value = 80; arguments[0].dispatchEvent(new Event('input'))", opacity)
@@ -210,16 +220,69 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         assert Image.open(io.BytesIO(png)).size[0] > 0
         if SCREENSHOT:
             Path(SCREENSHOT).write_bytes(png)
-        driver.get(server.url + "/docs")  # the API docs render offline
+        driver.get(server.url + "/docs")  # the API docs render offline, under their own policy
         WebDriverWait(driver, 60).until(lambda d: "/explain" in d.find_element(By.TAG_NAME, "body").text)
+        console = [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+        assert not console, console  # no refusal by the Content-Security-Policy, no 404 (the favicon)
     finally:
         driver.quit()
+
+
+def test_big_uploads_at_once_keep_memory_bounded(server):
+    """Four 9-megapixel PNGs (50 kB files) sent together: decoded to 1024 px, at most two at a time
+    (before: +1.76 GB peak for four 16-megapixel uploads; now about +0.2 GB)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (3000, 3000), (90, 120, 30)).save(buf, format="PNG")
+    data = buf.getvalue()
+    try:
+        Path(f"/proc/{server.proc.pid}/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current size
+    except OSError as e:
+        pytest.skip(f"cannot reset the server's peak memory here: {e}")
+    before = server.rss_mb()
+    codes: list[int] = []
+
+    def send() -> None:
+        codes.append(httpx.post(server.url + "/explain", files={"image": ("big.png", data, "image/png")},
+                                data={"model": "digits_resnet"}, timeout=120).status_code)
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    peak = int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{server.proc.pid}/status").read_text()).group(1)) / 1024
+    print(f"server peak memory +{peak - before:.0f} MB over four 9-megapixel uploads at once")
+    assert codes == [200] * 4
+    assert peak - before < 500
+
+
+def test_a_stalled_client_is_answered_408_and_the_server_serves_on(server):
+    import socket
+
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(b"POST /explain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=zz\r\n"
+                  b"Content-Length: 100000\r\n\r\n--zz\r\n")  # then nothing more (--read-timeout 3)
+        assert httpx.get(server.url + "/health", timeout=30).status_code == 200  # others are served meanwhile
+        answer = b""
+        while chunk := s.recv(4096):  # the server closes the connection after its answer
+            answer += chunk
+        answer = answer.decode()
+    assert answer.startswith("HTTP/1.1 408") and "stopped arriving" in answer
 
 
 def test_bad_upload_over_loopback_and_no_files_outside_the_temp_dir(server):
     r = httpx.post(server.url + "/explain", files={"image": ("x.txt", b"plain text", "text/plain")}, timeout=60)
     assert r.status_code == 415 and "not an image" in r.json()["detail"]
     assert httpx.get(server.url + "/health", timeout=60).json()["status"] == "ok"
+    rebound = httpx.get(server.url + "/models", headers={"host": "attacker.example:8000"}, timeout=60)
+    assert rebound.status_code == 403 and rebound.headers["x-content-type-options"] == "nosniff"
+    time.sleep(0.5)  # the log lines reach the pipe
+    log = "".join(server.lines)
+    assert "camkit serve: POST /explain -> 415: the upload" in log and "GET /models -> 403: Host" in log
+    assert "Traceback" not in log
     running = _files(server.dirs["tmp"])
     assert running and all(p.startswith("camkit-serve-") for p in running)  # its own temp dir only
     server.proc.send_signal(signal.SIGTERM)  # as a process manager stops it (Ctrl-C: SIGINT, the same path)

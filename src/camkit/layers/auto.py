@@ -1,12 +1,15 @@
 """``layer="auto"``: the layer an expert explains, chosen from the model's own evidence.
 
 The rule: the last output that is a feature map (a grid consistent with the input: NCHW,
-channels-last or tokens), not pooling, not an attention internal or MLP hidden width, from a
-module called once, on whose grid positions the top-1 score depends, named after the module that
-computed it (not an ``Identity`` passing it on), never the prediction itself; when another such
-output feeds the score without passing through it (parallel branches) the rule cannot decide and
-the error lists them. Models that carry a ``default_layer`` (camkit's zoo) and detectors /
-segmenters (:mod:`.presets`) answer first.
+channels-last or tokens), computed by the model (not the input passed on), not pooling, not an
+attention internal or MLP hidden width, from a module called once, on whose grid positions the
+top-1 score depends, named after the module that computed it (not an ``Identity`` passing it on),
+never the prediction itself, never a map of per-position class scores (one channel per class, the
+top-1 score reading only its own: VOLO's ``aux_head``, SqueezeNet's conv classifier), never a
+residual branch before its add (the stream after the add is the map; a branch's last module is
+not); when another such output feeds the score without passing through it (parallel branches) the
+rule cannot decide and the error lists them. Models that carry a ``default_layer`` (camkit's zoo)
+and detectors / segmenters (:mod:`.presets`) answer first.
 """
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ def _candidates(p: Probe) -> list[tuple[ModuleCall, Layout]]:
     pooled = {id(c.out) for c in p.calls if c.out is not None and isinstance(c.module, POOLING)}
     out = []
     for c in p.calls:
-        if c.out is None or c.parent is None or not c.out.requires_grad:
+        if c.out is None or c.parent is None or c.out.grad_fn is None:  # no grad_fn: the input itself
             continue
         if id(c.out) in pooled or p.counts[id(c.module)] != 1 or c.internal:  # a block ending in pooling too
             continue
@@ -79,17 +82,63 @@ def _upstream(node: Any) -> set[Any]:
     return seen
 
 
-def _choose(model: nn.Module, p: Probe, output: Any) -> str:
+def _score(model: nn.Module, output: Any) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The top-1 score of one image's output and the class scores it is taken from (None when the
+    output has no single score tensor: then a scalar that depends on every output tensor)."""
     try:
-        score = to_logits(output).reshape(1, -1).max()
-    except CamkitError:  # no single score tensor: a scalar that depends on every output tensor
+        logits = to_logits(output)
+        return logits.reshape(1, -1).max(), logits
+    except CamkitError:
         try:
-            score = probe_score(output)
+            return probe_score(output), None
         except CamkitError as e:
             raise LayerNotFoundError(
                 f"layer='auto' needs a score to find the layer the prediction depends on, but the output of "
                 f"{type(model).__name__} has none ({e}); pass layer='name'"
             ) from None
+
+
+def _class_map(grid_grad: torch.Tensor, logits: Optional[torch.Tensor]) -> bool:
+    """Whether an output is a map of class scores (a per-token classifier such as VOLO's ``aux_head``,
+    a segmentation head): one channel per class, and the top-1 score depends on its own class's
+    channel only. ``grid_grad``: the score's gradient read as ``(1, C, h, w)``."""
+    if logits is None or logits.dim() < 2 or grid_grad.shape[1] != logits.shape[1]:
+        return False
+    top = int(torch.unravel_index(logits.detach().reshape(-1).argmax(), logits.shape)[1])
+    return torch.nonzero(grid_grad.abs().sum((0, 2, 3))).flatten().tolist() == [top]
+
+
+def _consumers(root: Any) -> dict[Any, list[Any]]:
+    """For every autograd node the score depends on, the nodes that take its result."""
+    out: dict[Any, list[Any]] = {}
+    for n in _upstream(root):
+        for f, _ in n.next_functions:
+            if f is not None:
+                out.setdefault(f, []).append(n)
+    return out
+
+
+def _residual_branch(node: Any, consumers: dict[Any, list[Any]]) -> bool:
+    """Whether the tensor of ``node`` is a residual branch before its add: added (directly, or scaled by
+    a parameter or constant, as by a layer scale) to a tensor it was itself computed from."""
+    above: Optional[set[Any]] = None
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        for k in consumers.get(n, []):
+            others = [f for f, _ in k.next_functions if f is not None and f is not n]
+            kind = type(k).__name__
+            if kind.startswith("AddBackward") and others:
+                above = _upstream(node) if above is None else above
+                if any(o in above for o in others):
+                    return True
+            elif kind.startswith("MulBackward") and all(type(o).__name__ == "AccumulateGrad" for o in others):
+                todo.append(k)  # times a parameter or a constant
+    return False
+
+
+def _choose(model: nn.Module, p: Probe, output: Any) -> str:
+    score, logits = _score(model, output)
     returned = {id(t) for t in output_tensors(output)}  # the prediction itself (segmentation logits) is no feature map
     scope = search_scope(model)  # a segmenter's backbone, not its decoder
     cands = [(c, r) for c, r in _candidates(p) if id(c.out) not in returned
@@ -99,7 +148,11 @@ def _choose(model: nn.Module, p: Probe, output: Any) -> str:
             f"found no layer with a spatial output in {type(model).__name__} on which the score depends; pass layer='name'"
         )
     grads = torch.autograd.grad(score, [c.out for c, _ in cands], allow_unused=True, retain_graph=True)
-    live = [(c, r) for (c, r), g in zip(cands, grads) if g is not None and r(g).abs().sum() > 0]
+    live = []
+    for (c, r), g in zip(cands, grads):
+        grid = None if g is None else r(g)
+        if grid is not None and grid.abs().sum() > 0 and not _class_map(grid, logits):
+            live.append((c, r))
     if not live:
         raise LayerNotFoundError(
             f"the top-1 score of {type(model).__name__} has zero gradient at every spatial layer, so no layer "
@@ -111,6 +164,14 @@ def _choose(model: nn.Module, p: Probe, output: Any) -> str:
         if not c.passthrough or id(c.out) not in outermost:  # name it after a module that computed it
             outermost[id(c.out)] = c
     groups = sorted(outermost.values(), key=lambda c: c.order)
+    consumers = _consumers(score.grad_fn)
+    while groups and _residual_branch(groups[-1].out.grad_fn, consumers):
+        groups.pop()  # the stream after the add is the map, not the branch added to it
+    if not groups:
+        raise LayerNotFoundError(
+            f"every layer of {type(model).__name__} on which the score depends is a residual branch before its "
+            "add; pass layer='name'"
+        )
     chosen = groups[-1]
     above = _upstream(chosen.out.grad_fn)
     parallel = []  # outputs feeding the score past the chosen one, the most downstream of each branch

@@ -1,10 +1,11 @@
 """What one traced forward of one image says about every module of a model at one input size.
 
 :func:`probe` records (:mod:`.trace`) each module call -- output shape, how often the module ran,
-whether it runs inside a token mixer -- and the widths of the residual stream (outputs of mixers
-and of the modules around them), so that MLP hidden widths (token tensors whose width is not a
-stream width at that grid) can be told from feature maps. Results are cached per model and input
-size; a probe holds no tensors afterwards.
+whether it runs inside a token mixer -- and the widths of the residual stream (the outputs of
+mixers and of the modules around them, tensors inside a tuple they return included), so that MLP
+hidden widths (token tensors whose width is not a stream width at that grid) can be told from
+feature maps. Results are cached per model and input size while the model keeps the same
+submodules; a probe holds no tensors afterwards.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class Probe:
     choice: Optional[str] = None  # the auto layer, once chosen
     second: Optional[dict[int, list[torch.Size]]] = None  # id(module) -> shapes at the second size
     second_hw: Optional[tuple[int, int]] = None
-    raster: dict[tuple[int, Layout], bool] = field(default_factory=dict)
+    raster: dict[tuple[int, str, Layout], bool] = field(default_factory=dict)  # (module, name, reading) -> raster?
 
     def calls_of(self, module: nn.Module) -> list[ModuleCall]:
         return [c for c in self.calls if c.module is module]
@@ -65,31 +66,54 @@ def summarise(model: nn.Module, calls: list[ModuleCall], input_hw: tuple[int, in
     stream: dict[tuple[int, ...], set[int]] = {}
     patch = patch_size(model)
     for c in calls:
-        if id(c) in around and c.parent is not None and c.shape is not None:
-            for r in readings(torch.empty(c.shape, device="meta"), 1, input_hw, patch):
+        if id(c) not in around or c.parent is None:
+            continue
+        for shape in c.shapes:
+            for r in readings(torch.empty(shape, device="meta"), 1, input_hw, patch):
                 if r.kind in ("tokens", "nhwc"):
-                    stream.setdefault(grid_key(c.shape, r), set()).add(int(c.shape[-1]))
+                    stream.setdefault(grid_key(shape, r), set()).add(int(shape[-1]))
     return Probe(input_hw, patch, calls, counts, stream)
 
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], Probe]]" = weakref.WeakKeyDictionary()
+Structure = list[tuple[str, "weakref.ref[nn.Module]"]]
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[Structure, dict[tuple[int, int], Probe]]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _structure(model: nn.Module) -> Structure:
+    """Every submodule by name, held weakly: a probe is valid while the model still has these very modules."""
+    return [(name, weakref.ref(m)) for name, m in model.named_modules()]
+
+
+def _same(structure: Structure, model: nn.Module) -> bool:
+    modules = list(model.named_modules())
+    return len(modules) == len(structure) and all(
+        name == n and ref() is m for (name, m), (n, ref) in zip(modules, structure))
 
 
 def cached(model: nn.Module, hw: tuple[int, int]) -> Optional[Probe]:
-    """The probe of ``model`` at input size ``hw`` if one was made."""
-    return _CACHE.get(model, {}).get(hw)
+    """The probe of ``model`` at input size ``hw`` if one was made since its modules last changed (a
+    submodule replaced, added or removed drops every probe of the model)."""
+    entry = _CACHE.get(model)
+    if entry is not None and not _same(entry[0], model):
+        forget(model)
+        return None
+    return None if entry is None else entry[1].get(hw)
 
 
 def remember(model: nn.Module, p: Probe) -> Probe:
     """Cache ``p`` for its model and input size, without the traced tensors (and their graph)."""
     for c in p.calls:
         c.out = None
-    _CACHE.setdefault(model, {})[p.input_hw] = p
+    entry = _CACHE.get(model)
+    if entry is None or not _same(entry[0], model):
+        entry = _CACHE[model] = (_structure(model), {})
+    entry[1][p.input_hw] = p
     return p
 
 
 def forget(model: nn.Module) -> None:
-    """Drop every cached probe of ``model`` (e.g. after one of its modules was replaced)."""
+    """Drop every cached probe of ``model`` (done by :func:`cached` when its modules changed)."""
     _CACHE.pop(model, None)
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.hooks import Hooks
+from ..core.keys import select, split_key
 from ..core.region import InputRegion
 from ..errors import InputError
 from .layout import Layout, custom, describe_failure, readings
@@ -78,12 +79,13 @@ class _Stop(Exception):
     pass
 
 
-def _output_of(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The output of ``module``'s first call in ``model(x)`` (no grad); the rest of the forward is skipped."""
+def _output_of(model: nn.Module, module: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of ``module``'s first call in ``model(x)`` (no grad), the element that ``name``'s keys
+    address (``"stages.3[0]"``); the rest of the forward is skipped."""
     got: list[torch.Tensor] = []
 
-    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-        got.append(out)
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        got.append(select(out, split_key(name)[1], name))
         raise _Stop
 
     try:
@@ -95,7 +97,7 @@ def _output_of(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Te
     return got[0]
 
 
-def _is_raster(model: nn.Module, module: nn.Module, layout: Layout, x: torch.Tensor) -> bool:
+def _is_raster(model: nn.Module, module: nn.Module, name: str, layout: Layout, x: torch.Tensor) -> bool:
     """Whether a token grid is a raster grid of the image: changing the image inside cell (i, j) must
     change the layer output around grid cell (i, j).
 
@@ -116,7 +118,7 @@ def _is_raster(model: nn.Module, module: nn.Module, layout: Layout, x: torch.Ten
         rows = slice(i * hh // h, max((i + 1) * hh // h, i * hh // h + 1))
         cols = slice(j * ww // w, max((j + 1) * ww // w, j * ww // w + 1))
         xs[n, :, rows, cols] = 1 - xs[n, :, rows, cols]
-    grid = layout(_output_of(model, module, xs)).float()
+    grid = layout(_output_of(model, module, name, xs)).float()
     change = (grid[1:] - grid[:1]).square().sum(1)  # (cells, h, w)
     ys = torch.arange(h, dtype=torch.float32, device=change.device)[:, None]
     xs_ = torch.arange(w, dtype=torch.float32, device=change.device)[None, :]
@@ -138,10 +140,12 @@ def settle(model: nn.Module, module: nn.Module, name: str, t: torch.Tensor, x: t
     p = probe(model, x)
     calls = p.calls_of(module)
     if calls and calls[0].internal:
+        mixer = _mixer(calls[0])
+        instead = " or ".join(repr(n) for n in _around(p, mixer)) or "the block's input norm or output"
         raise InputError(
             f"layer {name!r} (shape {tuple(t.shape)}) is computed inside the attention block "
-            f"{_mixer_name(calls[0])!r}: an attention internal (queries, keys, values, heads), not a feature "
-            "map. Explain the block's input norm or output instead (layer='auto' picks it), or force "
+            f"{mixer.name!r}: an attention internal (queries, keys, values, heads), not a feature "
+            f"map. Explain {instead} instead (layer='auto' picks a layer), or force "
             "layout='tokens' if you really mean it"
         )
     if calls and p.hidden(calls[0], options[0]):
@@ -166,9 +170,9 @@ def settle(model: nn.Module, module: nn.Module, name: str, t: torch.Tensor, x: t
                 f"as {options[1]}; pass layout='{options[0].kind}' or layout='{options[1].kind}'"
             )
     if layout.kind == "tokens":  # a flattened sequence may be in any order; (B, h, w, C) keeps its axes
-        key = (id(module), layout)
+        key = (id(module), name, layout)
         if key not in p.raster:
-            p.raster[key] = _is_raster(model, module, layout, x)
+            p.raster[key] = _is_raster(model, module, name, layout, x)
         if not p.raster[key]:
             raise InputError(
                 f"layer {name!r} outputs {tuple(t.shape)}: its tokens are not in raster order (changing the image "
@@ -179,8 +183,33 @@ def settle(model: nn.Module, module: nn.Module, name: str, t: torch.Tensor, x: t
     return layout
 
 
-def _mixer_name(call: ModuleCall) -> str:
+def _mixer(call: ModuleCall) -> ModuleCall:
+    """The attention block that ``call`` runs inside."""
     p = call.parent
     while p is not None and not p.mixer:
         p = p.parent
-    return p.name if p is not None else "?"
+    assert p is not None
+    return p
+
+
+def _around(p: Probe, mixer: ModuleCall) -> list[str]:
+    """Layers next to attention block ``mixer`` whose outputs read as feature maps: the last call that
+    ended before the block started (its input norm) and the module around the block."""
+    def within(c: Optional[ModuleCall]) -> bool:
+        while c is not None and c is not mixer:
+            c = c.parent
+        return c is mixer
+
+    def readable(c: ModuleCall) -> bool:
+        if c.shape is None or c.internal or p.counts[id(c.module)] != 1:
+            return False
+        rs = readings(torch.empty(c.shape, device="meta"), 1, p.input_hw, p.patch)
+        return bool(rs) and not p.hidden(c, rs[0])
+
+    start = min(c.order for c in p.calls if within(c))
+    before = [c for c in p.calls if c.order < start and readable(c)]
+    names = [before[-1].name] if before else []
+    block = mixer.parent
+    if block is not None and block.parent is not None and readable(block):
+        names.append(block.name)
+    return names

@@ -1,11 +1,15 @@
 """One traced forward: every module call, its output shape, and which calls run inside a token mixer.
 
 A *token mixer* is the innermost module active when scaled dot-product attention, multi-head
-attention or a softmax over the last dim of a 3-D+ score tensor runs: an attention block. Calls
-nested in a mixer (q/k/v, fused qkv, per-head tensors) are attention internals, never feature maps.
+attention or a softmax over tokens runs: an attention block. A softmax over tokens is one along any
+dim of a 3-D+ tensor except dim 1 of a 4-D+ one, which is the channel (class) axis of a
+``(B, C, h, w)`` map (a segmenter's class softmax); attention normalises scores over keys (the last
+dim) or, in factorised attention (CoaT), the keys themselves over the token dim. Calls nested in a
+mixer (q/k/v, fused qkv, per-head tensors) are attention internals, never feature maps.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -25,14 +29,20 @@ class ModuleCall:
     """One module call of the traced forward."""
 
     name: str
-    module: nn.Module
+    module_ref: "weakref.ref[nn.Module]"  # weak: a cached probe must not keep the model alive
     parent: Optional["ModuleCall"]
     order: int = -1  # position in the order calls ended
     shape: Optional[torch.Size] = None
+    shapes: tuple[torch.Size, ...] = ()  # every floating-point tensor's shape of the output (also in a tuple, dict)
     out: Any = field(default=None, repr=False)  # the output tensor, only while the probe runs
     mixer: bool = False
     passthrough: bool = False  # returned its input tensor itself, unchanged (Identity, eval Dropout)
     version: int = -1  # the input's version counter when the call started (an in-place op bumps it)
+
+    @property
+    def module(self) -> Optional[nn.Module]:
+        """The called module (None once it is gone)."""
+        return self.module_ref()
 
     @property
     def internal(self) -> bool:
@@ -54,20 +64,20 @@ class _MixerMode(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
-        mixing = func in _ATTENTION or (func in _SOFTMAX and _over_last_dim(args, kwargs))
+        mixing = func in _ATTENTION or (func in _SOFTMAX and _over_tokens(args, kwargs))
         if mixing and len(self.stack) > 1:  # the root model itself is never "a block"
             self.stack[-1].mixer = True
         return func(*args, **kwargs)
 
 
-def _over_last_dim(args: tuple, kwargs: dict) -> bool:
-    """A softmax along the last dim of a 3-D+ tensor: attention weights over keys (a softmax over
-    classes, dim 1 of a segmentation output, is not token mixing)."""
+def _over_tokens(args: tuple, kwargs: dict) -> bool:
+    """A softmax over a token axis: any dim of a 3-D+ tensor but dim 1 of a 4-D+ one (the channels
+    of a map: a softmax over the classes of a segmentation output is not token mixing)."""
     t = args[0] if args else kwargs.get("input")
     dim = args[1] if len(args) > 1 else kwargs.get("dim")
     if not isinstance(t, torch.Tensor) or t.dim() < 3 or not isinstance(dim, int):
         return False
-    return dim in (-1, t.dim() - 1)
+    return not (t.dim() >= 4 and dim % t.dim() == 1)
 
 
 def _version(args: Any) -> int:
@@ -88,7 +98,7 @@ def trace(model: nn.Module, x: torch.Tensor, keep: bool = True) -> tuple[list[Mo
 
     def pre(name: str):
         def hook(m: nn.Module, args: Any) -> None:
-            stack.append(ModuleCall(name, m, stack[-1] if stack else None, version=_version(args)))
+            stack.append(ModuleCall(name, weakref.ref(m), stack[-1] if stack else None, version=_version(args)))
         return hook
 
     def post(m: nn.Module, args: Any, out: Any) -> None:
@@ -101,6 +111,7 @@ def trace(model: nn.Module, x: torch.Tensor, keep: bool = True) -> tuple[list[Mo
         call.passthrough = bool(args) and args[0] is out and _version(args) == call.version != -1
         if isinstance(out, torch.Tensor) and out.is_floating_point():
             call.out, call.shape = (out if keep else None), out.shape
+        call.shapes = tuple(t.shape for t in output_tensors(out) if t.is_floating_point())
         calls.append(call)
 
     with Hooks() as hooks:  # they fire for this call only, not for other threads using the model

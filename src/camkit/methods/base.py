@@ -6,6 +6,8 @@ was, upsamples, normalises and fuses several layers.
 """
 from __future__ import annotations
 
+import inspect
+from contextlib import contextmanager
 from typing import Any, ClassVar, Iterator, Optional, Union
 
 import torch
@@ -28,6 +30,24 @@ def positive_int(name: str, value: Any, meaning: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"{name} must be a positive int ({meaning}), got {value!r}")
     return value
+
+
+@contextmanager
+def size_hint(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
+    """A model that refused ``x`` (a ``ValueError`` from its own code) while its forward takes
+    ``interpolate_pos_encoding`` (Hugging Face ViT, DeiT, BEiT...) was built for another input size:
+    an :class:`InputError` says how to run it at this one."""
+    try:
+        yield
+    except ValueError as e:
+        if isinstance(e, CamkitError) or "interpolate_pos_encoding" not in inspect.signature(model.forward).parameters:
+            raise
+        raise InputError(
+            f"{type(model).__name__} refused the input of size {x.shape[-2]}×{x.shape[-1]} ({e}): it was built "
+            "for another size and takes other sizes only when called with interpolate_pos_encoding=True. Resize "
+            "the input to the model's size, or save the model (model.save_pretrained(DIR), with its image "
+            "processor) and load it with camkit.models.load('hf:DIR'), which passes the flag for other sizes"
+        ) from e
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:
@@ -129,7 +149,7 @@ class BaseCAM:
             return aug_explain(self, x, targets)
         x = self._check_input(x)
         # autograd on for target scores even under a caller's no_grad; the engine turns it off before the target
-        with preserved(self.model, self.eval_mode), torch.enable_grad(), self._forward_mode(x):
+        with preserved(self.model, self.eval_mode), torch.enable_grad(), self._forward_mode(x), size_hint(self.model, x):
             names, modules = self._layers(x)
             with input_region(self.model) as region_of:
                 p = self._forward(x, modules, names)

@@ -15,7 +15,9 @@ where ``psi`` takes the absolute value, min-max rescales it over all channels an
 image and target (0 where constant), and bilinearly upsamples to the input (here after the channel
 sum, which commutes with bilinear interpolation). As in the authors' code, only layers with 2-D
 feature maps (``nn.Conv2d`` with a bias, ``nn.BatchNorm2d``) contribute; linear layers' biases are
-not spatial.
+not spatial. A layer's term lives on the grid its output has, whatever its stride: the 1×1
+convolutions of a squeeze-excitation gate (MobileNetV3, EfficientNet) act on a pooled 1×1 map, so
+their term is a constant over the image (as in pytorch-grad-cam, which resizes every term).
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import torch
 from torch import nn
 
 from ..core import engine
-from ..layers import resolve_layers
+from ..core.region import InputRegion
+from ..layers import Layout, resolve_layers
 from ..core.postprocess import upsample
 from ..errors import InputError, UnsupportedModelError
 from .base import BaseCAM
@@ -105,6 +108,14 @@ class FullGrad(BaseCAM):
                 f"{type(self.model).__name__} at layer={self.layer!r} has none"
             )
         return [n for n, _ in pairs.values()], [m for _, m in pairs.values()]
+
+    def _read(self, a: torch.Tensor, name: str, module: nn.Module, x: torch.Tensor,
+              region: Optional[InputRegion] = None) -> Layout:
+        """A biased ``Conv2d`` / ``BatchNorm2d`` outputs ``(B, C, h, w)``: its bias term is read on that
+        grid, any size (a squeeze-excitation gate's 1×1 included), not only on a feature map of the input."""
+        if a.dim() == 4 and self.layout is None and self.reshape is None:
+            return Layout("nchw", int(a.shape[2]), int(a.shape[3]))
+        return super()._read(a, name, module, x, region)
 
     def _forward(self, x: torch.Tensor, modules: list[nn.Module], names: list[str]) -> engine.Pass:
         xin = x.detach().clone().requires_grad_(True)

@@ -40,6 +40,9 @@ class PixelModel(nn.Module):
     task: str = "classification"  # or "segmentation", "detection" (models loaded by name)
     interpolation: str = "bilinear"  # how camkit resizes images for the model ("bicubic" or "bilinear")
     crop_pct: float | None = None  # the model's eval crop (input / resize side), kept for reference
+    #: ``(keyword, (H, W))``: the network proper takes an input of another size than ``(H, W)`` only when its
+    #: forward gets ``keyword=True`` (Hugging Face ViTs: ``interpolate_pos_encoding``); None: any size as is
+    resize_keyword: tuple[str, tuple[int, int]] | None = None
 
     def set_pixel_interface(
         self,
@@ -67,7 +70,9 @@ class PixelModel(nn.Module):
         return (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
 
     def forward_preprocessed(self, t: Tensor) -> Tensor:
-        """The network proper on a preprocessed tensor."""
+        """The network proper on a preprocessed tensor (with ``resize_keyword=True`` at another size)."""
+        if self.resize_keyword is not None and tuple(t.shape[-2:]) != tuple(self.resize_keyword[1]):
+            return super().forward(t, **{self.resize_keyword[0]: True})  # type: ignore[misc]
         return super().forward(t)  # type: ignore[misc]
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102

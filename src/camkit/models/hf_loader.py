@@ -13,10 +13,13 @@ terms) it is one affine map per channel,
 that is ``(x - mean') / std'`` with ``mean' = image_mean / a``, ``std' = image_std / a``,
 ``a = 255 * rescale_factor``. ``input_size`` is ``crop_size`` (when ``do_center_crop``), else ``size``
 (``height``/``width`` or ``shortest_edge``), else the config's ``image_size``. Categories come from
-``config.id2label`` unless they are placeholders (``LABEL_0``...).
+``config.id2label`` unless they are placeholders (``LABEL_0``...). Models whose forward takes
+``interpolate_pos_encoding`` (ViT, DeiT, BEiT...) get it for inputs of another size than the
+config's ``image_size``, so their position embeddings are interpolated instead of the input refused.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import warnings
@@ -126,6 +129,15 @@ def _head(transformers: Any, config: Any, source: str) -> tuple[Any, str]:
         "camkit explains those (a base model without a head has no class scores)")
 
 
+def resize_keyword(net: Any, config: Any) -> Optional[tuple[str, tuple[int, int]]]:
+    """``("interpolate_pos_encoding", config's image_size)`` when the model's forward takes that flag."""
+    size = getattr(config, "image_size", None)
+    if "interpolate_pos_encoding" not in inspect.signature(type(net).forward).parameters or size is None:
+        return None
+    h, w = (size, size) if isinstance(size, int) else size
+    return "interpolate_pos_encoding", (int(h), int(w))
+
+
 def _mismatch(item: Any) -> str:
     if isinstance(item, (tuple, list)) and len(item) == 3:  # (key, shape in the file, shape in the model)
         return f"{item[0]}: file {tuple(item[1])} vs model {tuple(item[2])}"
@@ -171,6 +183,7 @@ def load_hf(path: str, weights: Weights = "default", **kwargs: Any) -> PixelMode
                                     f"random initialisation), not {weights!r}")
     mean, std = pixel_normalisation(proc, source)
     crop = proc.get("crop_pct")
+    net.resize_keyword = resize_keyword(net, config)  # a PixelModel attribute once adopted
     return adopt(net.float(), mean=mean, std=std, input_size=input_size(proc, config, source),
                  categories=categories(config), task=task,
                  interpolation=_RESAMPLE.get(proc.get("resample", 2), "bilinear"),

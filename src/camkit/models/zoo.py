@@ -19,6 +19,7 @@ Names with a prefix load from other libraries (see :data:`PREFIXES`): ``timm:NAM
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import warnings
@@ -75,8 +76,21 @@ def default_weights(name: str) -> str | None:
     if sep and prefix.lower() in PREFIXES:
         return "directory" if prefix.lower() == "hf" else None
     if name not in _REGISTRY:
-        raise UnsupportedModelError(f"unknown model {name!r}; known: {list_models()}")
+        raise UnsupportedModelError(_unknown(name))
     return _REGISTRY[name].default
+
+
+def _unknown(name: str) -> str:
+    """Why ``name`` names no model, with the closest prefix (``timmm:resnet18`` -> ``timm:resnet18``) or names."""
+    prefix, sep, rest = name.partition(":")
+    if sep:
+        close = difflib.get_close_matches(prefix.lower(), list(PREFIXES), n=1, cutoff=0.6)
+        if close:
+            return (f"unknown model {name!r}: {prefix + ':'!r} is no prefix camkit knows; did you mean "
+                    f"'{close[0]}:{rest}'? Prefixes: {', '.join(p + ':' for p in PREFIXES)}")
+    close = [m for m in _REGISTRY if name.lower().split("_")[0] in m]
+    return (f"unknown model {name!r}; known: {list_models()}" + (f" (did you mean {close}?)" if close else "")
+            + f", or a name with a prefix: {', '.join(p + ':' for p in PREFIXES)}")
 
 
 def load(name: str, weights: Weights = "default", **kwargs: Any) -> PixelModel:
@@ -93,10 +107,7 @@ def load(name: str, weights: Weights = "default", **kwargs: Any) -> PixelModel:
             raise UnsupportedModelError(f"{name!r} names no model; use {usage.split()[0]}")
         return getattr(importlib.import_module(module), function)(rest.strip(), weights, **kwargs)
     if name not in _REGISTRY:
-        close = [m for m in _REGISTRY if name.lower().split("_")[0] in m]
-        raise UnsupportedModelError(f"unknown model {name!r}; known: {list_models()}"
-                                    + (f" (did you mean {close}?)" if close else "")
-                                    + f", or a name with a prefix: {', '.join(p + ':' for p in PREFIXES)}")
+        raise UnsupportedModelError(_unknown(name))
     if kwargs:
         raise UnsupportedModelError(f"{name}: options {sorted(kwargs)} are only for timm:, hf: and torchvision: names")
     entry = _REGISTRY[name]

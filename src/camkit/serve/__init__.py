@@ -8,12 +8,15 @@ the address and serves until interrupted. Everything it writes goes to one tempo
 removed on exit (uploads are held in memory).
 
 Modules, one idea each: :mod:`.app` (``create_app``: assembles the app, nothing more),
-:mod:`.routes` (the route handlers and error answers), :mod:`.schemas` (the API's JSON shapes),
-:mod:`.forms` (``POST /explain``'s form, read within the size limit and checked),
-:mod:`.server` (the state routes share: explainer, limits, timeout, the batcher's life),
-:mod:`.service` (models and methods apart from HTTP: targets, decoding, batched explain calls),
-:mod:`.batching` (dynamic batching with a bounded queue and deadlines), :mod:`.encoding` (maps
-to PNG / ``.npy`` and the answer's JSON body), :mod:`.command` (``run``), ``static/`` (the page).
+:mod:`.guard` (around every request: Host / Origin checks, security headers, one log line per
+failure), :mod:`.routes` (the route handlers and error answers), :mod:`.schemas` (the API's JSON
+shapes), :mod:`.forms` (``POST /explain``'s form, read within the size limit and in time, and
+checked), :mod:`.server` (the state routes share: explainer, limits, the request deadline, the
+two queues' life), :mod:`.service` (models and methods apart from HTTP: targets, the served
+methods, batched explain calls), :mod:`.decoding` (the upload decoded within bounds: five
+formats, a pixel cap, at most 1024 px per side), :mod:`.batching` (dynamic batching with a
+bounded queue and deadlines), :mod:`.encoding` (maps to PNG / ``.npy`` and the answer's JSON body
+within a size cap), :mod:`.command` (``run``), ``static/`` (the page and its icon).
 """
 from __future__ import annotations
 

@@ -1,9 +1,15 @@
 """What ``camkit serve`` runs: :func:`run` loads the models, binds 127.0.0.1 (by default), prints
 the address and serves until interrupted (Ctrl-C or SIGTERM). Everything it writes goes to one
 temporary directory, removed on exit (uploads are held in memory).
+
+Bound to an address that is not loopback, it prints a loud warning (:func:`exposure_warning`) and,
+unless told the names to answer to (``allowed_hosts``), answers to any ``Host``. Failed requests
+are logged one line each on stderr (``camkit serve: POST /explain -> 413: ...``).
 """
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import signal
 import socket
@@ -11,7 +17,7 @@ import sys
 import tempfile
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 
 def run(model_specs: Sequence[str], host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
@@ -36,6 +42,12 @@ def _serve(model_specs: Sequence[str], host: str, port: int, device: str, log_le
     from ..bench.sources import load_model, parse_model_spec
     from .app import create_app
 
+    warning = exposure_warning(host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+        if options.get("allowed_hosts") is None:
+            options["allowed_hosts"] = ["*"]
+    _log_to_stderr(log_level)
     models = {parse_model_spec(s)[0]: load_model(s, device) for s in model_specs}
     app = create_app(models, device=device, **options)
     sock = _listen(host, port)
@@ -49,6 +61,36 @@ def _serve(model_specs: Sequence[str], host: str, port: int, device: str, log_le
         except KeyboardInterrupt:  # uvicorn stopped gracefully, then re-raised the signal
             pass
     print("camkit serve: stopped", flush=True)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is this machine only."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower().rstrip(".") == "localhost"
+
+
+def exposure_warning(host: str) -> Optional[str]:
+    """The warning to print when ``host`` is not a loopback address (None when it is)."""
+    if is_loopback(host):
+        return None
+    bar = "!" * 100
+    return (f"{bar}\n!! WARNING: camkit serve listens on {host}, not on 127.0.0.1: every machine that can reach this "
+            "address can\n!! use it, with no login and no TLS, and each request runs the models on this machine. "
+            "Serve on\n!! 127.0.0.1 (the default) unless that is what you want; --allowed-hosts NAME,... limits the "
+            f"Host names\n!! it answers to (by default here: any).\n{bar}")
+
+
+def _log_to_stderr(level: str) -> None:
+    """One line per failed request on stderr (the ``camkit.serve`` logger, from :mod:`.guard`)."""
+    log = logging.getLogger("camkit.serve")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("camkit serve: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(getattr(logging, level.upper(), logging.DEBUG))  # uvicorn's "trace": everything
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -1,44 +1,43 @@
 """What an answer looks like on the wire: maps as PNG overlays, coloured heat maps and ``.npy``
 (all base64), the model's top classes, and the JSON body of ``POST /explain`` built from them.
 
-Overlays are drawn at the uploaded image's own size (shrunk only past :data:`DISPLAY_MAX_SIDE`);
-the ``.npy`` is the map at the model's input size, as the library returns it. A method whose
-``output`` is ``"attribution"`` is drawn as an RGB image (:func:`camkit.methods.to_image`), a
-``"cam"`` map as a colour-mapped heat map.
+Overlays are drawn at the decoded image's size (the upload's own size, reduced past
+:data:`~.decoding.MAX_SIDE` pixels per side); the ``.npy`` is the map at the model's input size,
+as the library returns it. A method whose ``output`` is ``"attribution"`` is drawn as an RGB image
+(:func:`camkit.methods.to_image`), a ``"cam"`` map as a colour-mapped heat map.
+
+The request's ``format`` picks the parts of each map (:data:`MAP_FORMATS`): ``all`` (the default:
+overlay, heat map and float32 ``.npy``), ``png`` (the two PNGs) or ``float16`` (a float16 ``.npy``
+alone, the smallest). The body is built map by map; past the server's answer cap it is refused
+(413, with the size ``float16`` would take), and the request's deadline is checked between maps.
 """
 from __future__ import annotations
 
 import base64
 import io
-from typing import Any, Optional, Sequence
+import math
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .. import viz
-from ..data import resize_image
 from ..methods import to_image
-from .service import MapResult
+from .service import BadRequest, MapResult
 
-DISPLAY_MAX_SIDE = 2048  # overlays are drawn at the image's own size, up to this many pixels per side
+#: the request's ``format`` -> the parts of each map in the answer
+MAP_FORMATS = {"all": ("png", "heatmap", "npy"), "png": ("png", "heatmap"), "float16": ("npy",)}
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def npy_bytes(a: torch.Tensor) -> bytes:
-    """``a`` as float32 ``.npy`` file bytes (``numpy.load(io.BytesIO(...))`` reads it back)."""
+def npy_bytes(a: torch.Tensor, dtype: Any = np.float32) -> bytes:
+    """``a`` as ``.npy`` file bytes of ``dtype`` (``numpy.load(io.BytesIO(...))`` reads it back)."""
     buf = io.BytesIO()
-    np.save(buf, a.detach().cpu().numpy().astype(np.float32))
+    np.save(buf, a.detach().cpu().numpy().astype(dtype))
     return buf.getvalue()
-
-
-def display_image(image: torch.Tensor) -> torch.Tensor:
-    """The uploaded image, shrunk only when a side exceeds :data:`DISPLAY_MAX_SIDE`."""
-    h, w = image.shape[-2:]
-    scale = DISPLAY_MAX_SIDE / max(h, w)
-    return image if scale >= 1 else resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale))))
 
 
 def png_bytes(picture: Any) -> bytes:
@@ -49,18 +48,25 @@ def png_bytes(picture: Any) -> bytes:
     return buf.getvalue()
 
 
-def encode_maps(image: torch.Tensor, maps: torch.Tensor, attribution: bool) -> tuple[bytes, bytes, bytes]:
-    """PNG of the overlay (the coloured map blended at alpha 0.5 over the image, at the image's
-    size, as :func:`camkit.viz.overlay` draws it), PNG of the coloured map alone (for the page's
-    opacity slider), and the map's ``.npy`` bytes."""
+def encode_map(image: torch.Tensor, map_: torch.Tensor, attribution: bool, fmt: str) -> dict[str, str]:
+    """One map's parts for ``fmt`` (:data:`MAP_FORMATS`), base64: ``png`` the overlay (the coloured map
+    blended at alpha 0.5 over the image, at the image's size, as :func:`camkit.viz.overlay` draws
+    it), ``heatmap`` the coloured map alone (for the page's opacity slider), ``npy`` the map's
+    ``.npy`` (float32, or float16 for ``fmt="float16"``)."""
     from PIL import Image
 
-    h, w = image.shape[-2:]
-    if attribution:
-        pic = png_bytes(viz.to_pil(to_image(maps)).resize((w, h)))
-        return pic, pic, npy_bytes(maps)
-    heat = viz.heatmap(maps, size=(h, w))
-    return png_bytes(Image.blend(viz.to_pil(image), heat, 0.5)), png_bytes(heat), npy_bytes(maps)
+    parts: dict[str, str] = {}
+    if "png" in MAP_FORMATS[fmt]:
+        h, w = image.shape[-2:]
+        if attribution:
+            parts["png"] = parts["heatmap"] = b64(png_bytes(viz.to_pil(to_image(map_)).resize((w, h))))
+        else:
+            colour = viz.heatmap(map_, size=(h, w))
+            parts["png"] = b64(png_bytes(Image.blend(viz.to_pil(image), colour, 0.5)))
+            parts["heatmap"] = b64(png_bytes(colour))
+    if "npy" in MAP_FORMATS[fmt]:
+        parts["npy"] = b64(npy_bytes(map_, np.float16 if fmt == "float16" else np.float32))
+    return parts
 
 
 def top_classes(logits: Optional[torch.Tensor], categories: Optional[Sequence[str]], k: int) -> list[dict[str, Any]]:
@@ -77,18 +83,32 @@ def class_name(categories: Optional[Sequence[str]], i: int) -> str:
     return categories[i] if categories and 0 <= i < len(categories) else str(i)
 
 
-def response_body(model: str, categories: Optional[Sequence[str]], image: torch.Tensor, names: list[str],
-                  results: list[MapResult]) -> dict[str, Any]:
-    """The JSON body of ``POST /explain`` for ``image``'s ``results`` (one per method of ``names``),
-    without its timings."""
-    shown = display_image(image)
+def float16_size(results: list[MapResult]) -> int:
+    """Bytes of the maps of ``results`` as ``format=float16`` sends them (base64 ``.npy``, 128-byte headers)."""
+    return sum(4 * math.ceil((128 + 2 * r.maps[0].numel()) / 3) * len(r.classes) for r in results)
+
+
+def response_body(model: str, categories: Optional[Sequence[str]], image: torch.Tensor, size: tuple[int, int],
+                  names: list[str], results: list[MapResult], fmt: str = "all", max_bytes: Optional[int] = None,
+                  check: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """The JSON body of ``POST /explain`` for the decoded ``image`` (the file's own ``size``
+    ``(width, height)``) and its ``results`` (one per method of ``names``), without its timings.
+    ``check()`` runs before each map (the request's deadline); past ``max_bytes`` of maps, 413."""
     k = max(len(results[0].classes), 5)
     maps: dict[str, list[dict[str, Any]]] = {}
+    total, count = 0, sum(len(r.classes) for r in results)
     for name, r in zip(names, results):
         maps[name] = []
         for j, c in enumerate(r.classes):
-            png, heat, npy = encode_maps(shown, r.maps[j], r.output == "attribution")
-            maps[name].append({"class": c, "name": class_name(categories, c), "png": b64(png), "heatmap": b64(heat),
-                               "npy": b64(npy)})
+            check()
+            parts = encode_map(image, r.maps[j], r.output == "attribution", fmt)
+            total += sum(len(v) for v in parts.values())
+            if max_bytes is not None and total > max_bytes:
+                smaller = "" if fmt == "float16" else f"format=float16 (about {float16_size(results) / 2**20:.1f} MB), "
+                raise BadRequest(413, f"the answer would be larger than this server's cap of {max_bytes / 2**20:.3g} MB "
+                                      f"(camkit serve --max-response-mb): {count} maps of a {image.shape[-1]}x"
+                                      f"{image.shape[-2]} image; ask for {smaller}fewer methods or classes, or send a "
+                                      "smaller image")
+            maps[name].append({"class": c, "name": class_name(categories, c), **parts})
     return {"model": model, "classes": top_classes(results[0].logits, categories, k), "maps": maps,
-            "image": {"width": int(image.shape[-1]), "height": int(image.shape[-2])}}
+            "image": {"width": int(size[0]), "height": int(size[1])}}

@@ -1,9 +1,12 @@
 """The routes of ``camkit serve``, on one :data:`router`; each handler finds the app's
 :class:`~.server.Server` in ``app.state.server`` (the :func:`current` dependency).
 
-``GET /`` the page, ``GET /health``, ``GET /models``, ``GET /models/{name}/classes``,
-``GET /methods``, ``GET /samples`` (+ ``/samples/{id}``), ``POST /explain``. Refusals raised as
-:class:`~.service.BadRequest` are answered by :func:`bad_request`, anything else by :func:`internal`.
+``GET /`` the page, ``GET /favicon.ico``, ``GET /health``, ``GET /models``,
+``GET /models/{name}/classes``, ``GET /methods`` (the served ones), ``GET /samples``
+(+ ``/samples/{id}``), ``POST /explain``. Refusals raised as :class:`~.service.BadRequest` are
+answered by :func:`bad_request`; anything else by the guard (:mod:`.guard`: 500, one log line).
+``POST /explain`` runs within one :class:`~.server.Deadline`: reading, decoding, explaining and
+encoding together take at most the server's timeout.
 """
 from __future__ import annotations
 
@@ -13,15 +16,14 @@ from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from ..data.photos import sample_files
-from ..methods import get, list_methods
+from ..methods import get
 from .batching import Job
-from .encoding import class_name, response_body
+from .encoding import class_name
 from .forms import explain_form, read_form
-from .schemas import EXPLAIN_FORM, ExplainResponse, MethodInfo, ModelInfo, api_output
-from .server import Server
+from .schemas import EXPLAIN_FORM, EXPLAIN_RESPONSES, ExplainResponse, MethodInfo, ModelInfo, api_output, plain_text
+from .server import Deadline, Server
 from .service import BadRequest, MapResult
 
 STATIC = Path(__file__).parent / "static"
@@ -42,13 +44,14 @@ async def bad_request(_r: Request, e: BadRequest) -> JSONResponse:
     return error(e.status, str(e), e.headers)
 
 
-async def internal(_r: Request, e: Exception) -> JSONResponse:  # a bug: say what, keep serving
-    return error(500, f"internal error: {type(e).__name__}: {e}")
-
-
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html")
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon() -> FileResponse:
+    return FileResponse(STATIC / "favicon.ico", media_type="image/x-icon")
 
 
 @router.get("/health")
@@ -70,9 +73,9 @@ async def classes(name: str, server: Server = Depends(current)) -> list[str]:
 
 
 @router.get("/methods", response_model=list[MethodInfo])
-async def methods() -> list[MethodInfo]:
-    return [MethodInfo(name=n, output=api_output(get(n).output), summary=(get(n).__doc__ or "").strip().split("\n")[0],
-                       cost=get(n).cost) for n in list_methods()]
+async def methods(server: Server = Depends(current)) -> list[MethodInfo]:
+    return [MethodInfo(name=n, output=api_output(get(n).output), summary=plain_text(get(n).__doc__ or ""),
+                       cost=get(n).cost, expensive=bool(get(n).expensive)) for n in server.explainer.served]
 
 
 @router.get("/samples")
@@ -89,16 +92,17 @@ async def sample(sample_id: str) -> FileResponse:
 
 
 @router.post("/explain", response_model=ExplainResponse, openapi_extra=EXPLAIN_FORM,
-             responses={400: {}, 413: {}, 415: {}, 422: {}, 503: {}, 504: {}})
+             responses=EXPLAIN_RESPONSES)
 async def explain(request: Request, server: Server = Depends(current)) -> JSONResponse:
     t0 = time.perf_counter()
-    form = explain_form(await read_form(request, server.limits), server.explainer)
-    image, item = await server.prepare(form.model, await form.upload.read(), form.target)
+    deadline = Deadline(server.limits.timeout)
+    form = explain_form(await read_form(request, server.limits, deadline), server.explainer)
+    decoded, item = await server.prepare(form.model, await form.upload.read(), form.target)
+    deadline.check()
     t_decoded = time.perf_counter()
-    jobs, results = await server.explain(form.model, form.methods, item, since=t0)
+    jobs, results = await server.explain(form.model, form.methods, item, deadline)
     t_done = time.perf_counter()
-    body = await run_in_threadpool(response_body, form.model, server.explainer.categories(form.model), image,
-                                   form.methods, results)
+    body = await server.encode(form.model, decoded, form.methods, results, form.format, deadline)
     t_end = time.perf_counter()
     body["timings"] = timings(form.methods, jobs, results, (t0, t_decoded, t_done, t_end))
     return JSONResponse(body)

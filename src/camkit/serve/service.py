@@ -1,21 +1,25 @@
-"""What the server computes, apart from HTTP: targets, decoded images, batched explanations.
+"""What the server computes, apart from HTTP: targets, the served methods, batched explanations.
 
 A request asks one model for maps of one image by several methods; it becomes one job per method.
 Jobs of the same model, method and kind of target are batched (:mod:`camkit.serve.batching`):
 their images, resized to the model's input size as ``camkit explain`` does, go through one
 ``explain`` call, so several requests share one forward. An image's maps do not depend on the
 other images of its batch (eval mode), so each answer equals the library's call on that image
-alone, up to float rounding. Turning the answers into PNG and ``.npy`` is :mod:`.encoding`'s.
+alone, up to float rounding. Decoding the upload is :mod:`.decoding`'s, turning the answers
+into PNG and ``.npy`` :mod:`.encoding`'s.
+
+A target is ``top1`` / ``topK``, a class index in ASCII digits, or a class name (case-insensitive,
+close names suggested on a miss). A server may serve some methods only (an allow-list); which
+queue a method's jobs wait in follows its class's declared ``expensive`` attribute.
 """
 from __future__ import annotations
 
-import io
+import difflib
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Hashable, Optional, Union
+from typing import Any, Hashable, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -50,41 +54,49 @@ class Target:
         return ("class", 1) if self.index is not None else ("top", self.k)
 
 
-def parse_target(text: str, num_classes: Optional[int]) -> Target:
-    """``top1`` / ``topK`` / a class index (0 <= index < num_classes)."""
+INDEX_DIGITS = 9  # a class index has at most this many digits (no int() of a 5,000-digit string)
+
+
+def parse_target(text: str, num_classes: Optional[int], categories: Optional[Sequence[str]] = None) -> Target:
+    """``top1`` / ``topK`` / a class index (ASCII digits, 0 <= index < num_classes) / a class name
+    of ``categories`` (see :func:`class_index`)."""
     s = text.strip().lower()
-    if m := re.fullmatch(r"top(\d+)", s):
-        k = int(m.group(1))
+    if m := re.fullmatch(r"top([0-9]+)", s):
+        k = int(m.group(1)) if len(m.group(1)) <= 3 else MAX_K + 1
         if not 1 <= k <= MAX_K or (num_classes is not None and k > num_classes):
             raise BadRequest(422, f"target {text!r}: K must be between 1 and {min(MAX_K, num_classes or MAX_K)}")
         return Target(k=k)
-    if re.fullmatch(r"\d+", s):
-        i = int(s)
-        if num_classes is not None and i >= num_classes:
-            raise BadRequest(422, f"target class {i} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
-        return Target(index=i)
+    if re.fullmatch(r"[0-9]+", s):
+        if len(s) > INDEX_DIGITS or (num_classes is not None and int(s) >= num_classes):
+            shown = s if len(s) <= 12 else f"{s[:12]}... ({len(s)} digits)"
+            raise BadRequest(422, f"target class {shown} is out of range: the model has "
+                                  + (f"{num_classes} classes (0..{num_classes - 1})" if num_classes else "fewer classes"))
+        return Target(index=int(s))
+    if s.isdigit():  # digits of another script: int() would read them
+        raise BadRequest(422, f"target {text!r}: a class index is written in the digits 0-9")
+    if categories:
+        return Target(index=class_index(text, categories))
     raise BadRequest(422, f"target must be top1, topK (K <= {MAX_K}) or a class index, got {text!r}")
 
 
-def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
-    """An uploaded file as a ``(3, H, W)`` float tensor in [0, 1] (RGB), or :class:`BadRequest`."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise BadRequest(413, f"the image is {w}x{h} = {w * h / 1e6:.1f} megapixels; this server takes up to "
-                                      f"{max_pixels / 1e6:.0f} megapixels")
-            im.load()
-            rgb = np.array(im.convert("RGB"), dtype=np.uint8)
-    except BadRequest:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        why = "unknown file format" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
-        raise BadRequest(415, f"the upload ({len(data)} bytes) is not an image Pillow can read (PNG, JPEG, BMP, GIF, "
-                              f"TIFF, WebP ...): {why}") from e
-    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
+def class_index(text: str, categories: Sequence[str]) -> int:
+    """The class named ``text`` (case and repeated spaces ignored): a class's full name, else one of
+    its comma-separated synonyms (``"tabby cat"`` of ``"tabby, tabby cat"``); a name of several
+    classes or of none is a :class:`BadRequest` naming the candidates or the closest names."""
+    want = " ".join(text.split()).lower()
+    synonyms = [[p.strip().lower() for p in c.split(",")] for c in categories]
+    found = [i for i, c in enumerate(categories) if c.lower() == want] or [
+        i for i, names in enumerate(synonyms) if want in names]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise BadRequest(422, f"target {text!r} names {len(found)} classes: "
+                              f"{', '.join(f'{i} ({categories[i]})' for i in found)}; give the index")
+    index = {n: i for i, names in reversed(list(enumerate(synonyms))) for n in names}
+    close = difflib.get_close_matches(want, list(index), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(f'{c!r} (class {index[c]})' for c in close)}?" if close else ""
+    raise BadRequest(422, f"target must be top1, topK (K <= {MAX_K}), a class index or a class name of the model, "
+                          f"got {text!r}.{hint} GET /models/NAME/classes lists the names.")
 
 
 @dataclass
@@ -109,11 +121,16 @@ class MapResult:
 
 
 class Explainer:
-    """The served models and one instance of each method per model (calls are thread-safe)."""
+    """The served models and methods (``methods``: an allow-list of names, None: all), one
+    instance of each method per model (calls are thread-safe)."""
 
-    def __init__(self, models: dict[str, nn.Module], device: Union[str, torch.device] = "cpu") -> None:
+    def __init__(self, models: dict[str, nn.Module], device: Union[str, torch.device] = "cpu",
+                 methods: Optional[Sequence[str]] = None) -> None:
         self.models = models
         self.device = torch.device(device)
+        self.served = list_methods() if methods is None else list(dict.fromkeys(get(n).name for n in methods))
+        if not self.served:
+            raise CamkitError("serve at least one method (camkit serve --methods gradcam,...)")
         self._cams: dict[tuple[str, str], BaseCAM] = {}
 
     def model(self, name: str) -> nn.Module:
@@ -132,14 +149,22 @@ class Explainer:
         """Comma-separated method names -> canonical names (unknown ones -> :class:`BadRequest`)."""
         names = [t.strip() for t in text.split(",") if t.strip()]
         if not names:
-            raise BadRequest(422, f"methods is empty; give one or more of: {', '.join(list_methods())}")
+            raise BadRequest(422, f"methods is empty; give one or more of: {', '.join(self.served)}")
         out = []
         for n in names:
             try:
                 out.append(get(n).name)
             except CamkitError as e:
                 raise BadRequest(422, str(e)) from e
+            if out[-1] not in self.served:
+                raise BadRequest(422, f"method {out[-1]!r} is not served here (camkit serve --methods); this server "
+                                      f"serves: {', '.join(self.served)}")
         return list(dict.fromkeys(out))
+
+    @staticmethod
+    def expensive(method: str) -> bool:
+        """Whether ``method``'s class declares itself ``expensive`` (its jobs wait in their own queue)."""
+        return bool(get(method).expensive)
 
     def item(self, model: str, image: torch.Tensor, target: Target) -> Item:
         size = tuple(getattr(self.model(model), "input_size", image.shape[-2:]))

@@ -126,7 +126,7 @@ function show(body) {
     li.append(c.name, score);
     return li;
   }));
-  const figures = [];
+  const figures = [inputFigure(body.image)];  // the image first, its maps beside it
   for (const [method, items] of Object.entries(body.maps)) {
     for (const item of items) figures.push(figure(method, item));
   }
@@ -136,6 +136,21 @@ function show(body) {
     Object.entries(t.explain_ms).map(([m, v]) => `${m} ${v.toFixed(0)} ms × batch ${t.batch_size[m]}`).join(", ") + ")";
   $("output").hidden = false;
   applyOpacity();
+}
+
+function inputFigure(size) {
+  const fig = document.createElement("figure");
+  fig.className = "result input";
+  const img = new Image();
+  img.src = state.imageUrl;
+  img.alt = state.fileName;
+  const cap = document.createElement("figcaption");
+  const label = document.createElement("span");
+  label.className = "label";
+  label.textContent = `image · ${size.width}×${size.height}`;
+  cap.append(label);
+  fig.append(img, cap);
+  return fig;
 }
 
 function figure(method, item) {
@@ -151,7 +166,6 @@ function figure(method, item) {
   heat.className = "heat";
   heat.src = "data:image/png;base64," + item.heatmap;
   heat.alt = `${method} map of ${item.name}`;
-  heat.onload = () => { base.width = heat.naturalWidth; base.height = heat.naturalHeight; };
   stack.append(base, heat);
   const cap = document.createElement("figcaption");
   const label = document.createElement("span");
