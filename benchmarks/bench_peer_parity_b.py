@@ -115,7 +115,6 @@ def main() -> None:
             continue
         n = per_channel * args.samples
         ours = cls(model, "layer4", samples=args.samples, batch_size=args.batch)
-        ours(x[..., :32, :32])  # the first call on a model probes its layers (cached)
         once = lambda fn: median_ms(fn, 1, warmup=False, device=dev)  # noqa: E731  (thousands of forwards each)
         ms = once(lambda: ours(x))
         floor = once(lambda: chunked_forwards(model, n, args.batch, size, dev))
