@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -83,6 +83,16 @@ class _Scale:
     rows: torch.Tensor  # (H, Hs) resize matrix to the input
     cols: torch.Tensor  # (W, Ws)
     acts: Optional[torch.Tensor] = None  # fast mode: the explained layer's output on x
+
+    bands: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+
+    def band(self, start: int, window: int, axis: str) -> tuple[int, int]:
+        """The output rows (``axis="rows"``) or columns a window from ``start`` reaches when resized."""
+        if (axis, start) not in self.bands:
+            m = (self.rows if axis == "rows" else self.cols)[:, start:start + window]
+            nz = m.ne(0).any(1).nonzero().flatten()
+            self.bands[axis, start] = (int(nz[0]), int(nz[-1]) + 1) if nz.numel() else (0, 0)
+        return self.bands[axis, start]
 
 
 @register("sess")
@@ -319,16 +329,19 @@ class SESS(MetaCAM):
             cams = e.maps if e.maps.dim() == 4 else e.maps.unsqueeze(1)  # (n, K, window, window)
             if wt is None:  # p_i; the 1 / max p of the weights is a constant the final normalisation removes
                 wt = self._window_scores(tr, e.logits, lambda: e.scores)
-            ry = torch.stack([scales[s].rows[:, y:y + window] for s, _, y, _ in items])  # (n, H, window)
-            rx = torch.stack([scales[s].cols[:, c:c + window] for s, _, _, c in items])  # (n, W, window)
-            placed = ry.unsqueeze(1) @ (cams.float() * wt.view(*wt.shape, 1, 1)) @ rx.unsqueeze(1).transpose(-1, -2)
-            if self.pool == "max":
-                for b in rows.unique().tolist():
-                    total[b] = torch.maximum(total[b], placed[rows == b].amax(0))
-            else:
-                above = placed > self.theta + ROUNDING * wt.view(*wt.shape, 1, 1)  # exact zeros stay out of the count
-                total.index_add_(0, rows, torch.where(above, placed, torch.zeros_like(placed)))
-                count.index_add_(0, rows, above.float())
+            weighted = cams.float() * wt.view(*wt.shape, 1, 1)
+            for (s, b, y, c), cam, w_i in zip(items, weighted, wt):
+                # the window placed on its rescaled image and resized to the input: R_y[:, y:y+window] cam
+                # R_x[:, c:c+window]^T, computed on the rows and columns where those blocks are not zero
+                (r0, r1), (c0, c1) = scales[s].band(y, window, "rows"), scales[s].band(c, window, "cols")
+                placed = scales[s].rows[r0:r1, y:y + window] @ cam @ scales[s].cols[c0:c1, c:c + window].T
+                out = total[b, :, r0:r1, c0:c1]
+                if self.pool == "max":
+                    torch.maximum(out, placed, out=out)
+                else:
+                    above = placed > self.theta + ROUNDING * w_i.view(-1, 1, 1)  # exact zeros stay out of the count
+                    out += torch.where(above, placed, torch.zeros_like(placed))
+                    count[b, :, r0:r1, c0:c1] += above
         if self.pool == "max":
             return total, layout
         return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total)), layout
