@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import camkit.methods
 from camkit.bench.config import BenchConfig, Protocol
 from camkit.cli import build_parser, main
 
@@ -168,7 +169,9 @@ def test_demo_parts_cover_the_survey_setup():
     assert photos.config.models == ("efficientnet_lite0",) and photos.config.data == "samples"
     assert digits.config.models == ("digits_resnet", "digits_vgg", "digits_vit")
     assert digits.config.methods == resolve_methods("all")
-    assert set(resolve_methods("all")) - set(photos.config.methods) == {"scorecam"}  # documented time cut
+    expensive = {m for m in resolve_methods("all") if camkit.methods.get(m).expensive}
+    assert "scorecam" in expensive and "sess" in expensive
+    assert set(resolve_methods("all")) - set(photos.config.methods) == expensive  # documented time cut
 
 
 def test_run_demo_writes_index_and_tables(tmp_path):

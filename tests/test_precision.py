@@ -13,7 +13,7 @@ from camkit.core.precision import channels_last_model, model_forward
 from toy_models import GapNet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-METHODS = camkit.list_methods()
+METHODS = [m for m in camkit.list_methods() if not camkit.methods.get(m).requires]  # LeGrad: tests/test_methods_peer_parity_b.py
 
 
 class Net(GapNet):

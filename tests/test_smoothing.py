@@ -11,7 +11,7 @@ from camkit.core.postprocess import normalize, upsample
 from camkit.methods import Augment
 from toy_models import GapNet
 
-CAMS = [m for m in camkit.list_methods() if camkit.methods.get(m).output == "cam"]
+CAMS = [m for m in camkit.list_methods() if camkit.methods.get(m).output == "cam" and not camkit.methods.get(m).requires]
 
 
 def _x(b: int = 2, s: int = 12) -> torch.Tensor:

@@ -20,6 +20,7 @@ from .methods import (
     AblationCAM, ScoreCAM, EigenCAM, GuidedBackprop, GuidedGradCAM, to_image,
     Augment, EigenGradCAM, FullGrad,
     GradCAMElementWise, ShapleyCAM, KPCACAM, FEM, SegEigenCAM, RandomCAM, DFF,
+    ISCAM, SSCAM, FinerCAM, RefineCAM, SESS, LeGrad,
 )
 
 __version__ = "0.1.0"
@@ -39,5 +40,6 @@ __all__ = [
     "AblationCAM", "ScoreCAM", "EigenCAM", "GuidedBackprop", "GuidedGradCAM", "to_image",
     "Augment", "EigenGradCAM", "FullGrad",
     "GradCAMElementWise", "ShapleyCAM", "KPCACAM", "FEM", "SegEigenCAM", "RandomCAM", "DFF",
+    "SSCAM", "ISCAM", "FinerCAM", "RefineCAM", "SESS", "LeGrad",
     "CamkitError", "InputError", "LayerNotFoundError", "NoGradientError", "TargetError", "UnsupportedModelError",
 ]

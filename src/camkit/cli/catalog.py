@@ -40,6 +40,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("methods:  (each with the cost of one explanation, in passes of the model)")
     for name in camkit.list_methods():
         print(method_line(name))
+    metas = [n for n in camkit.list_methods() if getattr(camkit.methods.get(n), "meta", False)]
+    print(f"  {'META:BASE':<17} {', '.join(metas)} around another method, e.g. sess:gradcam++")
     print("models:   " + ", ".join(camkit.models.list_models()))
     for _module, _function, usage in camkit.models.PREFIXES.values():
         name, text = usage.split("  ", 1)

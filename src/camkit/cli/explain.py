@@ -59,7 +59,8 @@ def add_parser(sub: Any) -> None:
     e.add_argument("images", nargs="+", metavar="IMAGE")
     e.add_argument("--model", required=True, help="zoo model name, timm:NAME, hf:DIR or torchvision:NAME (camkit list)")
     e.add_argument("--weights", default=None, help="state-dict path, a named weights set, or 'random'")
-    e.add_argument("--method", default="gradcam", help="method name(s), comma-separated (default: gradcam)")
+    e.add_argument("--method", default="gradcam", help="method name(s), comma-separated (default: gradcam); "
+                   "meta-methods take a base: sess:gradcam++, finercam:layercam")
     e.add_argument("--layer", default=None, help="layer name, or several comma-separated (default: the automatic "
                    "choice; camkit layers MODEL lists them)")
     e.add_argument("--layout", default=None, choices=("nchw", "nhwc", "tokens"),

@@ -78,13 +78,16 @@ def forward(
     missing = [n for n, a in zip(names, captured) if a is None]
     if missing:
         raise InputError(f"layer(s) {missing} were not called during the model's forward pass; pick layers the forward uses")
-    logits: Optional[torch.Tensor] = None
-    why = ""
-    try:
-        logits = to_logits(output, x.shape[0])
-    except Exception as exc:  # a callable target may still explain this output; keep the reason
-        why = str(exc)
+    logits, why = read_logits(output, x.shape[0])
     return Pass(output, logits, [a for a in captured if a is not None], list(names), why)
+
+
+def read_logits(output: Any, batch: int) -> tuple[Optional[torch.Tensor], str]:
+    """The class scores of a model output, or None and the reason they cannot be read."""
+    try:
+        return to_logits(output, batch), ""
+    except Exception as exc:  # a callable target may still explain this output; keep the reason
+        return None, str(exc)
 
 
 def gradients(p: Pass, scores: torch.Tensor) -> list[torch.Tensor]:

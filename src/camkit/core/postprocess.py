@@ -41,9 +41,15 @@ def to_input(maps: torch.Tensor, size: tuple[int, int], region: Optional[InputRe
     return upsample(maps, size) if region is None else region.resample(maps, size)
 
 
-def finalize(raw: list[torch.Tensor], size: tuple[int, int], region: Optional[InputRegion] = None) -> torch.Tensor:
-    """Bring per-layer raw maps ``(B, K, h_l, w_l)`` to the input (:func:`to_input`), normalise them and
-    fuse them by element-wise max."""
+FUSIONS = ("max", "product")
+
+
+def finalize(raw: list[torch.Tensor], size: tuple[int, int], region: Optional[InputRegion] = None,
+             fuse: str = "max") -> torch.Tensor:
+    """Bring per-layer raw maps ``(B, K, h_l, w_l)`` to the input (:func:`to_input`), normalise each to
+    [0, 1] and fuse them: element-wise ``"max"``, or ``"product"`` (RefineCAM), normalised again."""
     maps = [normalize(to_input(r.float(), size, region)) for r in raw]
-    fused = maps[0] if len(maps) == 1 else normalize(torch.stack(maps).amax(0))
-    return fused
+    if len(maps) == 1:
+        return maps[0]
+    stacked = torch.stack(maps)
+    return normalize(stacked.amax(0) if fuse == "max" else stacked.prod(0))

@@ -6,15 +6,18 @@ feature grid: NCHW, channels-last, tokens with prefixes), :mod:`.trace` (one tra
 module call, attention blocks marked), :mod:`.probe` (what that trace says, cached per model and
 input size), :mod:`.reading` (one layer's output read from shape and evidence, or a clear
 refusal), :mod:`.auto` (``layer="auto"``: the layer an expert explains), :mod:`.presets` (the task
-of a model and the layer of detectors' and segmenters' backbones).
+of a model and the layer of detectors' and segmenters' backbones), :mod:`.stages` (the last feature
+map at each finer grid before a layer: RefineCAM's layers), :mod:`.attention` (a vision transformer's
+blocks, their attention probabilities for one call, its head on tokens: LeGrad's).
 """
 from .auto import auto_layer, choose_layers
 from .layout import KINDS, Layout, patch_size, readings
 from .names import LayerSpec, find_layer, module_name, resolve_layers
 from .presets import model_task, task_layer
 from .reading import read_layer
+from .stages import stage_layers
 
 __all__ = [
     "auto_layer", "choose_layers", "KINDS", "Layout", "patch_size", "readings", "LayerSpec", "find_layer",
-    "module_name", "resolve_layers", "model_task", "task_layer", "read_layer",
+    "module_name", "resolve_layers", "model_task", "task_layer", "read_layer", "stage_layers",
 ]

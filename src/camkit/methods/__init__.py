@@ -9,9 +9,12 @@ HiResCAM, Grad-CAM element-wise), :mod:`.shapley` (ShapleyCAM: gradient and Hess
 :mod:`.eigen` (EigenCAM), :mod:`.eigengrad` (EigenGrad-CAM, Seg-Eigen-CAM), :mod:`.kpca` (KPCA-CAM:
 kernel PCA), :mod:`.fem` (FEM: k-sigma channel weights), :mod:`.randomcam` (RandomCAM: a random
 baseline), :mod:`.dff` (Deep Feature Factorization: NMF concepts), :mod:`.fullgrad`
-(FullGrad), :mod:`.scorecam` (Score-CAM), :mod:`.ablation` (Ablation-CAM and its tail replay),
-:mod:`.guided` (Guided Backprop, Guided Grad-CAM: pixel-space attributions), :mod:`.perturbation`
-(deprecated path of Ablation-CAM and Score-CAM, removed in 0.3.0).
+(FullGrad), :mod:`.scorecam` (Score-CAM, SS-CAM, IS-CAM: one loop of masked forwards),
+:mod:`.ablation` (Ablation-CAM and its tail replay), :mod:`.guided` (Guided Backprop, Guided
+Grad-CAM: pixel-space attributions), :mod:`.meta` (meta-methods around a ``base`` method:
+FinerCAM, RefineCAM; ``"meta:base"`` names), :mod:`.sess` (SESS: windows at several scales, fused),
+:mod:`.legrad` (LeGrad: gradients with respect to a vision transformer's attention),
+:mod:`.perturbation` (deprecated path of Ablation-CAM and Score-CAM, removed in 0.3.0).
 """
 from .base import BaseCAM
 from .explanation import Explanation
@@ -21,7 +24,7 @@ from .gradient import (
 from .shapley import ShapleyCAM
 from .registry import create, get, list_methods, register
 from .ablation import AblationCAM
-from .scorecam import ScoreCAM
+from .scorecam import ISCAM, SSCAM, ScoreCAM
 from .eigen import EigenCAM
 from .eigengrad import EigenGradCAM, SegEigenCAM
 from .kpca import KPCACAM
@@ -31,6 +34,9 @@ from .dff import DFF
 from .fullgrad import FullGrad
 from .smoothing import Augment
 from .guided import GuidedBackprop, GuidedGradCAM, to_image
+from .meta import FinerCAM, MetaCAM, RefineCAM
+from .sess import SESS
+from .legrad import LeGrad
 
 __all__ = [
     "BaseCAM", "Explanation", "CAM", "GradCAM", "GradCAMPlusPlus", "SmoothGradCAMPlusPlus", "XGradCAM",
@@ -38,4 +44,5 @@ __all__ = [
     "AblationCAM", "ScoreCAM", "EigenCAM", "GuidedBackprop", "GuidedGradCAM", "to_image",
     "EigenGradCAM", "FullGrad", "Augment",
     "GradCAMElementWise", "ShapleyCAM", "KPCACAM", "FEM", "SegEigenCAM", "RandomCAM", "DFF",
+    "SSCAM", "ISCAM", "MetaCAM", "FinerCAM", "RefineCAM", "SESS", "LeGrad",
 ]

@@ -94,6 +94,15 @@ class BaseCAM:
     baseline: ClassVar[bool] = False
     #: the smoothing options the method takes; it refuses the others with an InputError saying why
     smoothing: ClassVar[tuple[str, ...]] = ("aug_smooth", "eigen_smooth")
+    #: True when the map is a function of the target layer's activations and of the network after the
+    #: layer only (gradients through it, its weights), never of further passes over the input: SESS's
+    #: fast mode may then give the method activations cropped from a larger image
+    from_layer: ClassVar[bool] = False
+    #: what the model must have beyond being an ``nn.Module`` (() = nothing): LeGrad ("attention",) needs
+    #: transformer blocks with attention it can read; elsewhere it raises a clear error
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: how the maps of several layers are fused (:func:`camkit.core.postprocess.finalize`): "max" or "product"
+    fusion: str = "max"
 
     def __init__(
         self,
@@ -160,7 +169,7 @@ class BaseCAM:
             raw, weights = eigen_compute(self, ctx) if self.eigen_smooth else self.compute(ctx)
         check_finite(self.precision, scores, raw)
         raw = [torch.relu(r) for r in raw]
-        maps = finalize(raw, (x.shape[-2], x.shape[-1]), ctx.region)
+        maps = finalize(raw, (x.shape[-2], x.shape[-1]), ctx.region, self.fusion)
         squeeze = (lambda v: v[:, 0] if v is not None else None) if not t.keep_k else (lambda v: v)
         return Explanation(
             maps=squeeze(maps),

@@ -25,6 +25,7 @@ class EigenCAM(BaseCAM):
 
     uses_gradients = False
     cost = "one forward, no backward (an SVD per image)"
+    from_layer = True
 
     def __init__(self, model: nn.Module, layer: Any = "auto", *, center: bool = True, **kw: Any) -> None:
         super().__init__(model, layer, **kw)

@@ -35,6 +35,7 @@ class GradientCAM(BaseCAM):
     """A method computed from ``A`` and ``G`` of each layer by :meth:`combine`."""
 
     uses_gradients = True
+    from_layer = True
 
     def compute(self, ctx: Context) -> Maps:
         results = [self.combine(a, g) for a, g in zip(ctx.acts, grid_grads(ctx))]
@@ -222,6 +223,7 @@ class CAM(BaseCAM):
 
     uses_gradients = False
     cost = "one forward, no backward"
+    from_layer = True
 
     def __init__(self, model, layer="auto", *, fc: Optional[torch.nn.Linear] = None, **kw) -> None:
         super().__init__(model, layer, **kw)

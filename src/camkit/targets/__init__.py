@@ -5,10 +5,12 @@ image, ``TopK``/``BottomK``, a callable -- and :func:`resolve_targets`, which tu
 the scores of one forward), :mod:`.per_image` (one callable per image, pytorch-grad-cam's habit),
 :mod:`.segmentation` (a class's logits summed over a mask), :mod:`.detection` (the scores of a
 detector's predictions matching given boxes), :mod:`.rest` (ReST: a class's logit plus its
-log-probability, ShapleyCAM's paper). Segmentation, Detection and ReST are :class:`RowTarget`\\ s:
+log-probability, ShapleyCAM's paper), :mod:`.contrast` (a class's logit minus those of its most
+similar classes: Finer-CAM's target). Segmentation, Detection, ReST and Contrast are :class:`RowTarget`\\ s:
 targets that hold something per image and score an output row by row.
 """
 from .classes import BottomK, RowTarget, ScoreFn, TargetSpec, Targets, TopK, resolve_targets
+from .contrast import Contrast
 from .detection import Detection
 from .per_image import PerImage
 from .rest import ReST
@@ -16,5 +18,5 @@ from .segmentation import Segmentation
 
 __all__ = [
     "TopK", "BottomK", "RowTarget", "TargetSpec", "Targets", "ScoreFn", "resolve_targets",
-    "PerImage", "Segmentation", "Detection", "ReST",
+    "PerImage", "Segmentation", "Detection", "ReST", "Contrast",
 ]

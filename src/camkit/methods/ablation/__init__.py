@@ -2,7 +2,7 @@
 
 Modules: :mod:`.method` (:class:`AblationCAM`: weights from the score drop when a channel is
 zeroed), :mod:`.replay` (re-running only the part of the model after the layer, on call-scoped
-hooks), :mod:`.affine` (is the tail affine in the layer? decided op by op while it runs),
+hooks; SESS's fast mode replays windows with it too), :mod:`.affine` (is the tail affine in the layer? decided op by op while it runs),
 :mod:`.closed_form` (all channels from one backward when it is).
 """
 from .method import AblationCAM

@@ -212,13 +212,31 @@ class Plan:
         self.cached = [t for _, acts in entries for a in acts if isinstance(a, _Cached) for t in _tensors(a.out)]
         self.versions = [t._version for t in self.cached]
 
-    def run(self, model: nn.Module, x: torch.Tensor, replay: Replay) -> Any:
-        """``model(x)`` with the planned modules' forwards replaced, for this call only."""
+    def run(self, model: nn.Module, x: torch.Tensor, replay: Replay, record: bool = False) -> Any:
+        """``model(x)`` with the planned modules' forwards replaced, for this call only; with ``record``
+        autograd records the replay (from a ``replay.ablated`` that requires grad: the network after
+        the layer only)."""
         with Hooks() as hooks:
             for m, acts in self.entries:
                 hooks.replace_forward(m, _Patched(acts, replay))
-            with torch.no_grad():
+            with torch.enable_grad() if record else torch.no_grad():
                 return model(x)
+
+    def poisoned(self) -> "Plan":
+        """This plan with every cached floating-point tensor replaced by NaNs: a replay that still gives
+        finite, equal scores does not read what ran before the layer (SESS checks its fast mode so)."""
+        def nan(obj: Any) -> Any:
+            if isinstance(obj, torch.Tensor):
+                return torch.full_like(obj, float("nan")) if obj.is_floating_point() else obj
+            if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+                return type(obj)(*(nan(o) for o in obj))
+            if isinstance(obj, (tuple, list)):
+                return type(obj)(nan(o) for o in obj)
+            if isinstance(obj, dict):
+                return {k: nan(v) for k, v in obj.items()}
+            return obj
+
+        return Plan([(m, [_Cached(nan(a.out)) if isinstance(a, _Cached) else a for a in acts]) for m, acts in self.entries])
 
     def cache_modified(self) -> bool:
         """Whether an in-place op changed a cached tensor since the trace (the replay is then wrong)."""
