@@ -62,7 +62,7 @@ def adopt(
     *,
     mean: Sequence[float],
     std: Sequence[float],
-    input_size: tuple[int, int],
+    input_size: tuple[int, ...],
     categories: Optional[list[str]],
     task: str,
     interpolation: str = "bilinear",
