@@ -101,9 +101,11 @@ def load_torchvision(name: str, weights: Weights = "default", **kwargs: Any) -> 
     crop = getattr(preset, "crop_size", None) or preset.resize_size
     resize = preset.resize_size
     if builder.__module__.split(".")[2] == "video":
-        frames = max(FRAMES, int(meta_weights.meta.get("min_temporal_size") or 1))
-        model = adopt(net, mean=preset.mean, std=preset.std, input_size=(frames, int(crop[0]), int(crop[1])),
-                      categories=categories, task=task, interpolation=preset.interpolation.value)
+        least = int(meta_weights.meta.get("min_temporal_size") or 1)
+        side = int(max(meta_weights.meta.get("min_size") or (1, 1)))
+        small = (max(4, least), max(64, side), max(64, side))  # the cheapest clip that shows every stage
+        model = adopt(net, mean=preset.mean, std=preset.std, input_size=(max(FRAMES, least), int(crop[0]), int(crop[1])),
+                      categories=categories, task=task, interpolation=preset.interpolation.value, probe_size=small)
         model.grid_dims = 3
         return model
     return adopt(net, mean=getattr(preset, "mean", IMAGENET_MEAN), std=getattr(preset, "std", IMAGENET_STD),
