@@ -19,4 +19,12 @@ from __future__ import annotations
 from camkit.models.base import PixelModel, WrappedModel, wrap
 from camkit.models.zoo import PREFIXES, ModelEntry, list_models, load, register
 
-__all__ = ["PixelModel", "WrappedModel", "wrap", "list_models", "load", "register", "ModelEntry", "PREFIXES"]
+
+def __getattr__(name: str):  # HFVideo without importing transformers-facing code up front
+    if name == "HFVideo":
+        from camkit.models.hf_loader import HFVideo
+
+        return HFVideo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = ["PixelModel", "WrappedModel", "wrap", "list_models", "load", "register", "ModelEntry", "PREFIXES", "HFVideo"]
