@@ -98,8 +98,8 @@ def too_small(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
         raise InputError(
             f"{type(model).__name__} cannot run on this {what} = {_dims_of(x.shape[2:])}: the input is smaller than "
             f"a kernel of the model{where} ({e}). Pass a larger input"
-            + (" (more frames: a clip at least as long as the model's temporal kernels, e.g. 16 frames for "
-               "torchvision's video models)" if x.dim() == 5 else "")
+            + (" (a clip needs enough frames, a volume enough slices, for the kernels of every stage: torchvision's "
+               "video models take 16 frames)" if x.dim() == 5 else "")
         ) from e
 
 

@@ -7,7 +7,8 @@ options go to the builder; camkit spells the common ones one way for every famil
 classes) are renamed to what the builder calls them (``n_input_channels`` / ``num_classes`` for
 ``ResNet``, ``num_classes`` for ``SENet``). The model is returned as MONAI builds it (intensities as
 they are: no pixel normalisation inside), in eval mode, with ``grid_dims`` = ``spatial_dims``,
-``task`` ``"classification"`` and no ``categories``; ``layer="auto"`` chooses on the user's volumes.
+``task`` ``"classification"``, no ``categories`` and ``input_size`` (option ``input_size=``; default
+96x96x96 for volumes, 224x224 for images); ``layer="auto"`` chooses on the user's volumes.
 """
 from __future__ import annotations
 
@@ -58,10 +59,14 @@ def load_monai(name: str, weights: Weights = "default", **kwargs: Any) -> nn.Mod
     if kwargs.get("pretrained"):
         raise UnsupportedModelError("monai:NAME takes its weights as a file (load(name, weights=PATH)), not "
                                     "pretrained=True: camkit never downloads")
+    size = kwargs.pop("input_size", None)
     net = _build(builder, name, kwargs)
     load_file_weights(net, weights, f"monai:{name}")
     net.eval()
     net.grid_dims = int(kwargs["spatial_dims"])
     net.task = "classification"
     net.categories = None
+    net.default_layer = None  # chosen on the user's inputs (layer="auto")
+    dims = int(kwargs["spatial_dims"])
+    net.input_size = tuple(int(v) for v in size) if size is not None else ((96,) * 3 if dims == 3 else (224, 224))
     return net
