@@ -11,13 +11,14 @@ map at each finer grid before a layer: RefineCAM's layers), :mod:`.attention` (a
 blocks, their attention probabilities for one call, its head on tokens: LeGrad's).
 """
 from .auto import auto_layer, choose_layers
-from .layout import KINDS, Layout, patch_size, readings
+from .layout import ALIASES, KINDS, Layout, first_conv_channels, kind_of, model_grid_dims, patch_size, readings
 from .names import LayerSpec, find_layer, module_name, resolve_layers
 from .presets import model_task, task_layer
 from .reading import read_layer
 from .stages import stage_layers
 
 __all__ = [
-    "auto_layer", "choose_layers", "KINDS", "Layout", "patch_size", "readings", "LayerSpec", "find_layer",
+    "auto_layer", "choose_layers", "KINDS", "ALIASES", "Layout", "patch_size", "readings", "kind_of",
+    "model_grid_dims", "first_conv_channels", "LayerSpec", "find_layer",
     "module_name", "resolve_layers", "model_task", "task_layer", "read_layer", "stage_layers",
 ]

@@ -204,7 +204,7 @@ class DFF(BaseCAM):
             concept_scores = self._label(a, offset[:, None, :] + w, p.logits)  # at each concept's peak
         raw = raw.float()
         return Explanation(
-            maps=finalize([raw], (x.shape[-2], x.shape[-1]), region),
+            maps=finalize([raw], tuple(x.shape[2:]), region),
             raw=raw,
             weights=w.float(),
             scores=raw.flatten(2).mean(-1),
