@@ -7,6 +7,7 @@ was, upsamples, normalises and fuses several layers.
 from __future__ import annotations
 
 import inspect
+import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, ClassVar, Iterator, Optional, Union
 
@@ -237,6 +238,15 @@ class BaseCAM:
             )
         if x.shape[0] == 0:
             raise InputError("input batch is empty")
+        x = self._match_dtype(x)
+        if not torch.isfinite(x).all():
+            nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+            bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
+            raise InputError(
+                f"input holds {nan} NaN and {inf} infinite value(s) (image(s) {bad[:8]} of the batch): the model's "
+                "scores and every map would be meaningless; fix the preprocessing (a division by a zero std?) "
+                "or replace them, e.g. torch.nan_to_num(x)"
+            )
         if torch.is_inference_mode_enabled() and self.uses_gradients:
             raise CamkitError(
                 f"{type(self).__name__} needs autograd, which torch.inference_mode() disables; call it "
@@ -245,6 +255,19 @@ class BaseCAM:
         if x.is_inference():
             x = x.clone()  # outside inference mode a clone is a normal tensor
         return x.detach()
+
+    def _match_dtype(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` cast, with a warning, to the floating dtype of the model's parameters when they all share
+        one that differs (a float64 or float16 image for a float32 model is otherwise a raw RuntimeError)."""
+        dtypes = {t.dtype for t in self.model.parameters() if t.is_floating_point()}
+        if len(dtypes) != 1 or x.dtype in dtypes:
+            return x
+        (dtype,) = dtypes
+        warnings.warn(
+            f"input is {x.dtype} but the model's parameters are {dtype}: the input was cast to {dtype} (pass "
+            f"x.to({dtype}) to silence this, or convert the model, model.to({x.dtype}), to explain in {x.dtype})",
+            stacklevel=4)
+        return x.to(dtype)
 
     def _read(self, a: torch.Tensor, name: str, module: nn.Module, x: torch.Tensor,
               region: Optional[InputRegion] = None) -> Layout:
