@@ -54,3 +54,78 @@ def test_malicious_weights_file_is_a_camkit_error_and_never_runs(tmp_path):
     with pytest.raises(UnsupportedModelError, match=r"weights\.pth.*imports posix\.mkdir.*\.safetensors"):
         read_state_dict(path)
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------ wrapped models
+
+import warnings  # noqa: E402
+
+import camkit  # noqa: E402
+from torch import nn  # noqa: E402
+from toy_models import GapNet  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def net():
+    return GapNet().eval()
+
+
+@pytest.fixture(scope="module")
+def x():
+    return torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def _same_as_unwrapped(wrapper: nn.Module, inner: nn.Module, x: torch.Tensor, prefix: str) -> None:
+    for method in ("gradcam", "scorecam"):
+        ref = camkit.create(method, inner, layer="feat").explain(x)
+        for layer in ("feat", prefix + "feat", "auto", [prefix + "feat"]):
+            e = camkit.create(method, wrapper, layer=layer).explain(x)
+            assert e.layers == ["feat"], (method, layer, e.layers)
+            torch.testing.assert_close(e.maps, ref.maps, rtol=0, atol=0)
+
+
+def test_torch_compile_is_explained_through_orig_mod_with_or_without_the_prefix(net, x):
+    compiled = torch.compile(net)
+    assert type(compiled).__name__ == "OptimizedModule"
+    _same_as_unwrapped(compiled, net, x, "_orig_mod.")
+
+
+def test_data_parallel_is_explained_through_its_module_and_left_as_found(net, x):
+    dp = nn.DataParallel(net)
+    dp.train()  # the wrapper's flags are the user's: left as found
+    _same_as_unwrapped(dp, net, x, "module.")
+    assert dp.training and net.training
+    net.eval()
+
+
+def test_distributed_data_parallel_with_a_single_process_gloo_group(net, x, tmp_path):
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(GapNet().eval())
+        _same_as_unwrapped(ddp, ddp.module, x, "module.")
+        twice = torch.compile(nn.DataParallel(net))  # wrappers nest: both prefixes peel off
+        e = camkit.GradCAM(twice, layer="_orig_mod.module.feat").explain(x)
+        assert e.layers == ["feat"]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_dynamically_quantised_model_refused_for_gradients_explained_without(net, x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
+        q = torch.ao.quantization.quantize_dynamic(net, {nn.Linear}, dtype=torch.qint8)
+    for method in ("gradcam", "layercam", "fullgrad"):
+        with pytest.raises(UnsupportedModelError, match=r"quantised layers \['fc \(DynamicQuantizedLinear\)'\] have "
+                                                        r"none.*float model before quantising.*'scorecam'"):
+            camkit.create(method, q, layer="feat")
+    with pytest.raises(UnsupportedModelError, match="gradients to choose layer='auto'"):
+        camkit.ScoreCAM(q)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        maps = camkit.ScoreCAM(q, layer="feat")(x)
+    ref = camkit.ScoreCAM(net, layer="feat")(x)  # the float model: equal up to the int8 head's error
+    assert (maps - ref).abs().max() < 0.05

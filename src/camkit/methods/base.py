@@ -19,8 +19,10 @@ from ..core.postprocess import finalize
 from ..core.precision import check_finite, model_forward, parse_precision
 from ..core.region import InputRegion, input_region
 from ..core.state import preserved
-from ..errors import CamkitError, InputError
-from ..layers import KINDS, Layout, LayerSpec, choose_layers, patch_size, read_layer
+from ..errors import CamkitError, InputError, UnsupportedModelError
+from ..layers import (
+    KINDS, Layout, LayerSpec, choose_layers, patch_size, quantized_layers, read_layer, strip_prefixes, unwrap,
+)
 from ..targets import TargetSpec, resolve_targets
 from .explanation import Context, Explanation, Maps, Reshape
 from .smoothing import Augment, aug_explain, augmentations, channel_contributions, eigen_compute
@@ -120,6 +122,16 @@ class BaseCAM:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        model, prefixes = unwrap(model)  # torch.compile / (Distributed)DataParallel: the wrapped module
+        layer = strip_prefixes(layer, prefixes)
+        quantized = quantized_layers(model)
+        if quantized and (self.uses_gradients or (layer == "auto" and getattr(model, "default_layer", None) is None)):
+            need = "its gradients" if self.uses_gradients else "gradients to choose layer='auto'"
+            raise UnsupportedModelError(
+                f"{type(self).__name__} needs {need}, and the model's quantised layers {quantized[:4]} have none "
+                "in PyTorch (quantize_dynamic / quantize); explain the float model before quantising it, or use "
+                "a gradient-free method ('scorecam', 'ablationcam', 'eigencam') with layer='NAME'"
+            )
         if layout is not None and layout not in KINDS:
             raise InputError(f"layout must be None (read from evidence) or one of {KINDS}, got {layout!r}")
         if layout is not None and reshape is not None:
