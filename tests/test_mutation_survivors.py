@@ -1,0 +1,72 @@
+"""One test for each mutation a mutation audit left alive (issue 22). Each docstring names the
+one-line change it catches; each was applied by hand, seen to fail here, and reverted."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import camkit
+from camkit.layers.layout import MAX_PREFIX, readings
+from test_perturbation import naive_ablation
+
+
+# -- layers/layout: the prefix-token range ----------------------------------------------------------------
+
+@pytest.mark.parametrize("patch, size", [((16, 16), (56, 88)), (None, (48, 80))])
+def test_every_prefix_count_from_0_to_max_prefix_is_read(patch, size):
+    """Mutations: ``range(0, min(MAX_PREFIX, n - 2))`` (no ``+ 1``) in the search without a patch size, or
+    ``n - h * w < MAX_PREFIX`` with one: 16 prefix tokens (the most allowed) never tried. At 56x88 with
+    16-pixel patches (3x5 by the patch rule) the search without the rule would prefer 7 prefix + 4x6."""
+    for prefix in range(MAX_PREFIX + 1):
+        t = torch.zeros(2, prefix + 3 * 5, 8)  # (B, prefix + 3x5 patch tokens, C)
+        best = readings(t, 2, size, patch)[0]
+        assert (best.kind, best.prefix, best.h, best.w) == ("tokens", prefix, 3, 5), (prefix, best)
+    t = torch.zeros(2, MAX_PREFIX + 1 + 3 * 5, 8)  # one more is no prefix count camkit reads as 3x5
+    assert all((r.prefix, r.h, r.w) != (MAX_PREFIX + 1, 3, 5) for r in readings(t, 2, size, patch))
+
+
+# -- Ablation-CAM: the closed form is checked on every image ----------------------------------------------
+
+class _WrongGradForImage1(torch.autograd.Function):
+    """``p @ W.T + b`` (affine, op by op) whose backward doubles image 1's gradient: the closed form
+    (a backward) is then wrong for image 1 only, and only a replay of image 1 can tell."""
+
+    @staticmethod
+    def forward(ctx, p, w, b):
+        ctx.save_for_backward(w)
+        return p @ w.t() + b
+
+    @staticmethod
+    def backward(ctx, g):
+        (w,) = ctx.saved_tensors
+        gp = g @ w
+        gp[1:] = gp[1:] * 2
+        return gp, None, None
+
+
+class OddBackward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.feat = nn.Conv2d(6, 6, 3, padding=1, stride=2)
+        self.fc = nn.Linear(6, 4)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+        self.double().eval()
+
+    def forward(self, x):
+        return _WrongGradForImage1.apply(self.feat(self.stem(x)).mean((2, 3)), self.fc.weight, self.fc.bias)
+
+
+def test_ablation_closed_form_is_checked_on_every_image_of_the_batch():
+    """Mutation: the closed form's replay check runs on image 0 only (``range(1)`` for
+    ``range(grid.shape[0])`` in ``ClosedForm.weights``): image 1's weights come out doubled."""
+    model = OddBackward()
+    x = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    e = camkit.AblationCAM(model, "feat").explain(x, targets=[1, 2])
+    ref = naive_ablation(model, "feat", x, e.targets[:, None])[:, 0]
+    assert ref[1].abs().max() > 1e-3
+    torch.testing.assert_close(e.weights, ref.float(), rtol=1e-5, atol=1e-6)
