@@ -2,6 +2,7 @@
 one-line change it catches; each was applied by hand, seen to fail here, and reverted."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -70,3 +71,36 @@ def test_ablation_closed_form_is_checked_on_every_image_of_the_batch():
     ref = naive_ablation(model, "feat", x, e.targets[:, None])[:, 0]
     assert ref[1].abs().max() > 1e-3
     torch.testing.assert_close(e.weights, ref.float(), rtol=1e-5, atol=1e-6)
+
+
+# -- detectors: the input's frame when the padding is vertical ---------------------------------------------
+
+def test_detector_frame_on_a_portrait_input_padded_at_the_bottom():
+    """Mutation: the frame's vertical extent taken as the whole grid (``1.0`` for ``h / hp`` in
+    ``core/region.py``): only landscape images (padded on the right) were tested."""
+    from camkit.core.postprocess import finalize, normalize
+    from camkit.core.region import input_region
+    from camkit.targets import Detection
+    from task_models import tiny_detector
+
+    tiny = tiny_detector()
+    x = torch.rand(1, 3, 51, 40, generator=torch.Generator().manual_seed(0))  # x1.6 -> 81 x 64, padded to 96 x 64
+    with input_region(tiny) as region_of, torch.no_grad():
+        tiny(x)
+    torch.testing.assert_close(region_of().rects, torch.tensor([[0.0, 0.0, 81 / 96, 1.0]]))
+    e = camkit.GradCAM(tiny, layer="backbone.feat").explain(x, Detection.each(0.0))
+    assert e.maps.shape[-2:] == (51, 40)
+    # by hand: pixel centre (i, j) of the 51 x 40 input reads the raw grid (h x w, covering the padded
+    # 96 x 64 image) at rows (i + 0.5) / 51 * 81/96 * h - 0.5 and columns (j + 0.5) / 40 * w - 0.5, bilinearly
+    raw = torch.relu(e.raw[0]).double().numpy()  # (K, h, w)
+    h, w = raw.shape[-2:]
+    ys = (np.arange(51) + 0.5) / 51 * (81 / 96) * h - 0.5
+    xs = (np.arange(40) + 0.5) / 40 * w - 0.5
+    ref = []
+    for m in raw:
+        rows = np.stack([np.interp(xs, np.arange(w), r) for r in m])  # (h, 40); np.interp clamps at the border
+        ref.append(np.stack([np.interp(ys, np.arange(h), c) for c in rows.T]).T)  # (51, 40)
+    ref = normalize(torch.from_numpy(np.stack(ref))[None].float())
+    torch.testing.assert_close(e.maps, ref, rtol=1e-4, atol=1e-5)
+    naive = finalize([e.raw], (51, 40))
+    assert (naive - e.maps).abs().max() > 0.1  # ignoring the bottom padding stretches the map
