@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import camkit
+from camkit.core.postprocess import normalize
 from camkit.layers.layout import MAX_PREFIX, readings
 from test_perturbation import naive_ablation
 
@@ -104,3 +105,74 @@ def test_detector_frame_on_a_portrait_input_padded_at_the_bottom():
     torch.testing.assert_close(e.maps, ref, rtol=1e-4, atol=1e-5)
     naive = finalize([e.raw], (51, 40))
     assert (naive - e.maps).abs().max() > 0.1  # ignoring the bottom padding stretches the map
+
+
+# -- FullGrad: the bias terms are constants -----------------------------------------------------------------
+
+class ConvBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.Conv2d(4, 5, 3, padding=1, stride=2, bias=False), nn.BatchNorm2d(5), nn.ReLU())
+        self.fc = nn.Linear(5, 3)
+        with torch.no_grad():  # BatchNorm statistics and affine parameters away from the identity
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("layer", ["auto", "body.0", "body.1"])
+def test_fullgrad_maps_carry_no_autograd_graph(layer):
+    """Mutation: ``m.bias`` for ``m.bias.detach()`` (conv), or BatchNorm's ``m.weight`` / ``m.bias`` not
+    detached, in ``effective_bias``: the maps then hold the parameters' autograd graph (and memory)."""
+    torch.manual_seed(0)
+    model = ConvBN().eval()
+    e = camkit.FullGrad(model, layer=layer).explain(torch.rand(2, 3, 12, 12), camkit.TopK(2))
+    for t in (e.maps, e.raw, e.scores):
+        assert t.requires_grad is False and t.grad_fn is None
+    assert all(p.grad is None for p in model.parameters())
+
+
+# -- aug_smooth: the classes are chosen once, on the un-augmented input ------------------------------------
+
+class LeftRight(nn.Module):
+    """Class 0 scores the left half of ``feat``'s output, class 1 the right half: flipping the image
+    swaps the top class."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.feat = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+
+    def forward(self, x):
+        a = self.feat(x)
+        w = a.shape[-1] // 2
+        return torch.stack([a[..., :w].mean((1, 2, 3)), a[..., w:].mean((1, 2, 3)), a.mean((1, 2, 3)) * 0], 1)
+
+
+def test_aug_smooth_keeps_the_topk_classes_of_the_unaugmented_view():
+    """Mutation: ``fixed = targets`` in ``aug_explain`` (TopK re-chosen on each augmented view): the
+    flipped view would then explain the other class. (LayerCAM: its maps differ by class here; Grad-CAM's
+    channel weights would be equal for both classes.)"""
+    from camkit.methods import Augment
+
+    model = LeftRight().eval()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x[..., :4] += 1.0  # bright on the left: class 0 first
+    plain = camkit.LayerCAM(model, layer="feat")
+    classes = plain.explain(x, camkit.TopK(2)).targets
+    assert classes.tolist() == [[0, 1], [0, 1]]
+    assert plain.explain(x.flip(-1), camkit.TopK(2)).targets.tolist() == [[1, 0], [1, 0]]  # the view disagrees
+    aug = camkit.LayerCAM(model, layer="feat", aug_smooth=Augment(flips=(False, True), scales=(1.0,)))
+    e = aug.explain(x, camkit.TopK(2))
+    assert torch.equal(e.targets, classes)
+    # by hand: each class's map on the image and on the flipped image (flipped back), averaged
+    for k in range(2):
+        views = [plain.explain(x, classes[:, k]).maps, plain.explain(x.flip(-1), classes[:, k]).maps.flip(-1)]
+        torch.testing.assert_close(e.maps[:, k], normalize(torch.stack(views).mean(0)), atol=1e-6, rtol=0)
