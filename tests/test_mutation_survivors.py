@@ -176,3 +176,44 @@ def test_aug_smooth_keeps_the_topk_classes_of_the_unaugmented_view():
     for k in range(2):
         views = [plain.explain(x, classes[:, k]).maps, plain.explain(x.flip(-1), classes[:, k]).maps.flip(-1)]
         torch.testing.assert_close(e.maps[:, k], normalize(torch.stack(views).mean(0)), atol=1e-6, rtol=0)
+
+
+# -- targets: the first index past the last class -------------------------------------------------------------
+
+@pytest.mark.parametrize("targets", [5, [0, 5], torch.tensor([[0, 5], [1, 2]])])
+def test_target_equal_to_the_number_of_classes_is_refused(targets):
+    """Mutation: ``idx > n`` for ``idx >= n`` in ``targets/classes.py``: class ``n`` (one past the last)
+    accepted, then a raw indexing error or a score read from another row."""
+    from toy_models import GapNet
+
+    with pytest.raises(camkit.TargetError, match=r"class index 5 is out of range: the model has 5 classes \(valid: 0..4\)"):
+        camkit.GradCAM(GapNet().eval(), layer="feat")(torch.rand(2, 3, 8, 8), targets)
+
+
+# -- viz: the map's resize, by hand ---------------------------------------------------------------------------
+
+def _resize_by_hand(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize with pixel centres aligned (``align_corners=False``), clamped at the border."""
+    (h, w), (hh, ww) = m.shape, size
+    ys = np.clip((np.arange(hh) + 0.5) * h / hh - 0.5, 0, h - 1)
+    xs = np.clip((np.arange(ww) + 0.5) * w / ww - 0.5, 0, w - 1)
+    rows = np.stack([np.interp(xs, np.arange(w), r) for r in m])
+    return np.stack([np.interp(ys, np.arange(h), c) for c in rows.T]).T
+
+
+def test_overlay_and_heatmap_resize_the_map_like_a_reference_resize():
+    """Mutation: ``align_corners=True`` in ``viz._map2d``: the overlay tests compared no pixel values."""
+    import matplotlib
+
+    from camkit import viz
+
+    g = np.random.default_rng(0)
+    m = g.random((5, 6))
+    image = g.random((20, 30, 3))
+    heat = matplotlib.colormaps["jet"](_resize_by_hand(m, (20, 30)))[..., :3]
+    for alpha in (1.0, 0.4):
+        out = np.asarray(viz.overlay(image, torch.from_numpy(m), alpha=alpha)).astype(float)
+        ref = ((1 - alpha) * image + alpha * heat) * 255
+        assert np.abs(out - ref).max() <= 1.0, alpha  # 8-bit rounding
+    out = np.asarray(viz.heatmap(m, size=(20, 30))).astype(float)
+    assert np.abs(out - heat * 255).max() <= 1.0
