@@ -217,3 +217,24 @@ def test_overlay_and_heatmap_resize_the_map_like_a_reference_resize():
         assert np.abs(out - ref).max() <= 1.0, alpha  # 8-bit rounding
     out = np.asarray(viz.heatmap(m, size=(20, 30))).astype(float)
     assert np.abs(out - heat * 255).max() <= 1.0
+
+
+# -- serve: each image of a batched job gets its own logits --------------------------------------------------
+
+def test_served_batch_answers_each_image_with_its_own_logits_and_classes():
+    """Mutation: ``logits[0]`` for ``logits[i]`` in ``Explainer.run``: every image of a batch reported
+    the first image's top classes."""
+    from camkit.serve.service import Explainer, Item, Target
+    from toy_models import GapNet
+
+    model = GapNet().eval()
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(3, 16, 16, generator=g) * (1 + i) for i in range(6)]  # top classes 3, 4, 4, 4, 3, 4
+    with torch.no_grad():
+        alone = [model(x[None])[0] for x in xs]
+    assert len({int(v.argmax()) for v in alone}) > 1  # the images disagree on their top class
+    explainer = Explainer({"toy": model}, methods=["gradcam"])
+    results = explainer.run(("toy", "gradcam", "top", 1), [Item(x, Target(k=1)) for x in xs])
+    for r, want in zip(results, alone):
+        torch.testing.assert_close(r.logits, want, rtol=1e-5, atol=1e-6)
+        assert r.classes == [int(want.argmax())]
