@@ -2,6 +2,7 @@
 
 * :mod:`.localization` — box from a map, IoU, MaxBoxAcc, Pointing Game, Energy-based Pointing Game
 * :mod:`.faithfulness` — Average Drop %, Increase in Confidence %, Deletion / Insertion AUC
+* :mod:`.remove_debias` — ROAD (Remove And Debias): noisy linear imputation, MoRF / LeRF curves, ROAD combined
 * :mod:`.sanity` — cascading model-parameter randomisation (Spearman ρ, SSIM)
 * :mod:`.baselines` — uniform, centre-Gaussian and random maps for every table
 * :mod:`.protocol` — the ``Protocol`` records whose ``describe()`` a report prints with each number
@@ -40,6 +41,7 @@ from .localization import (
     threshold_ious,
 )
 from .protocol import Protocol
+from .remove_debias import ROAD_PERCENTILES, ROADProtocol, ROADResult, check_percentiles, noisy_linear_imputation, road
 from .sanity import (
     RandomizationProtocol,
     RandomizationResult,
@@ -52,6 +54,9 @@ from .similarity import spearman_correlation, ssim
 __all__ = [
     "BASELINES",
     "DEFAULT_THRESHOLDS",
+    "ROAD_PERCENTILES",
+    "ROADProtocol",
+    "ROADResult",
     "BoxClippedWarning",
     "ConfidenceChange",
     "ConfidenceProtocol",
@@ -68,6 +73,7 @@ __all__ = [
     "box_from_map",
     "box_iou",
     "center_gaussian_map",
+    "check_percentiles",
     "confidence_change",
     "default_randomization_layers",
     "deletion_auc",
@@ -79,12 +85,14 @@ __all__ = [
     "localization_iou",
     "mask_energy",
     "mask_pointing_game",
+    "noisy_linear_imputation",
     "max_box_acc",
     "max_box_acc_from_ious",
     "pointing_game",
     "random_map",
     "randomization_test",
     "reinitialize_",
+    "road",
     "spearman_correlation",
     "ssim",
     "threshold_ious",
