@@ -3,6 +3,7 @@
 * :mod:`.localization` — box from a map, IoU, MaxBoxAcc, Pointing Game, Energy-based Pointing Game
 * :mod:`.faithfulness` — Average Drop %, Increase in Confidence %, Deletion / Insertion AUC
 * :mod:`.remove_debias` — ROAD (Remove And Debias): noisy linear imputation, MoRF / LeRF curves, ROAD combined
+* :mod:`.arcc` — ARCC: complexity, coherency (re-runs the method) and ROAD, harmonic mean
 * :mod:`.sanity` — cascading model-parameter randomisation (Spearman ρ, SSIM)
 * :mod:`.baselines` — uniform, centre-Gaussian and random maps for every table
 * :mod:`.protocol` — the ``Protocol`` records whose ``describe()`` a report prints with each number
@@ -10,6 +11,7 @@
 * :mod:`._checks`, :mod:`._forward` — input validation and model plumbing shared by the above
 """
 from ._checks import BoxClippedWarning
+from .arcc import ARCC_PERCENTILES, ARCCProtocol, ARCCResult, arcc, coherency, complexity
 from .baselines import BASELINES, baseline_maps, center_gaussian_map, random_map, uniform_map
 from .faithfulness import (
     ConfidenceChange,
@@ -52,6 +54,12 @@ from .sanity import (
 from .similarity import spearman_correlation, ssim
 
 __all__ = [
+    "ARCC_PERCENTILES",
+    "ARCCProtocol",
+    "ARCCResult",
+    "arcc",
+    "coherency",
+    "complexity",
     "BASELINES",
     "DEFAULT_THRESHOLDS",
     "ROAD_PERCENTILES",
