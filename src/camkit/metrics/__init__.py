@@ -11,7 +11,7 @@
 * :mod:`._checks`, :mod:`._forward` — input validation and model plumbing shared by the above
 """
 from ._checks import BoxClippedWarning
-from .arcc import ARCC_PERCENTILES, ARCCProtocol, ARCCResult, arcc, coherency, complexity
+from .arcc import ARCC_PERCENTILES, ARCCProtocol, ARCCResult, arcc, coherency, complexity, harmonic_arcc
 from .baselines import BASELINES, baseline_maps, center_gaussian_map, random_map, uniform_map
 from .faithfulness import (
     ConfidenceChange,
@@ -87,6 +87,7 @@ __all__ = [
     "deletion_auc",
     "energy_pointing_game",
     "gaussian_blur",
+    "harmonic_arcc",
     "increase_in_confidence",
     "increase_in_confidence_from_scores",
     "insertion_auc",

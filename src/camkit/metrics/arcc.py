@@ -39,7 +39,7 @@ from ._forward import (
 from .protocol import Protocol, callable_name
 from .remove_debias import road
 
-__all__ = ["ARCCProtocol", "ARCCResult", "ARCC_PERCENTILES", "arcc", "complexity", "coherency"]
+__all__ = ["ARCCProtocol", "ARCCResult", "ARCC_PERCENTILES", "arcc", "complexity", "coherency", "harmonic_arcc"]
 
 ARCC_PERCENTILES: tuple[float, ...] = (20, 40, 60, 80)
 _EPS = 1e-8
@@ -84,6 +84,13 @@ def complexity(maps: torch.Tensor) -> torch.Tensor:
     m, _ = as_map_batch(maps, "maps")
     check_unit_range(m)
     return m.abs().flatten(1).mean(1)
+
+
+def harmonic_arcc(coherency: torch.Tensor, complexity: torch.Tensor, road: torch.Tensor) -> torch.Tensor:
+    """``3 / (1/(coherency + ε) + 1/(1 − complexity + ε) + 1/(road + ε))``, ε = 1e-8, element-wise;
+    ``road`` already clipped to [0, 1] (``clip(2 · ROAD combined, 0, 1)``)."""
+    c, k, r = (torch.as_tensor(v, dtype=torch.float32) for v in (coherency, complexity, road))
+    return 3 / (1 / (c + _EPS) + 1 / ((1 - k) + _EPS) + 1 / (r + _EPS))
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -157,7 +164,7 @@ def arcc(
     rd = road(model, images, m, t, percentiles=road_percentiles, noise=noise, score=score, space=space,
               normalize=normalize, batch_size=batch_size, seed=seed)
     r = (2 * rd.combined).clamp(0, 1).float()
-    value = 3 / (1 / (coh + _EPS) + 1 / ((1 - comp) + _EPS) + 1 / (r + _EPS))
+    value = harmonic_arcc(coh, comp, r)
     proto = ARCCProtocol(road_percentiles=rd.percentiles, noise=noise, space=space,
                          normalize=callable_name(normalize), seed=seed,
                          road=f"clip(2 x ROAD combined, 0, 1), {score}")
