@@ -139,8 +139,8 @@ def _accuracy_table(s: Summary) -> str:
     rows = "".join(
         f'<tr><td class="l">{esc(model_label(m))}</td><td>{s.images.get(m, 0)}</td><td>{s.correct.get(m, 0)}</td>'
         f"<td>{esc(fmt(s.accuracy(m), 2))}</td></tr>" for m in s.models)
-    return ("<table><tr><th class='l'>Model</th><th>Images</th><th>Correct</th><th>Top-1 accuracy %</th></tr>"
-            f"{rows}</table>")
+    return _scroll("<table><tr><th class='l'>Model</th><th>Images</th><th>Correct</th><th>Top-1 accuracy %</th></tr>"
+                   f"{rows}</table>")
 
 
 def _timing_table(s: Summary) -> str:

@@ -33,7 +33,8 @@ NONE_QUALIFIES = "no method beats the baselines on this model and data"
 
 RULE = (f"Verdict rule: a method qualifies only if its maps change under parameter randomisation (mean Spearman "
         f"rank correlation of its top-1 maps with those of the fully randomised model below {SANITY_THRESHOLD:g}) "
-        f"and it beats every baseline map significantly on ROAD combined (paired bootstrap, Holm, p < {ALPHA:g}); "
+        f"and it beats every baseline significantly on ROAD combined (paired bootstrap, Holm, p < {ALPHA:g}; baselines: "
+        "the uniform, centre and random maps and methods declared as baselines, e.g. RandomCAM); "
         "qualified methods are ranked on ROAD combined, then deletion AUC, insertion AUC and IoU (where boxes "
         "exist); methods the paired tests cannot separate are ties.")
 
