@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from .config import BenchConfig, Protocol
-from .plan import select_methods
+from .plan import LEFT_OUT, select_methods
 from .session import BenchResult, run_bench
 
 DIGITS_MODELS = ("digits_resnet", "digits_vgg", "digits_vit")
@@ -39,7 +39,7 @@ def demo_parts(digits_images: int = 48, include_expensive: bool = False) -> list
     ``include_expensive``; the methods the classification tables cannot hold (DFF, Seg-Eigen-CAM, the
     guided attributions) never. Each report's note says which were left out and why."""
     methods, left_out = select_methods("all", include_expensive)
-    note = ("left out: " + "; ".join(left_out)) if left_out else ""
+    note = (LEFT_OUT + "; ".join(left_out)) if left_out else ""
     return [
         DemoPart("photos", "EfficientNet-Lite0 (ImageNet weights) on the bundled photos", BenchConfig(
             models=PHOTO_MODELS, methods=methods, data="samples", batch_size=8, gallery_images=8,

@@ -70,6 +70,8 @@ def is_map_method(name: str) -> bool:
     return get(name).output == "cam"
 
 
+LEFT_OUT = "left out: "  # how a run's note lists the methods --methods all left out ("; " between them)
+
 _OUTPUTS = {
     "attribution": "signed pixel attributions, not [0, 1] maps (shown in the Guided Grad-CAM figure)",
     "concepts": "maps of concepts found in the activations, not of a class",
@@ -77,17 +79,17 @@ _OUTPUTS = {
 
 
 def leave_out_reason(name: str, task: str = "classification", include_expensive: bool = False) -> Optional[str]:
-    """Why the benchmark's tables of ``task`` leave method ``name`` out (None: they keep it), read from
-    its attributes: ``output`` other than ``"cam"``, ``tasks`` without ``task``, or ``expensive`` (kept
+    """Why the benchmark's tables of ``task`` leave method ``name`` out (None: they keep it; the text has
+    no ";", which separates the reasons in a run's note), read from its attributes: ``output`` other than ``"cam"``, ``tasks`` without ``task``, or ``expensive`` (kept
     when ``include_expensive``)."""
     cls = get(name)
     if cls.output != "cam":
         what = _OUTPUTS.get(cls.output, f"output kind {cls.output!r}")
-        return f"{name}: output={cls.output!r}, {what}; the map metrics do not apply"
+        return f"{name}: output={cls.output!r}, {what}, so the map metrics do not apply"
     if task not in cls.tasks:
         return f"{name}: designed for {', '.join(cls.tasks) or 'no target task'} (tasks), not {task}"
     if cls.expensive and not include_expensive:
-        return f"{name}: expensive ({cls.cost}); add --include-expensive or name it in --methods"
+        return f"{name}: expensive ({cls.cost.replace(';', ',')}), add --include-expensive or name it in --methods"
     return None
 
 

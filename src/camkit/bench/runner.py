@@ -36,7 +36,7 @@ from ..core.outputs import to_logits
 from ..errors import CamkitError
 from ..methods import create, get
 from .config import BASELINE_PREFIX, BenchConfig
-from .plan import FIGURES, PREDICTIONS, Shard, record_key
+from .plan import FIGURES, LEFT_OUT, PREDICTIONS, Shard, record_key
 from .sources import Source, load_model, load_source
 
 Record = dict[str, Any]
@@ -374,7 +374,7 @@ def run_shard(shard: Shard, config: BenchConfig) -> Iterator[Record]:
         unmet = [] if method.startswith(BASELINE_PREFIX) else get(method).unmet_requirements(model)
         if unmet:  # left out with the reason, not run into an error
             yield {**_error(shard, method, None), "left_out": True,
-                   "error": f"left out: {method} needs {'; '.join(unmet)}, which {shard.model} does not have"}
+                   "error": f"{LEFT_OUT}{method} needs {'; '.join(unmet)}, which {shard.model} does not have"}
             yield _unit(shard, method)
             continue
         try:

@@ -26,7 +26,7 @@ from . import figures as figs
 from .config import BenchConfig
 from .engines import get_engine
 from .html import FigureRef, render
-from .plan import make_plan
+from .plan import LEFT_OUT, make_plan
 from .report import Summary, csv_text, markdown, significance_text, summarize
 from .sources import load_model, load_source, model_label
 from .store import RESULTS, ResultStore, _safe, read_records
@@ -217,7 +217,9 @@ def summary_text(result: BenchResult) -> str:
                      f"{'—' if acc is None else f'{acc:.1f} %'}")
     if s.skipped:
         lines.append(f"  unreadable images skipped: {len(s.skipped)}")
-    left_out = {k: v for k, v in s.errors.items() if v.startswith("left out: ")}
+    if s.note.startswith(LEFT_OUT):
+        lines += [f"  left out {why}" for why in s.note[len(LEFT_OUT):].split("; ")]
+    left_out = {k: v for k, v in s.errors.items() if v.startswith(LEFT_OUT)}
     for (model, method), why in sorted(left_out.items()):
         lines.append(f"  {model_label(model)} / {why}")
     if len(s.errors) > len(left_out):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from camkit.bench import BenchConfig, Protocol, list_engines, run_bench, summary_text, write_report
-from camkit.bench.plan import select_methods
+from camkit.bench.plan import LEFT_OUT, select_methods
 from camkit.bench.sources import random_weights, random_weights_warning
 from camkit.errors import CamkitError
 
@@ -96,12 +95,10 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def chosen_methods(args: argparse.Namespace) -> tuple[tuple[str, ...], str]:
-    """The methods to run and the note for the report: each method ``--methods all`` leaves out and why,
-    printed on stderr as well."""
+    """The methods to run and the note for the report: each method ``--methods all`` leaves out and why
+    (the summary prints them after the run)."""
     methods, left_out = select_methods(args.methods, args.include_expensive)
-    for line in left_out:
-        print(f"camkit {args.command}: left out {line}", file=sys.stderr)
-    return methods, ("left out: " + "; ".join(left_out)) if left_out else ""
+    return methods, (LEFT_OUT + "; ".join(left_out)) if left_out else ""
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

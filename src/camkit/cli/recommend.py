@@ -5,6 +5,7 @@ import argparse
 from typing import Any
 
 from camkit.bench import BenchConfig, Protocol, run_bench
+from camkit.bench.plan import LEFT_OUT
 from camkit.bench.sources import random_weights, random_weights_warning
 
 from .bench import chosen_methods
@@ -38,6 +39,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, device=args.device, gallery_images=0, figure_images=0,
                          protocol=Protocol(perturbation_steps=16), note=note)
     result = run_bench(config, args.output, resume=True, progress=not args.quiet)
-    print("\n".join(["Which map to trust:"] + [f"  {line}" for line in result.summary.verdict[:-1]]
-                    + [result.summary.verdict[-1], f"Tables and report: {result.report}"]))
+    s = result.summary
+    left = [f"  left out {why}" for why in note[len(LEFT_OUT):].split("; ")] if note else []
+    left += [f"  {why}" for (_, method), why in sorted(s.errors.items())]
+    print("\n".join(["Which map to trust:"] + [f"  {line}" for line in s.verdict[:-1]] + [s.verdict[-1]]
+                    + (["Not in the tables:"] + left if left else []) + [f"Tables and report: {result.report}"]))
     return 0
