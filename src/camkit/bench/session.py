@@ -28,10 +28,11 @@ from .config import BenchConfig
 from .engines import get_engine
 from .html import FigureRef, render
 from .lock import directory_lock
-from .plan import make_plan
-from .report import Summary, csv_text, interval_text, markdown, significance_text, summarize
+from .plan import LEFT_OUT, make_plan
+from .report import Summary, csv_text, markdown, significance_text, summarize
 from .sources import load_model, load_source, model_label
 from .store import RESULTS, ResultStore, _safe, read_records
+from .verdict import verdict_lines
 
 RUN_FILE = "run.json"
 
@@ -199,6 +200,7 @@ def write_report(out_dir: str | os.PathLike[str], config: Optional[BenchConfig] 
         problems = run.get("problems", {}) if problems is None else problems
     records, dropped = read_records(out / RESULTS)
     summary = summarize(records, config, problems)
+    summary.verdict = verdict_lines(summary)
     _atomic_write(out / "table.md", markdown(summary))
     _atomic_write(out / "table.csv", csv_text(summary))
     _atomic_write(out / "significance.csv", significance_text(summary))
@@ -225,16 +227,17 @@ def summary_text(result: BenchResult) -> str:
         acc = s.accuracy(m)
         lines.append(f"  {model_label(m)}: {s.images.get(m, 0)} images, accuracy "
                      f"{'—' if acc is None else f'{acc:.1f} %'}")
-        best = [(s.values[('iou', m, me)], me) for me in s.methods
-                if not me.startswith("baseline:") and s.values[("iou", m, me)] is not None]
-        if best:
-            v, me = max(best)
-            lines.append(f"    best IoU: {me} {v:.4f} {interval_text(s.intervals.get(('iou', m, me)), 4)}".rstrip())
     if s.skipped:
         lines.append(f"  unreadable images skipped: {len(s.skipped)}")
-    if s.errors:
-        lines.append(f"  methods that could not run: {len(s.errors)} (see the report)")
+    if s.note.startswith(LEFT_OUT):
+        lines += [f"  left out {why}" for why in s.note[len(LEFT_OUT):].split("; ")]
+    left_out = {k: v for k, v in s.errors.items() if v.startswith(LEFT_OUT)}
+    for (model, method), why in sorted(left_out.items()):
+        lines.append(f"  {model_label(model)} / {why}")
+    if len(s.errors) > len(left_out):
+        lines.append(f"  methods that could not run: {len(s.errors) - len(left_out)} (see the report)")
     lines.append(f"  table:  {result.table}")
     lines.append(f"  report: {result.report}")
+    lines += ["", "Which map to trust:"] + [f"  {line}" for line in s.verdict[:-1]] + [s.verdict[-1]]
     return "\n".join(lines)
 

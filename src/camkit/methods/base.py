@@ -26,6 +26,7 @@ from ..layers import (
     read_layer, strip_prefixes, unwrap,
 )
 from ..targets import TargetSpec, resolve_targets
+from ..layers.attention import transformer_blocks
 from .explanation import Context, Explanation, Maps, Reshape
 from .smoothing import Augment, aug_explain, augmentations, channel_contributions, eigen_compute
 
@@ -118,6 +119,13 @@ def chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
+#: what each ``requires`` entry of a method means: a test on the model and the phrase an error shows
+REQUIREMENTS: dict[str, tuple[Callable[[nn.Module], bool], str]] = {
+    "attention": (lambda model: bool(transformer_blocks(model)),
+                  "transformer blocks with attention camkit can read (nn.MultiheadAttention, timm or Hugging Face)"),
+}
+
+
 class BaseCAM:
     """Shared machinery. Subclasses set ``uses_gradients`` and implement :meth:`compute`.
 
@@ -161,7 +169,8 @@ class BaseCAM:
     #: fast mode may then give the method activations cropped from a larger image
     from_layer: ClassVar[bool] = False
     #: what the model must have beyond being an ``nn.Module`` (() = nothing): LeGrad ("attention",) needs
-    #: transformer blocks with attention it can read; elsewhere it raises a clear error
+    #: transformer blocks with attention it can read; elsewhere it raises a clear error. Each entry is a
+    #: key of ``REQUIREMENTS``; ``unmet_requirements(model)`` says which the model lacks
     requires: ClassVar[tuple[str, ...]] = ()
     #: the grids the method is defined on: 2 -- images ``(B, C, H, W)``, maps ``(B, H, W)``; 3 -- clips and
     #: volumes ``(B, C, T, H, W)``, maps ``(B, T, H, W)`` upsampled trilinearly. A method without 3 refuses
@@ -170,6 +179,12 @@ class BaseCAM:
     grid_note: ClassVar[str] = ""
     #: how the maps of several layers are fused (:func:`camkit.core.postprocess.finalize`): "max" or "product"
     fusion: str = "max"
+
+    @classmethod
+    def unmet_requirements(cls, model: nn.Module) -> list[str]:
+        """What of ``requires`` ``model`` lacks, one phrase each (e.g. "transformer blocks with attention
+        camkit can read (a ViT)"); [] when the method can run on it."""
+        return [REQUIREMENTS[r][1] for r in cls.requires if not REQUIREMENTS[r][0](model)]
 
     def __init__(
         self,
