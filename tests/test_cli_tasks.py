@@ -32,7 +32,7 @@ def _png(path, h, w):
 
 
 def _serve(monkeypatch, model):
-    monkeypatch.setattr(sources, "load_model", lambda spec, device="cpu": model)
+    monkeypatch.setattr(sources, "load_model", lambda spec, device="cpu", options=(): model)
 
 
 def test_detect_caps_the_maps_warns_and_runs_in_the_asked_precision(tmp_path, monkeypatch, capsys):

@@ -497,7 +497,7 @@ def test_cli_detect_and_segment(tmp_path, monkeypatch, capsys):
 
     img = _png(tmp_path / "street.png", 48, 60)
     det = tiny_detector()
-    monkeypatch.setattr(sources, "load_model", lambda spec, device="cpu": det)
+    monkeypatch.setattr(sources, "load_model", lambda spec, device="cpu", options=(): det)
     rc = cli.main(["explain", img, "--model", "torchvision:x", "--task", "detect", "--min-score", "0",
                    "--method", "gradcam", "--layer", "backbone.feat", "-o", str(tmp_path / "d")])
     assert rc == 0
@@ -505,7 +505,7 @@ def test_cli_detect_and_segment(tmp_path, monkeypatch, capsys):
     assert "street_detections.png" in names and "street_gradcam_det4.png" in names and "street_gradcam_det4.npy" in names
     assert np.load(tmp_path / "d" / "street_gradcam_det1.npy").shape == (48, 60)
     seg = ToySeg(kind="dict").eval()
-    monkeypatch.setattr(sources, "load_model", lambda spec, device="cpu": seg)
+    monkeypatch.setattr(sources, "load_model", lambda spec, device="cpu", options=(): seg)
     with torch.no_grad():
         from camkit.data.imageio import read_image
         present = torch.unique(seg(read_image(img)[None])["out"][0].argmax(0)).tolist()
