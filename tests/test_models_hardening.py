@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
+import camkit
 from camkit.errors import UnsupportedModelError
+from toy_models import GapNet
 
 
 class Payload:
@@ -57,13 +61,6 @@ def test_malicious_weights_file_is_a_camkit_error_and_never_runs(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ wrapped models
-
-import warnings  # noqa: E402
-
-import camkit  # noqa: E402
-from torch import nn  # noqa: E402
-from toy_models import GapNet  # noqa: E402
-
 
 @pytest.fixture(scope="module")
 def net():
