@@ -3,11 +3,10 @@ blocked by a killed run) and a corrupted record (its unit recomputed, a warning 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,20 +15,21 @@ import pytest
 from camkit.bench.lock import OWNER_FILE, DirectoryLockedError, directory_lock
 from camkit.cli import main
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-HOLD = ("import sys, time; from camkit.bench.lock import directory_lock\n"
-        "with directory_lock(sys.argv[1], 'holder'):\n"
-        "    print('held', flush=True); time.sleep(120)\n")
+def _hold(directory: Path, ready) -> None:
+    with directory_lock(directory, "holder"):
+        ready.set()
+        time.sleep(120)
 
 
-def _holder(directory: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(directory)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if line.strip() != "held":
+def _holder(directory: Path):
+    """A process holding `directory`'s lock (forked: no second torch import to wait for)."""
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_hold, args=(directory, ready), daemon=True)
+    proc.start()
+    if not ready.wait(30):
         proc.kill()
-        pytest.fail(f"the holder did not take the lock: {line!r} {proc.stderr.read()}")
+        pytest.fail("the holder did not take the lock")
     return proc
 
 
@@ -52,14 +52,14 @@ def test_second_bench_on_a_locked_directory_stops_at_once_naming_the_holder(tmp_
         assert main(["report", str(out)]) == 1  # rewriting the report of a run in progress waits too
     finally:
         proc.kill()
-        proc.wait()
+        proc.join()
 
 
 def test_a_run_killed_with_sigkill_leaves_no_lock_behind(tmp_path):
     out = tmp_path / "out"
     proc = _holder(out)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
     assert json.loads((out / OWNER_FILE).read_text())["pid"] == proc.pid  # the stale owner file is there
     t0 = time.monotonic()
     with directory_lock(out):

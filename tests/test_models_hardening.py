@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
+import camkit
 from camkit.errors import UnsupportedModelError
+from toy_models import GapNet
 
 
 class Payload:
@@ -58,13 +62,6 @@ def test_malicious_weights_file_is_a_camkit_error_and_never_runs(tmp_path):
 
 # ------------------------------------------------------------------------------------------ wrapped models
 
-import warnings  # noqa: E402
-
-import camkit  # noqa: E402
-from torch import nn  # noqa: E402
-from toy_models import GapNet  # noqa: E402
-
-
 @pytest.fixture(scope="module")
 def net():
     return GapNet().eval()
@@ -101,8 +98,8 @@ def test_data_parallel_is_explained_through_its_module_and_left_as_found(net, x)
 def test_distributed_data_parallel_with_a_single_process_gloo_group(net, x, tmp_path):
     import torch.distributed as dist
 
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
         ddp = nn.parallel.DistributedDataParallel(GapNet().eval())
@@ -115,9 +112,12 @@ def test_distributed_data_parallel_with_a_single_process_gloo_group(net, x, tmp_
 
 
 def test_dynamically_quantised_model_refused_for_gradients_explained_without(net, x):
+    quantize_dynamic = getattr(getattr(torch.ao, "quantization", None), "quantize_dynamic", None)
+    if quantize_dynamic is None:
+        pytest.skip("this torch has no torch.ao.quantization.quantize_dynamic")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
-        q = torch.ao.quantization.quantize_dynamic(net, {nn.Linear}, dtype=torch.qint8)
+        q = quantize_dynamic(net, {nn.Linear}, dtype=torch.qint8)
     for method in ("gradcam", "layercam", "fullgrad"):
         with pytest.raises(UnsupportedModelError, match=r"quantised layers \['fc \(DynamicQuantizedLinear\)'\] have "
                                                         r"none.*float model before quantising.*'scorecam'"):

@@ -102,19 +102,20 @@ def run_bench(
 ) -> BenchResult:
     """Run (or resume) the benchmark into ``out_dir`` and write its report; the directory is locked
     for the whole run (`directory_lock`: a second run on it stops at once, naming this one)."""
-    with directory_lock(out_dir):
-        return _run_locked(config, Path(out_dir), resume, engine, progress, engine_options)
+    out = Path(out_dir)
+    _check_resume(out, config, resume)  # refuse early; checked again under the lock
+    source = load_source(config.data)  # fail early on bad (or no) data and models (loaded once, cached),
+    for model in config.models:  # before the directory is made
+        load_model(model, config.device)
+    with directory_lock(out):
+        return _run_locked(config, out, source, resume, engine, progress, engine_options)
 
 
-def _run_locked(config: BenchConfig, out: Path, resume: bool, engine: str, progress: bool,
+def _run_locked(config: BenchConfig, out: Path, source: Any, resume: bool, engine: str, progress: bool,
                 engine_options: Optional[dict[str, Any]]) -> BenchResult:
     from tqdm import tqdm
 
     _check_resume(out, config, resume)
-    source = load_source(config.data)  # fail early on bad (or no) data and models (loaded once, cached)
-    for model in config.models:
-        load_model(model, config.device)
-    out.mkdir(parents=True, exist_ok=True)
     report_config = _merge(config, out)
     _atomic_write(out / RUN_FILE, json.dumps({"config": report_config.to_dict(), "fingerprint": config.fingerprint(),
                                               "problems": source.problems, "images": len(source)}, indent=2))

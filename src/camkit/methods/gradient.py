@@ -7,6 +7,7 @@ Each method is one formula over ``A`` and ``G``: channel weights ``w`` with map
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -14,7 +15,7 @@ import torch
 from ..core import engine
 from ..core.pixels import unchecked
 from ..core.precision import score_tolerance
-from ..errors import UnsupportedModelError
+from ..errors import UnsupportedModelError, ZeroGradientWarning
 from .base import BaseCAM, positive_int
 from .explanation import Context, Maps
 from .registry import register
@@ -30,11 +31,26 @@ def per_channel(w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 
 
 def grid_grads(ctx: Context) -> list[torch.Tensor]:
-    """``dS/dA`` per layer as ``(B, K, C, h, w)`` float tensors."""
+    """``dS/dA`` per layer as ``(B, K, C, h, w)`` float tensors (a `ZeroGradientWarning` where one is
+    exactly zero: that map is blank)."""
     out = []
-    for f, g in zip(ctx.to_grid, engine.gradients(ctx.pass_, ctx.scores)):
+    for name, f, g in zip(ctx.pass_.names, ctx.to_grid, engine.gradients(ctx.pass_, ctx.scores)):
         out.append(torch.stack([f(gk) for gk in g], dim=1).float())
+        warn_zero_gradient(name, out[-1])
     return out
+
+
+def warn_zero_gradient(name: str, grad: torch.Tensor) -> None:
+    """A `ZeroGradientWarning` when the grid gradient `(B, K, C, h, w)` at layer `name` is exactly zero for
+    some (image, target): the score does not change with the layer's grid there, so the map is blank."""
+    zero = (grad.flatten(2) == 0).all(-1)  # (B, K)
+    if bool(zero.any()):
+        warnings.warn(
+            f"the gradient of the explained score at layer {name!r} is exactly zero for {int(zero.sum())} of "
+            f"{zero.numel()} (target, image) pair(s), so their maps are blank (a ReLU that is off everywhere "
+            "after the layer, a saturated activation, a max, argmax or rounding on the way to the score); try a "
+            "later layer (camkit layers MODEL lists them) or a gradient-free method such as 'scorecam' or 'eigencam'",
+            ZeroGradientWarning, stacklevel=5)
 
 
 class GradientCAM(BaseCAM):

@@ -167,8 +167,8 @@ class GuidedGradCAM(GuidedBackprop):
         self.gradcam = GradCAM(model, layer, **kw)
 
     def explain(self, x: torch.Tensor, targets: TargetSpec = None) -> Explanation:
+        x = self._check_input(x)  # once: a dtype cast warns once
         cam = self.gradcam.explain(x, targets)
-        x = self._check_input(x)
         if isinstance(cam.target, RowTarget):  # both score what Grad-CAM resolved (frozen masks, boxes)
             t = Targets(None, cam.target.keep_k, cam.target)
         elif cam.targets is None:  # a callable target: both score the output with it
