@@ -108,9 +108,6 @@ def test_every_method_on_a_clip(name):
     assert torch.isfinite(e.maps).all() and e.maps.min() >= 0 and e.maps.max() <= 1
     peaks = e.maps.flatten(len(lead)).amax(-1)
     assert ((peaks == 1) | (peaks == 0)).all()  # normalised per clip, not per frame
-    if cls.output == "cam" and not cls.baseline:
-        frames = e.maps.flatten(-2).amax(-1)  # (B, T): the per-frame peaks differ: one normalisation per clip
-        assert frames.shape == (2, 2)
 
 
 def test_scorecam_on_a_clip_counts_frames_against_batch_size():
