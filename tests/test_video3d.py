@@ -110,6 +110,14 @@ def test_every_method_on_a_clip(name):
     assert ((peaks == 1) | (peaks == 0)).all()  # normalised per clip, not per frame
 
 
+def test_meta_methods_take_their_base_grids():
+    """A meta-method is defined on the grids its base is: FinerCAM around SESS refuses clips with SESS's reason."""
+    assert get("finercam:layercam").grid_dims == (2, 3)
+    assert get("finercam:sess").grid_dims == (2,) and "windows" in get("finercam:sess").grid_note
+    with pytest.raises(InputError, match="square windows"):
+        camkit.FinerCAM(tiny3d(), base="sess")(torch.rand(1, 3, 2, 12, 12))
+
+
 def test_scorecam_on_a_clip_counts_frames_against_batch_size():
     """Masked clips run in passes of batch_size // T clips: a 4-frame clip with batch_size=8 -> 2 per pass."""
     net = tiny3d()
@@ -246,3 +254,16 @@ def test_every_method_on_r3d_18(name, r3d_small):
     spatial = e.maps.shape[-4:] if cls.output != "cam" else e.maps.shape[-3:]
     assert tuple(spatial)[-3:] == (4, 32, 32)
     assert torch.isfinite(e.maps).all()
+
+
+def test_channels_last_3d_and_model_left_as_found():
+    """channels_last=True puts 5-D weights in channels_last_3d for the call only: same maps, same storage after."""
+    net = tiny3d()
+    net.train()
+    w = net[0].weight
+    before = (w.data_ptr(), w.stride(), w.requires_grad)
+    x = torch.rand(1, 3, 4, 16, 16)
+    a = camkit.GradCAM(net, layer="3", channels_last=True)(x)
+    b = camkit.GradCAM(net, layer="3")(x)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert (w.data_ptr(), w.stride(), w.requires_grad) == before and net.training and w.grad is None
