@@ -126,3 +126,11 @@ def test_hf_timesformer_tokens_time_fastest():
     layout = read_layer(model, emb, "model.timesformer.embeddings", a, x, (8, 8))
     changed = (layout(b) - layout(a)).abs().sum(1)[0]  # (t, h, w)
     assert tuple(int(v) for v in torch.nonzero(changed)[0]) == (2, 1, 2) and int((changed > 0).sum()) == 1
+
+
+def test_cli_layers_on_a_clip(capsys):
+    from camkit.cli import main
+
+    assert main(["layers", "torchvision:r3d_18", "--weights", "random", "--size", "4", "32", "32", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "on a 1x3x4x32x32 input" in out and "auto (--layer left out): layer4 (ncthw 1×2×2)" in out
