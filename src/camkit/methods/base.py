@@ -7,6 +7,7 @@ was, upsamples, normalises and fuses several layers.
 from __future__ import annotations
 
 import inspect
+import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, ClassVar, Iterator, Optional, Union
 
@@ -18,12 +19,14 @@ from ..core.postprocess import finalize
 from ..core.precision import check_finite, model_forward, parse_precision
 from ..core.region import InputRegion, input_region
 from ..core.state import preserved
-from ..errors import CamkitError, InputError
+from ..errors import CamkitError, InputError, UnsupportedModelError
 from ..core.hooks import Hooks
 from ..layers import (
-    Layout, LayerSpec, choose_layers, first_conv_channels, kind_of, model_grid_dims, patch_size, read_layer,
+    Layout, LayerSpec, choose_layers, first_conv_channels, kind_of, model_grid_dims, patch_size, quantized_layers,
+    read_layer, strip_prefixes, unwrap,
 )
 from ..targets import TargetSpec, resolve_targets
+from ..layers.attention import transformer_blocks
 from .explanation import Context, Explanation, Maps, Reshape
 from .smoothing import Augment, aug_explain, augmentations, channel_contributions, eigen_compute
 
@@ -116,6 +119,13 @@ def chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
+#: what each ``requires`` entry of a method means: a test on the model and the phrase an error shows
+REQUIREMENTS: dict[str, tuple[Callable[[nn.Module], bool], str]] = {
+    "attention": (lambda model: bool(transformer_blocks(model)),
+                  "transformer blocks with attention camkit can read (nn.MultiheadAttention, timm or Hugging Face)"),
+}
+
+
 class BaseCAM:
     """Shared machinery. Subclasses set ``uses_gradients`` and implement :meth:`compute`.
 
@@ -159,7 +169,8 @@ class BaseCAM:
     #: fast mode may then give the method activations cropped from a larger image
     from_layer: ClassVar[bool] = False
     #: what the model must have beyond being an ``nn.Module`` (() = nothing): LeGrad ("attention",) needs
-    #: transformer blocks with attention it can read; elsewhere it raises a clear error
+    #: transformer blocks with attention it can read; elsewhere it raises a clear error. Each entry is a
+    #: key of ``REQUIREMENTS``; ``unmet_requirements(model)`` says which the model lacks
     requires: ClassVar[tuple[str, ...]] = ()
     #: the grids the method is defined on: 2 -- images ``(B, C, H, W)``, maps ``(B, H, W)``; 3 -- clips and
     #: volumes ``(B, C, T, H, W)``, maps ``(B, T, H, W)`` upsampled trilinearly. A method without 3 refuses
@@ -168,6 +179,12 @@ class BaseCAM:
     grid_note: ClassVar[str] = ""
     #: how the maps of several layers are fused (:func:`camkit.core.postprocess.finalize`): "max" or "product"
     fusion: str = "max"
+
+    @classmethod
+    def unmet_requirements(cls, model: nn.Module) -> list[str]:
+        """What of ``requires`` ``model`` lacks, one phrase each (e.g. "transformer blocks with attention
+        camkit can read (a ViT)"); [] when the method can run on it."""
+        return [REQUIREMENTS[r][1] for r in cls.requires if not REQUIREMENTS[r][0](model)]
 
     def __init__(
         self,
@@ -184,6 +201,16 @@ class BaseCAM:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        model, prefixes = unwrap(model)  # torch.compile / (Distributed)DataParallel: the wrapped module
+        layer = strip_prefixes(layer, prefixes)
+        quantized = quantized_layers(model)
+        if quantized and (self.uses_gradients or (layer == "auto" and getattr(model, "default_layer", None) is None)):
+            need = "its gradients" if self.uses_gradients else "gradients to choose layer='auto'"
+            raise UnsupportedModelError(
+                f"{type(self).__name__} needs {need}, and the model's quantised layers {quantized[:4]} have none "
+                "in PyTorch (quantize_dynamic / quantize); explain the float model before quantising it, or use "
+                "a gradient-free method ('scorecam', 'ablationcam', 'eigencam') with layer='NAME'"
+            )
         layout = kind_of(layout)
         if layout is not None and reshape is not None:
             raise InputError("pass either layout= or reshape=, not both")
@@ -328,6 +355,15 @@ class BaseCAM:
             )
         if x.shape[0] == 0:
             raise InputError("input batch is empty")
+        x = self._match_dtype(x)
+        if not torch.isfinite(x).all():
+            nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+            bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
+            raise InputError(
+                f"input holds {nan} NaN and {inf} infinite value(s) (image(s) {bad[:8]} of the batch): the model's "
+                "scores and every map would be meaningless; fix the preprocessing (a division by a zero std?) "
+                "or replace them, e.g. torch.nan_to_num(x)"
+            )
         if torch.is_inference_mode_enabled() and self.uses_gradients:
             raise CamkitError(
                 f"{type(self).__name__} needs autograd, which torch.inference_mode() disables; call it "
@@ -336,6 +372,19 @@ class BaseCAM:
         if x.is_inference():
             x = x.clone()  # outside inference mode a clone is a normal tensor
         return x.detach()
+
+    def _match_dtype(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` cast, with a warning, to the floating dtype of the model's parameters when they all share
+        one that differs (a float64 or float16 image for a float32 model is otherwise a raw RuntimeError)."""
+        dtypes = {t.dtype for t in self.model.parameters() if t.is_floating_point()}
+        if len(dtypes) != 1 or x.dtype in dtypes:
+            return x
+        (dtype,) = dtypes
+        warnings.warn(
+            f"input is {x.dtype} but the model's parameters are {dtype}: the input was cast to {dtype} (pass "
+            f"x.to({dtype}) to silence this, or convert the model, model.to({x.dtype}), to explain in {x.dtype})",
+            stacklevel=4)
+        return x.to(dtype)
 
     def _read(self, a: torch.Tensor, name: str, module: nn.Module, x: torch.Tensor,
               region: Optional[InputRegion] = None) -> Layout:

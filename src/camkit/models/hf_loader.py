@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -32,7 +33,7 @@ from torch import nn
 from camkit.errors import UnsupportedModelError
 from camkit.models.base import PixelModel
 from camkit.models.loaded import adopt, require
-from camkit.models.state import Weights
+from camkit.models.state import Weights, pickle_refusal
 
 PROCESSOR_FILE = "preprocessor_config.json"
 #: PIL resampling codes as image processors store them
@@ -178,6 +179,9 @@ def load_hf(path: str, weights: Weights = "default", **kwargs: Any) -> PixelMode
         try:
             net, info = auto_cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
                                                  **kwargs)
+        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused a pickle: not run
+            files = sorted(f.name for f in folder.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt")) or ["?"]
+            raise UnsupportedModelError(f"{source}: " + pickle_refusal(str(folder / files[0]), exc)) from None
         except (OSError, RuntimeError, ValueError) as exc:  # no weights file, shape mismatch, bad option
             raise UnsupportedModelError(f"{source}: transformers could not load the model: {exc}") from exc
         _check_loading(info, source)
