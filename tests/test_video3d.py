@@ -61,6 +61,30 @@ def test_gradcam_5d_equals_hand_formula_float64():
     torch.testing.assert_close(e.targets, cls)
 
 
+@pytest.mark.parametrize("name,formula", [
+    ("hirescam", lambda a, g: (g * a).sum(1, keepdim=True)),
+    ("layercam", lambda a, g: (torch.relu(g) * a).sum(1, keepdim=True)),
+    ("xgradcam", lambda a, g: ((a * g).sum((2, 3, 4)) / a.sum((2, 3, 4)))[:, :, None, None, None].mul(a).sum(1, keepdim=True)),
+])
+def test_elementwise_methods_5d_equal_hand_formulas(name, formula):
+    """HiResCAM ``sum_c G_c A_c``, Layer-CAM ``sum_c relu(G_c) A_c`` and XGrad-CAM
+    ``w_c = sum_p A_cp G_cp / sum_p A_cp`` over every (t, h, w) position, float64 by hand."""
+    net = tiny3d().double()
+    x = torch.rand(1, 3, 3, 8, 8, dtype=torch.float64)
+    acts = {}
+    h = net[3].register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+    try:
+        logits = net(x)
+    finally:
+        h.remove()
+    a = acts["a"]
+    g = torch.autograd.grad(logits[0, 1], a)[0]
+    up = F.interpolate(torch.relu(formula(a, g)), size=(3, 8, 8), mode="trilinear", align_corners=False)[0, 0]
+    want = (up - up.min()) / (up.max() - up.min())
+    got = get(name)(net, layer="3")(x, targets=[1])[0]
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
+
+
 def test_topk_on_clips_and_channels_last_3d_equals_ncthw():
     """TopK gives (B, K, T, H, W); the same grid read channels-last (B, t, h, w, C) gives the same maps."""
     class Last(nn.Module):
