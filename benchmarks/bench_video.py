@@ -4,7 +4,7 @@
                                       [--layer layer4] [--all]
 
 pytorch-grad-cam's and MONAI's Grad-CAM are timed beside camkit's when installed. Median wall time per
-call; ratio = method / no-grad forward of the same clip, both timed in this run. By default the
+call; ratio = median over repeats of (method / a no-grad forward of the same clip timed just before it). By default the
 expensive methods (one forward per channel or sample: Score-CAM, SS-CAM, IS-CAM, Ablation-CAM's
 replays) are left out; ``--all`` times them too (minutes on a CPU at 16x112^2).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 from typing import Callable
 
 import torch
@@ -69,23 +70,27 @@ def main() -> None:
         with torch.no_grad():
             return model(x)
 
+    def ratio(fn: Callable[[], object]) -> tuple[float, float]:
+        """Median ms of ``fn`` and median over repeats of ``fn`` / a bare forward timed just before it
+        (the two in turn, so a load that drifts during the run -- a shared machine -- cancels)."""
+        fn()  # warm-up
+        pairs = [(median_ms(bare, 1, warmup=False, device=args.device), median_ms(fn, 1, warmup=False, device=args.device))
+                 for _ in range(args.repeats)]
+        return statistics.median(m for _, m in pairs), statistics.median(m / f for f, m in pairs)
+
     fwd = median_ms(bare, args.repeats, device=args.device)
     print(f"{'no-grad forward':32s} {fwd:9.1f} ms   1.00x")
     rows: dict[str, Callable[[torch.Tensor], object]] = {}
     for n in names:
-        layer = None if get(n).output == "attribution" and n == "guided-backprop" else args.layer
-        method = get(n)(model, layer=layer if n not in ("fullgrad",) else "auto", **OPTIONS.get(n, {}))
-        rows[f"camkit {n}"] = method
+        layer = None if n == "guided-backprop" else ("auto" if n == "fullgrad" else args.layer)
+        rows[f"camkit {n}"] = get(n)(model, layer=layer, **OPTIONS.get(n, {}))
     for label, fn in rows.items():
-        ms = median_ms(lambda: fn(x), args.repeats, device=args.device)
-        print(f"{label:32s} {ms:9.1f} ms  {ms / fwd:5.2f}x", flush=True)
+        ms, r = ratio(lambda: fn(x))
+        print(f"{label:32s} {ms:9.1f} ms  {r:5.2f}x", flush=True)
     # peers last: pytorch-grad-cam's hooks stay on the model from its construction and would slow camkit's calls
     for label, fn in peers(model, args.layer).items():
-        ms = median_ms(lambda: fn(x), args.repeats, device=args.device)
-        print(f"{label:32s} {ms:9.1f} ms  {ms / fwd:5.2f}x", flush=True)
-    fwd2 = median_ms(bare, args.repeats, device=args.device)
-    print(f"{'no-grad forward (again, at the end)':32s} {fwd2:9.1f} ms  {fwd2 / fwd:5.2f}x")
-
+        ms, r = ratio(lambda: fn(x))
+        print(f"{label:32s} {ms:9.1f} ms  {r:5.2f}x", flush=True)
 
 if __name__ == "__main__":
     main()

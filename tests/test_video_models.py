@@ -100,3 +100,37 @@ def test_cli_model_options_reach_the_builder(tmp_path, capsys):
           "-o", str(tmp_path / "out")])
     assert (tmp_path / "out" / "a_gradcam.npy").is_file()
     assert np.load(tmp_path / "out" / "a_gradcam.npy").ndim >= 2
+
+
+def test_hf_timesformer_tokens_time_fastest():
+    """TimeSformer keeps its tokens as class + (h, w, t), time fastest: the order is read from the patch
+    embedding's output (before any token mixing), and its temporal branch (reshaped, then added to the
+    tokens it came from) is never the auto layer."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.TimesformerConfig(image_size=32, patch_size=8, num_frames=4, hidden_size=32,
+                                         num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                         num_labels=3)
+    model = camkit.models.HFVideo(transformers.TimesformerForVideoClassification(cfg).eval())
+    x = torch.rand(1, 3, 4, 32, 32)
+    check(model, x, "model.timesformer.encoder.layer.0.layernorm_after", "tokens: 1 prefix, 4×4×4 (time fastest)")
+    e = camkit.GradCAM(model, layer="model.timesformer.embeddings").explain(x)
+    assert e.layout == ["tokens: 1 prefix, 4×4×4 (time fastest)"]
+    # the embedding of frame t, cell (i, j) is token 1 + (i * 4 + j) * 4 + t: change one frame's cell, see it there
+    from camkit.layers import read_layer
+    emb = model.model.timesformer.embeddings
+    with torch.no_grad():
+        y = x.clone()
+        y[:, :, 2, 8:16, 16:24] = 1 - y[:, :, 2, 8:16, 16:24]  # frame 2, cell (1, 2)
+        a, b = emb(x.transpose(1, 2)), emb(y.transpose(1, 2))
+    layout = read_layer(model, emb, "model.timesformer.embeddings", a, x, (8, 8))
+    changed = (layout(b) - layout(a)).abs().sum(1)[0]  # (t, h, w)
+    assert tuple(int(v) for v in torch.nonzero(changed)[0]) == (2, 1, 2) and int((changed > 0).sum()) == 1
+
+
+def test_cli_layers_on_a_clip(capsys):
+    from camkit.cli import main
+
+    assert main(["layers", "torchvision:r3d_18", "--weights", "random", "--size", "4", "32", "32", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "on a 1x3x4x32x32 input" in out and "auto (--layer left out): layer4 (ncthw 1×2×2)" in out

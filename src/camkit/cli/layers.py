@@ -21,7 +21,7 @@ from camkit.bench import sources
 from camkit.core.region import input_region
 from camkit.errors import CamkitError
 from camkit.core.region import InputRegion
-from camkit.layers import choose_layers, model_task, read_layer, readings, task_layer
+from camkit.layers import choose_layers, first_conv_channels, model_task, read_layer, readings, task_layer
 from camkit.layers.names import POOLING
 from camkit.layers.probe import Probe, grid_key, summarise
 from camkit.layers.trace import ModuleCall, trace
@@ -37,8 +37,9 @@ def add_parser(sub: Any) -> None:
     ly.add_argument("model", metavar="MODEL", help="zoo model name, timm:NAME, hf:DIR or torchvision:NAME (camkit list)")
     ly.add_argument("--weights", default=None, help="state-dict path, a named weights set, or 'random' (shapes do not "
                     "depend on it; the automatic choice can)")
-    ly.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
-                    help="input height and width (default: the model's input size, else 224 224)")
+    ly.add_argument("--size", nargs="+", type=int, default=None, metavar="N",
+                    help="input height and width, or frames (depth), height and width for video / volume models "
+                    "(default: the model's input size, else 224 224)")
     add_device_options(ly)
     ly.set_defaults(func=cmd_layers)
 
@@ -98,9 +99,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
     """``camkit layers``: one line per layer, then the automatic choice."""
     model = sources.load_model(model_spec(args), args.device)
     size = tuple(args.size) if args.size else tuple(getattr(model, "input_size", None) or (224, 224))
-    if len(size) != 2 or min(size) < 1:
-        raise CamkitError(f"--size takes a height and a width >= 1, got {' '.join(map(str, size))}")
-    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(args.device)
+    if len(size) not in (2, 3) or min(size) < 1:
+        raise CamkitError(f"--size takes a height and a width >= 1 (video / volume models: frames, height and "
+                          f"width), got {' '.join(map(str, size))}")
+    channels = first_conv_channels(model) or 3
+    x = torch.rand(1, channels, *size, generator=torch.Generator().manual_seed(0)).to(args.device)
     with torch.no_grad(), input_region(model) as region_of:
         calls, _ = trace(model, x)
     region = region_of()
@@ -108,7 +111,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     rows = [(c.name, type(c.module).__name__, _output(c), reading(c, p)) for c in _first_calls(calls)]
     widths = [max(len(r[i]) for r in rows + [("layer", "type", "output", "")]) for i in range(3)]
     where = "" if region is None else f" (resized inside to {region.padded[0]}x{region.padded[1]})"
-    print(f"{args.model}: {len(rows)} layers on a 1x3x{size[0]}x{size[1]} input{where}")
+    print(f"{args.model}: {len(rows)} layers on a 1x{channels}x{'x'.join(map(str, size))} input{where}")
     for row in [("layer", "type", "output", "read as")] + rows:
         print("  ".join(v.ljust(w) for v, w in zip(row[:3], widths)) + "  " + row[3])
     print(f"auto (--layer left out): {_auto(model, x, calls, p, region)}")

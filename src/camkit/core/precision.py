@@ -4,10 +4,10 @@
 call of the model runs under ``torch.autocast(device, dtype)`` and its floating outputs are cast back
 to float32; the method's own arithmetic (weights, maps) runs with autocast off. So scores, weights,
 maps and what is computed from them are float32; only the model's forward (and the backward through
-it) is in reduced precision. ``channels_last``: the model's 4-D parameters and buffers are put in
-channels-last memory format for the explanation and put back afterwards (the same storage as before,
-also on exceptions and when several threads explain with one model), and 4-D inputs are passed in
-channels-last.
+it) is in reduced precision. ``channels_last``: the model's 4-D parameters and buffers (5-D ones:
+``channels_last_3d``) are put in channels-last memory format for the explanation and put back
+afterwards (the same storage as before, also on exceptions and when several threads explain with one
+model), and 4-D (5-D) inputs are passed in channels-last.
 """
 from __future__ import annotations
 
@@ -81,9 +81,13 @@ def _float32(out: Any) -> Any:
                     else t, out)
 
 
+#: channels-last memory format by tensor rank: images (4-D) and clips / volumes (5-D, NDHWC)
+_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 def _channels_last(t: Any) -> Any:
-    if isinstance(t, torch.Tensor) and t.dim() == 4 and t.is_floating_point():
-        return t.contiguous(memory_format=torch.channels_last)
+    if isinstance(t, torch.Tensor) and t.dim() in _FORMATS and t.is_floating_point():
+        return t.contiguous(memory_format=_FORMATS[t.dim()])
     return t
 
 
@@ -93,8 +97,8 @@ _CL_USERS: "weakref.WeakKeyDictionary[nn.Module, list[Any]]" = weakref.WeakKeyDi
 
 @contextmanager
 def channels_last_model(model: nn.Module) -> Iterator[None]:
-    """4-D parameters (``.data``) and buffers in channels-last inside the block, the original tensors
-    back afterwards. Reference-counted per model, so overlapping calls from several threads restore
+    """4-D and 5-D (3-D convolutions: NDHWC) parameters (``.data``) and buffers in channels-last inside
+    the block, the original tensors back afterwards. Reference-counted per model, so overlapping calls from several threads restore
     the originals once, when the last one ends."""
     with _CL_LOCK:
         entry = _CL_USERS.get(model)
@@ -103,13 +107,13 @@ def channels_last_model(model: nn.Module) -> Iterator[None]:
             for m in model.modules():
                 for store in (m._parameters, m._buffers):
                     for name, t in store.items():
-                        if t is None or t.dim() != 4 or t.is_contiguous(memory_format=torch.channels_last):
+                        if t is None or t.dim() not in _FORMATS or t.is_contiguous(memory_format=_FORMATS[t.dim()]):
                             continue
                         saved.append((store, name, t.data if isinstance(t, nn.Parameter) else t))
                         if isinstance(t, nn.Parameter):
-                            t.data = t.data.contiguous(memory_format=torch.channels_last)
+                            t.data = _channels_last(t.data)
                         else:
-                            store[name] = t.contiguous(memory_format=torch.channels_last)
+                            store[name] = _channels_last(t)
             entry = _CL_USERS[model] = [0, saved]
         entry[0] += 1
     try:

@@ -118,9 +118,20 @@ def _consumers(root: Any) -> dict[Any, list[Any]]:
     return out
 
 
+_RESHAPES = ("ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward")
+_VIEWS = _RESHAPES + ("SliceBackward", "SelectBackward", "AsStridedBackward")
+
+
+def _unviewed(node: Any) -> Any:
+    """The node whose tensor ``node``'s is a view of (a slice, a reshape: ``hidden[:, 1:]``), else ``node``."""
+    while node is not None and type(node).__name__.startswith(_VIEWS) and node.next_functions:
+        node = node.next_functions[0][0]
+    return node
+
+
 def _residual_branch(node: Any, consumers: dict[Any, list[Any]]) -> bool:
-    """Whether the tensor of ``node`` is a residual branch before its add: added (directly, or scaled by
-    a parameter or constant, as by a layer scale) to a tensor it was itself computed from."""
+    """Whether the tensor of ``node`` is a residual branch before its add: added (directly, reshaped, or
+    scaled by a parameter or constant, as by a layer scale) to a tensor it was itself computed from."""
     above: Optional[set[Any]] = None
     todo = [node]
     while todo:
@@ -130,10 +141,12 @@ def _residual_branch(node: Any, consumers: dict[Any, list[Any]]) -> bool:
             kind = type(k).__name__
             if kind.startswith("AddBackward") and others:
                 above = _upstream(node) if above is None else above
-                if any(o in above for o in others):
+                if any(_unviewed(o) in above for o in others):
                     return True
             elif kind.startswith("MulBackward") and all(type(o).__name__ == "AccumulateGrad" for o in others):
                 todo.append(k)  # times a parameter or a constant
+            elif kind.startswith(_RESHAPES):
+                todo.append(k)  # the same elements in another shape (TimeSformer's temporal branch)
     return False
 
 

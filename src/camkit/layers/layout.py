@@ -70,6 +70,8 @@ class Layout:
     fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # kind "custom": the user's reshape
     mismatch: float = 0.0  # how far the two axes' strides disagree (0: exactly one stride)
     t: Optional[int] = None
+    #: tokens of a clip: ``"thw"`` (time slowest: MViT, VideoMAE) or ``"hwt"`` (time fastest: TimeSformer)
+    order: str = "thw"
 
     @property
     def grid(self) -> Size:
@@ -85,6 +87,8 @@ class Layout:
             if self.seq_first:
                 t = t.transpose(0, 1)
             b, _, c = t.shape
+            if self.order == "hwt" and self.t is not None:
+                return t[:, self.prefix:, :].reshape(b, self.h, self.w, self.t, c).permute(0, 4, 3, 1, 2)
             return t[:, self.prefix:, :].reshape(b, *self.grid, c).movedim(-1, 1)
         assert self.fn is not None
         return self.fn(t)
@@ -93,6 +97,8 @@ class Layout:
         grid = "\u00d7".join(str(g) for g in self.grid)
         if self.kind == "tokens":
             order = " (sequence-first)" if self.seq_first else ""
+            if self.order == "hwt" and self.t is not None:
+                grid += " (time fastest)"
             return f"tokens{order}: {self.prefix} prefix, {grid}"
         if self.kind == "custom":
             return f"reshape: {grid}"

@@ -9,6 +9,7 @@ the model's evidence (:mod:`.probe`) where shape alone is not proof.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional
 
 import torch
@@ -173,6 +174,8 @@ def settle(model: nn.Module, module: nn.Module, name: str, t: torch.Tensor, x: t
                 f"layer {name!r} outputs {tuple(t.shape)}, which reads as a feature map both as {options[0]} and "
                 f"as {options[1]}; pass layout='{options[0].kind}' or layout='{options[1].kind}'"
             )
+    if layout.kind == "tokens" and layout.t is not None:  # a clip's tokens: time slowest or fastest
+        layout = dataclasses.replace(layout, order=_time_order(model, p, t, x, layout))
     if layout.kind == "tokens":  # a flattened sequence may be in any order; (B, h, w, C) keeps its axes
         key = (id(module), name, layout)
         if key not in p.raster:
@@ -185,6 +188,27 @@ def settle(model: nn.Module, module: nn.Module, name: str, t: torch.Tensor, x: t
                 "(e.g. the last stage) or pass reshape=callable(tensor) -> (B, C, h, w)"
             )
     return layout
+
+
+def _time_order(model: nn.Module, p: Probe, t: torch.Tensor, x: torch.Tensor, layout: Layout) -> str:
+    """Whether a clip's tokens run time slowest (``"thw"``: MViT, VideoMAE) or fastest (``"hwt"``:
+    TimeSformer), from the model's evidence: the first module output of the same shape that is not
+    computed inside attention -- the patch embedding, before any token mixing -- is read both ways with
+    :func:`_is_raster`; ``"hwt"`` only when it alone passes. The order holds for the later layers
+    of that token count (blocks keep their tokens in place)."""
+    def same(shape: Optional[torch.Size]) -> bool:  # the probe traced one clip: compare all but the batch axis
+        keep = [d for d in range(t.dim()) if d != (1 if layout.seq_first else 0)]
+        return shape is not None and len(shape) == t.dim() and all(shape[d] == t.shape[d] for d in keep)
+
+    first = next((c for c in p.calls if same(c.shape) and not c.internal and c.parent is not None), None)
+    if first is None or first.module is None:
+        return "thw"
+    key = (id(first.module), "order", layout)
+    if key not in p.raster:
+        ways = [dataclasses.replace(layout, order=o) for o in ("thw", "hwt")]
+        passed = [_is_raster(model, first.module, first.name, w, x) for w in ways]
+        p.raster[key] = passed == [False, True]
+    return "hwt" if p.raster[key] else "thw"
 
 
 def _mixer(call: ModuleCall) -> ModuleCall:

@@ -20,13 +20,14 @@ Maps = tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]
 class Explanation:
     """What a method returns.
 
-    ``maps``: ``(B, H, W)`` (``(B, K, H, W)`` for TopK/BottomK) float32 in [0, 1] at the input size.
+    ``maps``: ``(B, H, W)`` (``(B, K, H, W)`` for TopK/BottomK) float32 in [0, 1] at the input size; for a
+    clip or volume ``(B, C, T, H, W)``: ``(B, T, H, W)`` (``(B, K, T, H, W)``), normalised per clip.
     ``raw``: the low-resolution map after ReLU, before upsampling and normalisation (a list when
     several layers are fused). ``weights``: per-channel weights ``(B, [K,] C)`` where the method has
     them. ``scores``: the explained model outputs ``(B, [K])``. ``targets``: class indices
     ``(B, [K])`` (None for a callable target). ``logits``: the full model output ``(B, N)``.
     ``layers``: the explained layers' names; ``layout``: how each layer's output was read as a grid,
-    e.g. ``"nchw 7×7"``, ``"nhwc 7×7"``, ``"tokens: 5 prefix, 16×16"``. ``categories``: the model's
+    e.g. ``"nchw 7×7"``, ``"nhwc 7×7"``, ``"tokens: 5 prefix, 16×16"``, ``"ncthw 2×7×7"``. ``categories``: the model's
     class names where it has them (``model.categories``: zoo and loaded models), so that pictures
     (``viz.show``) name the classes without being told.
     ``output`` ``"concepts"`` (DFF): ``maps`` are ``(B, k, H, W)``, one per concept found in the
