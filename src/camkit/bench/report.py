@@ -177,9 +177,11 @@ class Summary:
         return findings(model, self.tests, groups, lambda k: self.column(k).label)
 
 
-IDENTICAL_REASON = ("equal per-image values on every metric, so the maps coincide: on a head that averages the "
-                    "layer over positions into a linear classifier (global average pooling), Grad-CAM, XGrad-CAM, "
-                    "HiResCAM and CAM weight every channel alike up to one factor, which the normalisation removes")
+IDENTICAL_REASON = ("equal per-image values on every metric (within 1e-4), so the maps coincide. Known causes: on a "
+                    "global-average-pooling head Grad-CAM, XGrad-CAM, HiResCAM and CAM weight every channel alike up "
+                    "to one factor, which the normalisation removes; on a ReLU network with a linear head ShapleyCAM's "
+                    "Hessian term is 0 (= Grad-CAM); after a ReLU the activations are >= 0, so LayerCAM "
+                    "(ReLU(gradient) x A) equals Grad-CAM element-wise (ReLU(gradient x A))")
 SAME_TOL = 1e-4  # identical maps still differ by float noise (1e-5 in deletion AUC: near-tied pixels swap order)
 _SAME_FIELDS = ("iou", "pointing", "energy", "y", "o", "deletion", "insertion", "road", "arcc", "sanity")
 

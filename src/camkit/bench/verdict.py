@@ -141,6 +141,6 @@ def verdict_lines(s: Summary) -> list[str]:
     out = []
     for v in verdicts(s):
         out.append(v.headline())
-        if len(v.ranking) > 1 or (v.ranking and len(v.ranking[0]) > 1):
+        if len(v.ranking) > 1:
             out.append(f"{model_label(v.model)} ranking: " + " > ".join(" = ".join(t) for t in v.ranking))
     return out + [RULE]
