@@ -198,3 +198,16 @@ def test_recommend_end_to_end_on_the_bundled_digits(tmp_path, capsys, one_thread
     page = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
     assert page.index("Which map to trust") < page.index("Table 8")
     assert "ROAD combined" in page and "ARCC" in page
+
+
+def test_identical_rows_are_marked_with_the_reason():
+    recs = _records({"gradcam": _good(), "layercam": _good(road=0.2)}, seed=0)
+    twin = [{**r, "method": "xgradcam", "road": r["road"] + 3e-5} for r in recs if r["method"] == "gradcam"]
+    base = _records({f"baseline:{b}": _base() for b in BASELINES}, seed=1)
+    config = BenchConfig(models=("m",), methods=("gradcam", "xgradcam", "layercam"), protocol=Protocol())
+    s = summarize(recs + twin + base, config)
+    assert s.identical == {"m": [["gradcam", "xgradcam"]]}
+    md = markdown(s)
+    assert "| xgradcam (= gradcam) |" in md and "| gradcam |" in md and "| layercam |" in md
+    assert "- m: gradcam = xgradcam" in md and "global-average-pooling head" in md
+    assert "xgradcam (= gradcam)" in render(s, [], [], {})
