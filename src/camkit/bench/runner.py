@@ -24,7 +24,7 @@ import inspect
 import time
 import traceback
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -334,8 +334,12 @@ def _map_records(shard: Shard, method: str, model: nn.Module, b: Batch, config: 
     return out
 
 
-def _unit(shard: Shard, method: str) -> Record:
-    return {"type": "unit", "key": shard.unit(method), "model": shard.model, "method": method}
+def _unit(shard: Shard, method: str, records: Sequence[Record] = ()) -> list[Record]:
+    """A unit's records, each tagged with its unit key, then the unit marker with their count: a store
+    that lost one of them (a corrupted line) sees the unit as not done (`ResultStore.incomplete`)."""
+    key = shard.unit(method)
+    return [*({**r, "unit": key} for r in records),
+            {"type": "unit", "key": key, "model": shard.model, "method": method, "records": len(records)}]
 
 
 def _error(shard: Shard, method: str, exc: Optional[BaseException]) -> Record:
@@ -349,27 +353,27 @@ def run_shard(shard: Shard, config: BenchConfig) -> Iterator[Record]:
     """Compute a shard's records (units already in ``shard.done`` are not recomputed), each unit's
     records followed by its ``unit`` marker."""
     if shard.kind == FIGURES:
-        yield from _run_figures(shard, config)
+        yield from _unit(shard, FIGURES, list(_figure_records(shard, config)))
         return
     device = torch.device(config.device)
     model = load_model(shard.model, config.device)
     source = load_source(config.data)
     items, skipped = _read(source, range(shard.start, shard.stop))
     pending = [m for m in shard.methods if shard.unit(m) not in shard.done]
-    if shard.unit(PREDICTIONS) not in shard.done:
-        for rec in skipped:
-            yield {**rec, "key": record_key(shard.model, "-", rec["image"], "skip"), "model": shard.model}
+    skips = [{**rec, "key": record_key(shard.model, "-", rec["image"], "skip"), "model": shard.model}
+             for rec in skipped]
     if not items:
-        for method in [PREDICTIONS] + pending:
-            yield _unit(shard, method)
+        if shard.unit(PREDICTIONS) not in shard.done:
+            yield from _unit(shard, PREDICTIONS, skips)
+        for method in pending:
+            yield from _unit(shard, method)
         return
     _sync(device)
     t0 = time.perf_counter()
     b = _predict(model, items, device)
     _sync(device)
     if shard.unit(PREDICTIONS) not in shard.done:
-        yield from _image_records(shard.model, model, b, config, time.perf_counter() - t0)
-        yield _unit(shard, PREDICTIONS)
+        yield from _unit(shard, PREDICTIONS, skips + _image_records(shard.model, model, b, config, time.perf_counter() - t0))
     for method in pending:
         unmet = [] if method.startswith(BASELINE_PREFIX) else get(method).unmet_requirements(model)
         if unmet:  # left out with the reason, not run into an error
@@ -381,8 +385,7 @@ def run_shard(shard: Shard, config: BenchConfig) -> Iterator[Record]:
             records = _map_records(shard, method, model, b, config)
         except Exception as exc:  # a method that cannot run on this model is a result, not a crash
             records = [_error(shard, method, exc)]
-        yield from records
-        yield _unit(shard, method)
+        yield from _unit(shard, method, records)
 
 
 def _first_readable(source: Source, config: BenchConfig, count: int) -> list[tuple[int, Any]]:
@@ -396,7 +399,7 @@ def _first_readable(source: Source, config: BenchConfig, count: int) -> list[tup
     return found
 
 
-def _run_figures(shard: Shard, config: BenchConfig) -> Iterator[Record]:
+def _figure_records(shard: Shard, config: BenchConfig) -> Iterator[Record]:
     from . import figures
 
     model = load_model(shard.model, config.device)
@@ -421,7 +424,6 @@ def _run_figures(shard: Shard, config: BenchConfig) -> Iterator[Record]:
             yield {"type": "figure", "key": f"{shard.model}|{FIGURES}|{name}", "model": shard.model,
                    "figure": name, "caption": caption, "artifacts": {f"{name}.png": _b64(png)}}
         yield _randomization_record(shard, model, b, config, config.curve_images or len(b.indices))
-    yield _unit(shard, FIGURES)
 
 
 def _randomization_record(shard: Shard, model: nn.Module, b: Batch, config: BenchConfig, images: int) -> Record:

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -26,6 +27,7 @@ from . import figures as figs
 from .config import BenchConfig
 from .engines import get_engine
 from .html import FigureRef, render
+from .lock import directory_lock
 from .plan import LEFT_OUT, make_plan
 from .report import Summary, csv_text, markdown, significance_text, summarize
 from .sources import load_model, load_source, model_label
@@ -98,10 +100,16 @@ def run_bench(
     progress: bool = True,
     engine_options: Optional[dict[str, Any]] = None,
 ) -> BenchResult:
-    """Run (or resume) the benchmark into ``out_dir`` and write its report."""
+    """Run (or resume) the benchmark into ``out_dir`` and write its report; the directory is locked
+    for the whole run (`directory_lock`: a second run on it stops at once, naming this one)."""
+    with directory_lock(out_dir):
+        return _run_locked(config, Path(out_dir), resume, engine, progress, engine_options)
+
+
+def _run_locked(config: BenchConfig, out: Path, resume: bool, engine: str, progress: bool,
+                engine_options: Optional[dict[str, Any]]) -> BenchResult:
     from tqdm import tqdm
 
-    out = Path(out_dir)
     _check_resume(out, config, resume)
     source = load_source(config.data)  # fail early on bad (or no) data and models (loaded once, cached)
     for model in config.models:
@@ -112,6 +120,10 @@ def run_bench(
                                               "problems": source.problems, "images": len(source)}, indent=2))
     t0 = time.perf_counter()
     with ResultStore(out) as store:
+        if store.dropped:
+            warnings.warn(f"{store.path}: {store.dropped} unreadable line(s) dropped (corrupted, or cut off by an "
+                          f"interrupted run); {len(store.incomplete)} unit(s) that lost a record to them will be "
+                          "recomputed", stacklevel=3)
         shards = make_plan(config, len(source), frozenset(store.done_units))
         pending = sum(len([u for u in s.units() if u not in s.done]) for s in shards)
         bar = tqdm(total=pending, unit="unit", desc="bench", disable=not progress, dynamic_ncols=True)
@@ -199,7 +211,7 @@ def write_report(out_dir: str | os.PathLike[str], config: Optional[BenchConfig] 
         "models": ", ".join(model_label(m) for m in summary.models),
         "methods": ", ".join(summary.methods),
         "records": len(records),
-        "torn lines dropped": dropped,
+        "unreadable lines dropped (their units rerun on resume)": dropped,
         "images skipped (unreadable)": len(summary.skipped),
         "tables": "table.md, table.csv (same numbers, with intervals), significance.csv (tests against the baselines)",
     }

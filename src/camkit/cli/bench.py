@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
 from camkit.bench import BenchConfig, Protocol, list_engines, run_bench, summary_text, write_report
+from camkit.bench.lock import directory_lock
 from camkit.bench.plan import LEFT_OUT, select_methods
 from camkit.bench.sources import random_weights, random_weights_warning
 from camkit.errors import CamkitError
@@ -121,6 +123,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``camkit report``: rewrite a run directory's tables and report."""
-    write_report(args.directory)
+    folder = Path(args.directory)
+    with directory_lock(folder) if folder.is_dir() else contextlib.nullcontext():  # a missing one: write_report says so
+        write_report(folder)
     print(f"camkit report: {Path(args.directory) / 'report.html'}")
     return 0
