@@ -16,7 +16,7 @@ from camkit.bench.html import render
 from camkit.bench.plan import Shard, select_methods
 from camkit.bench.report import markdown, summarize
 from camkit.bench.session import summary_text
-from camkit.bench.verdict import NONE_QUALIFIES, RULE, SANITY_THRESHOLD, verdict, verdict_lines
+from camkit.bench.verdict import NONE_QUALIFIES, RULE, SANITY_THRESHOLD, verdict, verdict_lines, verdict_notes
 from camkit.cli import main
 from camkit.errors import CamkitError
 
@@ -68,8 +68,10 @@ def test_one_method_qualifies():
     tests = {t.metric: t for t in s.tests if t.method == "gradcam"}
     assert tests["road"].beats_every_baseline  # RandomCAM among the baselines it beats
     assert re.fullmatch(r"m: trust gradcam \(ROAD combined 0\.(29|30)\d\d, beats every baseline\)", v.headline())
+    s.verdict_notes = verdict_notes(s)
     md = markdown(s)
     assert md.index("## Which map to trust") < md.index("## Table 8") and "trust gradcam" in md and RULE in md
+    assert "- m / eigencam: its maps barely change" in md and "m / eigencam: its maps barely change" in render(s, [], [], {})
 
 
 def test_no_method_qualifies_says_so_and_the_headline_follows():

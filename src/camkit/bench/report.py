@@ -146,6 +146,7 @@ class Summary:
     groups: dict[tuple[str, str], tuple[Optional[str], list[str], list[str]]] = field(default_factory=dict)
     identical: dict[str, list[list[str]]] = field(default_factory=dict)  # model -> groups of methods with equal rows
     verdict: list[str] = field(default_factory=list)  # "which map to trust" lines, then the rule (set by the session)
+    verdict_notes: list[str] = field(default_factory=list)  # why each other method does not qualify
 
     def same_as(self, method: str) -> Optional[str]:
         """The first method of ``method``'s group of identical rows, when it is the same on every model
@@ -354,6 +355,9 @@ def markdown(s: Summary) -> str:
     out += [line for m in s.models if random_weights(m) for line in (f"**Warning: {random_weights_warning(m)}.**", "")]
     if s.verdict:
         out += ["## Which map to trust", ""] + [f"- {line}" for line in s.verdict[:-1]] + ["", s.verdict[-1], ""]
+        if s.verdict_notes:
+            out += ["<details><summary>Why the other methods do not qualify</summary>", ""]
+            out += [f"- {line}" for line in s.verdict_notes] + ["", "</details>", ""]
     out += ["## Table 8: localisation and confidence (predicted class)", ""]
     out += _md_table(s, s.table8)
     out += ["", "## Further metrics (predicted class unless stated)", ""]
