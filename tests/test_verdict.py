@@ -16,7 +16,7 @@ from camkit.bench.html import render
 from camkit.bench.plan import Shard, select_methods
 from camkit.bench.report import markdown, summarize
 from camkit.bench.session import summary_text
-from camkit.bench.verdict import NONE_QUALIFIES, RULE, SANITY_THRESHOLD, verdict, verdict_lines
+from camkit.bench.verdict import NONE_QUALIFIES, RULE, SANITY_THRESHOLD, verdict, verdict_lines, verdict_notes
 from camkit.cli import main
 from camkit.errors import CamkitError
 
@@ -68,8 +68,10 @@ def test_one_method_qualifies():
     tests = {t.metric: t for t in s.tests if t.method == "gradcam"}
     assert tests["road"].beats_every_baseline  # RandomCAM among the baselines it beats
     assert re.fullmatch(r"m: trust gradcam \(ROAD combined 0\.(29|30)\d\d, beats every baseline\)", v.headline())
+    s.verdict_notes = verdict_notes(s)
     md = markdown(s)
     assert md.index("## Which map to trust") < md.index("## Table 8") and "trust gradcam" in md and RULE in md
+    assert "- m / eigencam: its maps barely change" in md and "m / eigencam: its maps barely change" in render(s, [], [], {})
 
 
 def test_no_method_qualifies_says_so_and_the_headline_follows():
@@ -198,3 +200,16 @@ def test_recommend_end_to_end_on_the_bundled_digits(tmp_path, capsys, one_thread
     page = (tmp_path / "r" / "report.html").read_text(encoding="utf-8")
     assert page.index("Which map to trust") < page.index("Table 8")
     assert "ROAD combined" in page and "ARCC" in page
+
+
+def test_identical_rows_are_marked_with_the_reason():
+    recs = _records({"gradcam": _good(), "layercam": _good(road=0.2)}, seed=0)
+    twin = [{**r, "method": "xgradcam", "road": r["road"] + 3e-5} for r in recs if r["method"] == "gradcam"]
+    base = _records({f"baseline:{b}": _base() for b in BASELINES}, seed=1)
+    config = BenchConfig(models=("m",), methods=("gradcam", "xgradcam", "layercam"), protocol=Protocol())
+    s = summarize(recs + twin + base, config)
+    assert s.identical == {"m": [["gradcam", "xgradcam"]]}
+    md = markdown(s)
+    assert "| xgradcam (= gradcam) |" in md and "| gradcam |" in md and "| layercam |" in md
+    assert "- m: gradcam = xgradcam" in md and "global-average-pooling head" in md
+    assert "xgradcam (= gradcam)" in render(s, [], [], {})

@@ -235,8 +235,10 @@ def _verdict(s: Summary) -> str:
     lines, rule = s.verdict[:-1], s.verdict[-1]
     none = all("trust " not in line for line in lines)
     items = "".join(f"<li>{esc(line)}</li>" for line in lines)
+    notes = "".join(f"<li>{esc(line)}</li>" for line in s.verdict_notes)
+    details = f'<details class="small"><summary>Why the other methods do not qualify</summary><ul>{notes}</ul></details>'
     return (f'<div class="verdict{" none" if none else ""}"><h2>Which map to trust</h2><ul>{items}</ul>'
-            f'<p class="small">{esc(rule)}</p></div>')
+            f'<p class="small">{esc(rule)}</p>{details if notes else ""}</div>')
 
 
 def _identical(s: Summary) -> str:

@@ -146,6 +146,7 @@ class Summary:
     groups: dict[tuple[str, str], tuple[Optional[str], list[str], list[str]]] = field(default_factory=dict)
     identical: dict[str, list[list[str]]] = field(default_factory=dict)  # model -> groups of methods with equal rows
     verdict: list[str] = field(default_factory=list)  # "which map to trust" lines, then the rule (set by the session)
+    verdict_notes: list[str] = field(default_factory=list)  # why each other method does not qualify
 
     def same_as(self, method: str) -> Optional[str]:
         """The first method of ``method``'s group of identical rows, when it is the same on every model
@@ -177,9 +178,11 @@ class Summary:
         return findings(model, self.tests, groups, lambda k: self.column(k).label)
 
 
-IDENTICAL_REASON = ("equal per-image values on every metric, so the maps coincide: on a head that averages the "
-                    "layer over positions into a linear classifier (global average pooling), Grad-CAM, XGrad-CAM, "
-                    "HiResCAM and CAM weight every channel alike up to one factor, which the normalisation removes")
+IDENTICAL_REASON = ("equal per-image values on every metric (within 1e-4), so the maps coincide. Known causes: on a "
+                    "global-average-pooling head Grad-CAM, XGrad-CAM, HiResCAM and CAM weight every channel alike up "
+                    "to one factor, which the normalisation removes; on a ReLU network with a linear head ShapleyCAM's "
+                    "Hessian term is 0 (= Grad-CAM); after a ReLU the activations are >= 0, so LayerCAM "
+                    "(ReLU(gradient) x A) equals Grad-CAM element-wise (ReLU(gradient x A))")
 SAME_TOL = 1e-4  # identical maps still differ by float noise (1e-5 in deletion AUC: near-tied pixels swap order)
 _SAME_FIELDS = ("iou", "pointing", "energy", "y", "o", "deletion", "insertion", "road", "arcc", "sanity")
 
@@ -352,6 +355,9 @@ def markdown(s: Summary) -> str:
     out += [line for m in s.models if random_weights(m) for line in (f"**Warning: {random_weights_warning(m)}.**", "")]
     if s.verdict:
         out += ["## Which map to trust", ""] + [f"- {line}" for line in s.verdict[:-1]] + ["", s.verdict[-1], ""]
+        if s.verdict_notes:
+            out += ["<details><summary>Why the other methods do not qualify</summary>", ""]
+            out += [f"- {line}" for line in s.verdict_notes] + ["", "</details>", ""]
     out += ["## Table 8: localisation and confidence (predicted class)", ""]
     out += _md_table(s, s.table8)
     out += ["", "## Further metrics (predicted class unless stated)", ""]

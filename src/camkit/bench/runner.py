@@ -377,9 +377,9 @@ def run_shard(shard: Shard, config: BenchConfig) -> Iterator[Record]:
     for method in pending:
         unmet = [] if method.startswith(BASELINE_PREFIX) else get(method).unmet_requirements(model)
         if unmet:  # left out with the reason, not run into an error
-            yield from _unit(shard, method, [{**_error(shard, method, None), "left_out": True,
-                                              "error": f"{LEFT_OUT}{method} needs {'; '.join(unmet)}, "
-                                                       f"which {shard.model} does not have"}])
+            left = {**_error(shard, method, None), "left_out": True,
+                    "error": f"{LEFT_OUT}{method} needs {'; '.join(unmet)}, which {shard.model} does not have"}
+            yield from _unit(shard, method, [left])
             continue
         try:
             records = _map_records(shard, method, model, b, config)

@@ -32,7 +32,7 @@ from .plan import LEFT_OUT, make_plan
 from .report import Summary, csv_text, markdown, significance_text, summarize
 from .sources import load_model, load_source, model_label
 from .store import RESULTS, ResultStore, _safe, read_records
-from .verdict import verdict_lines
+from .verdict import verdict_lines, verdict_notes
 
 RUN_FILE = "run.json"
 
@@ -201,7 +201,7 @@ def write_report(out_dir: str | os.PathLike[str], config: Optional[BenchConfig] 
         problems = run.get("problems", {}) if problems is None else problems
     records, dropped = read_records(out / RESULTS)
     summary = summarize(records, config, problems)
-    summary.verdict = verdict_lines(summary)
+    summary.verdict, summary.verdict_notes = verdict_lines(summary), verdict_notes(summary)
     _atomic_write(out / "table.md", markdown(summary))
     _atomic_write(out / "table.csv", csv_text(summary))
     _atomic_write(out / "significance.csv", significance_text(summary))

@@ -135,12 +135,17 @@ def verdicts(s: Summary, threshold: float = SANITY_THRESHOLD) -> list[Verdict]:
     return [verdict(s, m, threshold) for m in s.models]
 
 
+def verdict_notes(s: Summary) -> list[str]:
+    """``"model / method: why it does not qualify"``, one line per method that does not."""
+    return [f"{model_label(v.model)} / {m}: {why}" for v in verdicts(s) for m, why in v.rejected.items()]
+
+
 def verdict_lines(s: Summary) -> list[str]:
     """Per model the headline and the ranking, then :data:`RULE`: what the report and the terminal show
     (why each other method does not qualify: :meth:`Verdict.lines`)."""
     out = []
     for v in verdicts(s):
         out.append(v.headline())
-        if len(v.ranking) > 1 or (v.ranking and len(v.ranking[0]) > 1):
+        if len(v.ranking) > 1:
             out.append(f"{model_label(v.model)} ranking: " + " > ".join(" = ".join(t) for t in v.ranking))
     return out + [RULE]
