@@ -1,7 +1,8 @@
 """Evaluation metrics for explanation maps, with every convention an explicit, printable parameter.
 
-* :mod:`.localization` — box from a map, IoU, MaxBoxAcc, Pointing Game, Energy-based Pointing Game
-* :mod:`.faithfulness` — Average Drop %, Increase in Confidence %, Deletion / Insertion AUC
+* :mod:`.localization` — box from a map, IoU, MaxBoxAcc, Pointing Game, Energy-based Pointing Game, mask IoU
+  (images, and clips / volumes with ``spatial_dims=3``)
+* :mod:`.faithfulness` — Average Drop %, Increase in Confidence %, Deletion / Insertion AUC (pixels or voxels)
 * :mod:`.sanity` — cascading model-parameter randomisation (Spearman ρ, SSIM)
 * :mod:`.baselines` — uniform, centre-Gaussian and random maps for every table
 * :mod:`.protocol` — the ``Protocol`` records whose ``describe()`` a report prints with each number
@@ -33,11 +34,13 @@ from .localization import (
     energy_pointing_game,
     localization_iou,
     mask_energy,
+    mask_iou,
     mask_pointing_game,
     max_box_acc,
     max_box_acc_from_ious,
     pointing_game,
     threshold_ious,
+    threshold_mask_ious,
 )
 from .protocol import Protocol
 from .sanity import (
@@ -78,6 +81,7 @@ __all__ = [
     "insertion_auc",
     "localization_iou",
     "mask_energy",
+    "mask_iou",
     "mask_pointing_game",
     "max_box_acc",
     "max_box_acc_from_ious",
@@ -88,5 +92,6 @@ __all__ = [
     "spearman_correlation",
     "ssim",
     "threshold_ious",
+    "threshold_mask_ious",
     "uniform_map",
 ]
