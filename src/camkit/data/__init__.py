@@ -10,7 +10,8 @@ Modules: :mod:`.sample` (one annotated image, resizing, batching), :mod:`.files`
 boxes, unreadable ones skipped and counted), :mod:`.imagenet`, :mod:`.folder`, :mod:`.photos`,
 :mod:`.digits` (the datasets above), :mod:`.synsets` (ImageNet class ids and names),
 :mod:`.imageio` (one image file -> tensor), :mod:`.geometry` (fitting an image to a model's input
-and bringing maps back).
+and bringing maps back), :mod:`.video` (video files -> clips, animations; PyAV), :mod:`.volume`
+(NIfTI volumes in, maps out aligned with the scan; nibabel).
 """
 from __future__ import annotations
 
