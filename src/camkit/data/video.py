@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from camkit.data.imageio import optional
 from camkit.errors import InputError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -32,11 +33,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpe
 
 
 def _av() -> Any:
-    try:
-        import av
-    except ImportError as exc:
-        raise ImportError("reading and writing video needs PyAV: pip install 'camkit[video]' (or pip install av)") from exc
-    return av
+    return optional("av", "reading and writing video", "video")
 
 
 @dataclass(frozen=True)

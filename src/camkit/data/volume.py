@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from camkit.data.imageio import optional
 from camkit.errors import InputError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -39,11 +40,7 @@ def is_nifti(path: PathLike) -> bool:
 
 
 def _nib() -> Any:
-    try:
-        import nibabel
-    except ImportError as exc:
-        raise ImportError("reading NIfTI volumes needs nibabel: pip install 'camkit[medical]' (or pip install nibabel)") from exc
-    return nibabel
+    return optional("nibabel", "reading NIfTI volumes", "medical")
 
 
 @dataclass(frozen=True)
