@@ -178,3 +178,33 @@ def test_blur_is_separable_over_every_axis():
     g = torch.exp(-torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64) / 2)
     g = g / g.sum()
     assert torch.allclose(gaussian_blur(d, 3, 1.0)[0, 0, 1:4, 1:4], g[:, None] * g[None, :])
+
+
+def test_3d_similarity_and_baselines():
+    from camkit.metrics import baseline_maps, center_gaussian_map, spearman_correlation, ssim
+
+    torch.manual_seed(1)
+    a = torch.rand(2, 5, 6, 7, dtype=torch.float64)
+    b = a + 0.3 * torch.rand_like(a)
+    rho = spearman_correlation(a, b, spatial_dims=3)
+    assert torch.allclose(rho, spearman_correlation(a.flatten(1)[:, None], b.flatten(1)[:, None]))  # ranks ignore shape
+    assert torch.allclose(ssim(a, a, spatial_dims=3), torch.ones(2))
+    # the separable 3-D window equals one conv3d with the outer-product kernel (valid positions)
+    k = 5
+    r = torch.arange(k, dtype=torch.float64) - 2
+    g = torch.exp(-(r**2) / (2 * 1.5**2))
+    g = g / g.sum()
+    w = (g[:, None, None] * g[None, :, None] * g[None, None, :])[None, None]
+    blur = lambda t: nn.functional.conv3d(t[:, None], w)  # noqa: E731
+    mx, my = blur(a), blur(b)
+    vx, vy, cxy = blur(a * a) - mx**2, blur(b * b) - my**2, blur(a * b) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    ref = (((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))).flatten(1).mean(1)
+    assert torch.allclose(ssim(a, b, window=5, spatial_dims=3).double(), ref, atol=1e-6)
+    g3 = center_gaussian_map((4, 6, 8), spatial_dims=3)
+    assert g3.shape == (4, 6, 8) and float(g3.max()) == 1.0
+    assert torch.equal(g3, g3.flip(0)) and torch.equal(g3, g3.flip(2))  # centred on every axis
+    assert torch.allclose(g3[1:3].amax(0), center_gaussian_map((6, 8)))  # the 2-D map in its middle slices
+    assert baseline_maps("uniform", (3, 4, 6, 8), spatial_dims=3).shape == (3, 4, 6, 8)
+    with pytest.raises(InputError, match=r"\(D, H, W\)"):
+        baseline_maps("random", (4, 6), spatial_dims=3)
