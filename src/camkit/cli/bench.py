@@ -20,7 +20,7 @@ def _add_run_options(b: argparse.ArgumentParser) -> None:
     b.add_argument("--models", required=True, help="comma-separated zoo names (or timm:NAME, hf:DIR, torchvision:NAME), "
                    "each optionally NAME=WEIGHTS")
     b.add_argument("--methods", default="all", help="'all' or comma-separated method names (default: all)")
-    b.add_argument("--data", default="digits", help="samples | digits[:N] | imagenet:PATH | folder:PATH")
+    b.add_argument("--data", default="digits", help="samples | digits[:N] | moving_digits[:N] | digit_volumes[:N] | imagenet:PATH | folder:PATH")
     b.add_argument("--limit", type=int, default=None, help="use the first N images")
     b.add_argument("--batch-size", type=int, default=8, help="images per shard and batch (default: 8)")
     b.add_argument("-o", "--output", default=DEFAULT_OUT, help=f"run directory (default: {DEFAULT_OUT})")
