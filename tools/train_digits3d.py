@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--epochs", type=int, default=0, help="override the recipes' epochs")
     parser.add_argument("--n-train", type=int, default=0, help="override the recipes' training set size")
+    parser.add_argument("--n-test", type=int, default=500, help="held-out items for the accuracy")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         if name not in RECIPES:
             parser.error(f"unknown net {name!r}; choose from {', '.join(RECIPES)}")
         start = time.perf_counter()
-        model, acc = train(name, seed=args.seed, epochs=args.epochs, n_train=args.n_train)
+        model, acc = train(name, seed=args.seed, n_test=args.n_test, epochs=args.epochs, n_train=args.n_train)
         path = args.out / f"{name}.pt"
         save(model, path)
         print(f"{name}: held-out top-1 {acc:.4f} (chance 0.10), {time.perf_counter() - start:.0f}s, "
