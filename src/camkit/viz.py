@@ -67,7 +67,8 @@ def _hwc(image: ImageLike) -> np.ndarray:
     elif raw.ndim == 2:
         raw = raw[..., None]
     if raw.ndim != 3:
-        hint = "; for a batch use camkit.viz.show(explanation, images)" if raw.ndim == 4 else ""
+        hint = ("; for a batch use camkit.viz.show(explanation, images); for a clip or volume (C, T, H, W) "
+                "camkit.viz.show_clip / show_volume / frame_strip") if raw.ndim == 4 else ""
         raise InputError(f"image must be (3, H, W), (H, W, 3) or (H, W), got shape {shape}{hint}")
     a = _unit_range(raw)
     if a.shape[-1] == 4:  # RGBA: drop alpha
