@@ -3,8 +3,8 @@
 A video (``.mp4``, ``.avi``, ``.mov``, ``.mkv``, ``.webm``, ...; PyAV) is decoded and sampled to the
 model's ``input_size`` ``(T, H, W)`` (:func:`camkit.data.video.read_video`; corrupt frames are skipped
 and reported). Per method and target: ``STEM_METHOD[_kK]_strip.png`` (every sampled frame with the map
-over it, at the video's own size), ``STEM_METHOD[_kK].gif`` (the same, animated) and ``.npy`` (the map
-``(T, H, W)`` on the model's grid).
+over it), ``STEM_METHOD[_kK].gif`` (the same, animated; frames at the video's own size, at most 480 px
+on the longer side) and ``.npy`` (the map ``(T, H, W)`` on the model's grid).
 
 A NIfTI volume (``.nii``, ``.nii.gz``; nibabel) is read on the model's ``input_size`` ``(D, H, W)``
 (the file's own grid when the model names none) with the channels the model's first 3-D convolution
@@ -137,8 +137,16 @@ def explain_files(model: nn.Module, paths: Sequence[str], methods: Sequence[str]
     return written
 
 
+GIF_SIDE = 480  # the animation's longer side at most (a 1080p video would make a GIF of hundreds of MB)
+
+
 def _write_clip(base: Path, frames: torch.Tensor, m: torch.Tensor, signed: bool, fps: float) -> list[Path]:
     strip, gif = Path(f"{base}_strip.png"), Path(f"{base}.gif")
+    side = max(frames.shape[-2:])
+    if side > GIF_SIDE:
+        size = tuple(max(1, round(s * GIF_SIDE / side)) for s in frames.shape[-2:])
+        frames = torch.nn.functional.interpolate(frames, size=size, mode="bilinear", antialias=True,
+                                                 align_corners=False).clamp(0, 1)
     if signed:  # (C, T, H, W) attributions: one picture per frame
         pictures = [viz.attribution(m[:, t]) for t in range(m.shape[1])]
         viz.grid(pictures, cols=len(pictures)).save(strip)
