@@ -2,9 +2,10 @@
 
 Modules, one idea each: :mod:`.config` (what and how), :mod:`.sources` (models and data by name),
 :mod:`.plan` (shards with stable keys), :mod:`.runner` (one shard -> records, pure),
-:mod:`.store` (append-only JSONL), :mod:`.engines` (where shards run; :mod:`.ray_engine` on a Ray
-cluster), :mod:`.report` (tables from records), :mod:`.stats` (bootstrap intervals and paired
+:mod:`.store` (append-only JSONL), :mod:`.lock` (one writer per run directory),
+:mod:`.engines` (where shards run; :mod:`.ray_engine` on a Ray cluster), :mod:`.report` (tables from records), :mod:`.stats` (bootstrap intervals and paired
 tests), :mod:`.evidence` (how sure each number is: intervals, tests against the baselines),
+:mod:`.verdict` (which map to trust: the rule applied to the tables' tests),
 :mod:`.figures`, :mod:`.html`, :mod:`.session` (all of it end to end), :mod:`.demo`.
 """
 from .config import BASELINES, TARGET_KINDS, BenchConfig, Protocol

@@ -4,6 +4,7 @@
     camkit explain clip.mp4 --model torchvision:r3d_18     (scan.nii.gz with a volume model)
     camkit layers MODEL [--size H W]
     camkit bench --models A,B --methods all --data digits --limit 100 -o DIR
+    camkit recommend --model NAME [--data digits] [--limit 32]
     camkit demo [-o DIR]
     camkit report DIR
     camkit list
@@ -17,7 +18,7 @@ unless ``--debug``), 130 when interrupted (a bench can be resumed by running the
 Modules, one subcommand (or a close pair) each, every one owning its parser and its ``cmd_*``:
 :mod:`.explain` (``explain``, ``--task classify|detect|segment``), :mod:`.explain3d` (``explain`` on
 videos and NIfTI volumes), :mod:`.bench` (``bench``, ``report``),
-:mod:`.demo`, :mod:`.serve`, :mod:`.catalog` (``list``, ``train-digits``), :mod:`.layers` (``layers``),
+:mod:`.recommend` (``recommend``: a small bench and its verdict), :mod:`.demo`, :mod:`.serve`, :mod:`.catalog` (``list``, ``train-digits``), :mod:`.layers` (``layers``),
 :mod:`.common` (helpers and option groups they share), :mod:`.phrasing` (the library's messages in the
 command's flags). This module only assembles them and runs one.
 """
@@ -32,7 +33,7 @@ from typing import Optional
 from camkit import __version__
 from camkit.errors import CamkitError
 
-from . import bench, catalog, demo, explain, layers, serve
+from . import bench, catalog, demo, explain, layers, recommend, serve
 from .common import set_threads
 from .phrasing import cli_warnings, to_cli
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_parser(sub)
     layers.add_parser(sub)
     bench.add_bench_parser(sub)
+    recommend.add_parser(sub)
     demo.add_parser(sub)
     bench.add_report_parser(sub)
     catalog.add_list_parser(sub)

@@ -16,7 +16,8 @@ A path must hold a state dict of the exact architecture (strict keys, ``weights_
 
 Names with a prefix load from other libraries (see :data:`PREFIXES`): ``timm:NAME``
 (:mod:`camkit.models.timm_loader`), ``hf:DIR`` (:mod:`camkit.models.hf_loader`) and
-``torchvision:NAME`` (:mod:`camkit.models.torchvision_loader`); keyword options go to their builders.
+``torchvision:NAME`` (:mod:`camkit.models.torchvision_loader`), ``monai:NAME``
+(:mod:`camkit.models.monai_loader`); keyword options go to their builders.
 """
 from __future__ import annotations
 
@@ -66,7 +67,11 @@ PREFIXES: dict[str, tuple[str, str, str]] = {
     "hf": ("camkit.models.hf_loader", "load_hf",
            "hf:DIR  a transformers image classifier or segmenter saved in DIR (pip install 'camkit[hf]')"),
     "torchvision": ("camkit.models.torchvision_loader", "load_torchvision",
-                    "torchvision:NAME  any torchvision classifier, segmenter or detector, weights=PATH"),
+                    "torchvision:NAME  any torchvision classifier, segmenter, detector or video classifier "
+                    "(r3d_18, mvit_v2_s, ...), weights=PATH"),
+    "monai": ("camkit.models.monai_loader", "load_monai",
+              "monai:NAME  a monai.networks.nets network (densenet121, resnet18, seresnet50...), spatial_dims=3, "
+              "in_channels=, out_channels=, weights=PATH (pip install 'camkit[medical]')"),
 }
 
 
@@ -116,7 +121,7 @@ def load(name: str, weights: Weights = "default", **kwargs: Any) -> PixelModel:
     if name not in _REGISTRY:
         raise UnsupportedModelError(_unknown(name))
     if kwargs:
-        raise UnsupportedModelError(f"{name}: options {sorted(kwargs)} are only for timm:, hf: and torchvision: names")
+        raise UnsupportedModelError(f"{name}: options {sorted(kwargs)} are only for timm:, hf:, torchvision: and monai: names")
     entry = _REGISTRY[name]
     model = entry.build()
     if weights == "default":
