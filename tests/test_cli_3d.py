@@ -10,12 +10,8 @@ import torch
 from camkit.cli import main
 from camkit.data import digit_volumes, moving_digits
 
-from camkit.methods import BaseCAM
-
 av = pytest.importorskip("av")
 nib = pytest.importorskip("nibabel")
-# until the 5-D methods (issue 21 item 1) are on this branch; remove with the merge
-needs_5d = pytest.mark.skipif(not hasattr(BaseCAM, "grid_dims"), reason="methods take (B, C, T, H, W) after the video3d merge")
 
 
 def clip_file(path, seed: int = 7) -> str:
@@ -35,7 +31,6 @@ def clip_file(path, seed: int = 7) -> str:
     return str(path)
 
 
-@needs_5d
 def test_explain_a_video_writes_a_frame_strip_a_gif_and_the_map(tmp_path, capsys):
     from PIL import Image
 
@@ -54,7 +49,6 @@ def test_explain_a_video_writes_a_frame_strip_a_gif_and_the_map(tmp_path, capsys
     assert np.load(out / "clip_guided-backprop_k1.npy").shape == (3, 8, 32, 32)  # signed, per channel
 
 
-@needs_5d
 def test_explain_a_nifti_writes_a_map_aligned_with_the_scan_and_its_slices(tmp_path, capsys):
     s = digit_volumes(1, seed=3)[0]
     affine = np.diag([0.7, 0.7, 2.5, 1.0])
@@ -87,7 +81,6 @@ def test_a_video_for_an_image_model_and_mixed_inputs_are_clear_errors(tmp_path, 
     assert "missing.mp4" in capsys.readouterr().err
 
 
-@needs_5d
 def test_bench_on_the_clip_and_volume_sets(tmp_path, capsys):
     for data, model in (("moving_digits:3", "moving_digits_net"), ("digit_volumes:3", "digit_volumes_net")):
         out = tmp_path / data.split(":")[0]

@@ -208,3 +208,25 @@ def test_3d_similarity_and_baselines():
     assert baseline_maps("uniform", (3, 4, 6, 8), spatial_dims=3).shape == (3, 4, 6, 8)
     with pytest.raises(InputError, match=r"\(D, H, W\)"):
         baseline_maps("random", (4, 6), spatial_dims=3)
+
+
+def test_road_imputation_in_3d_reproduces_a_linear_field_and_generalises_the_2d_stencil():
+    from camkit.metrics import noisy_linear_imputation, road
+    from camkit.metrics.remove_debias import NEIGHBOURS, stencil
+
+    assert [(o, pytest.approx(w)) for o, w in stencil(2)] == [((dy, dx), w) for dy, dx, w in NEIGHBOURS]
+    weights = dict(stencil(3))
+    assert len(weights) == 26 and sum(weights.values()) == pytest.approx(1.0)
+    assert weights[(0, 0, 1)] == pytest.approx(3 / 44) and weights[(1, 1, 1)] == pytest.approx(1 / 44)
+    # a symmetric stencil averages a linear field to itself: removed interior voxels come back exactly
+    d, h, w = torch.meshgrid(torch.arange(6.0), torch.arange(7.0), torch.arange(8.0), indexing="ij")
+    field = (0.1 * d - 0.05 * h + 0.02 * w + 0.3).double()[None, None].repeat(1, 2, 1, 1, 1)
+    removed = torch.zeros(1, 6, 7, 8, dtype=torch.bool)
+    removed[0, 1:5, 2:6, 1:7] = True
+    out = noisy_linear_imputation(field * torch.where(removed[:, None], 0.0, 1.0).double(), removed, noise=0)
+    assert torch.allclose(out, field, atol=1e-10)
+    region = torch.zeros(4, 4, 4)
+    region[1:3, 1:3, 1:3] = 1.0
+    x = (torch.rand(2, 3, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5 + region * 0.5)
+    res = road(VoxelMean(region), x, region.expand(2, 4, 4, 4), 0, percentiles=(10, 50), score="logit")
+    assert res.morf.shape == (2, 2) and bool((res.combined > 0).all())  # the region's voxels matter most

@@ -308,7 +308,7 @@ def _arcc(model: nn.Module, method: str, b: Batch, maps: torch.Tensor, road: lis
         return {"complexity": [None] * n, "coherency": [None] * n, "arcc": [None] * n}
     top1 = b.targets[:, :1]
     explain = lambda x, t: _maps(model, method, b, config, targets=top1, x=x)[0][:, 0]  # noqa: E731
-    comp = metrics.complexity(maps)
+    comp = metrics.complexity(maps, spatial_dims=_spatial(b))
     coh = metrics.coherency(explain, b.x, maps, top1[:, 0], space=config.protocol.space)
     r = (2 * torch.tensor(road, dtype=torch.float32)).clamp(0, 1)
     value = metrics.harmonic_arcc(coh, comp, r)
