@@ -44,6 +44,7 @@ def directory_lock(directory: str | os.PathLike[str], command: str = "camkit ben
     """Hold `directory`'s writer lock for the `with` block; `DirectoryLockedError` at once if another
     process holds it (no waiting)."""
     directory = Path(directory)
+    created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(directory / LOCK_FILE), timeout=0)
     try:
@@ -65,3 +66,16 @@ def directory_lock(directory: str | os.PathLike[str], command: str = "camkit ben
             owner.unlink(missing_ok=True)
         finally:
             lock.release()
+            if created:
+                _remove_if_unused(directory)
+
+
+def _remove_if_unused(directory: Path) -> None:
+    """Remove a directory this lock created when the run wrote nothing into it (it failed before
+    starting, e.g. no images): no empty run directory is left behind."""
+    try:
+        if {p.name for p in directory.iterdir()} <= {LOCK_FILE}:
+            (directory / LOCK_FILE).unlink(missing_ok=True)
+            directory.rmdir()
+    except OSError:
+        pass
