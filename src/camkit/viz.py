@@ -13,6 +13,7 @@ needs a display (colour maps come from matplotlib's registry, no figure is opene
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
@@ -24,6 +25,8 @@ from .core.pixels import TOLERANCE, advice
 from .errors import InputError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .data.geometry import Frame
     from .methods.explanation import Explanation
 
@@ -31,7 +34,7 @@ ArrayLike = Union[torch.Tensor, np.ndarray]
 ImageLike = Union[Image.Image, torch.Tensor, np.ndarray]
 
 __all__ = ["overlay", "heatmap", "attribution", "to_pil", "to_tensor", "grid", "encode", "draw_boxes", "show", "to_original",
-           "image_size"]
+           "image_size", "clip_overlays", "frame_strip", "save_clip", "volume_slices", "show_clip", "show_volume"]
 _CHANNELS = (1, 3, 4)
 
 
@@ -64,7 +67,8 @@ def _hwc(image: ImageLike) -> np.ndarray:
     elif raw.ndim == 2:
         raw = raw[..., None]
     if raw.ndim != 3:
-        hint = "; for a batch use camkit.viz.show(explanation, images)" if raw.ndim == 4 else ""
+        hint = ("; for a batch use camkit.viz.show(explanation, images); for a clip or volume (C, T, H, W) "
+                "camkit.viz.show_clip / show_volume / frame_strip") if raw.ndim == 4 else ""
         raise InputError(f"image must be (3, H, W), (H, W, 3) or (H, W), got shape {shape}{hint}")
     a = _unit_range(raw)
     if a.shape[-1] == 4:  # RGBA: drop alpha
@@ -271,13 +275,14 @@ def _probability(p: float) -> str:
     return f"{p:.2f}" if p >= 0.01 else f"{p:.0e}"
 
 
-def _columns(e: "Explanation", b: int) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor], bool]:
+def _columns(e: "Explanation", b: int, grid_dims: int = 2
+             ) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor], bool]:
     """``(maps (B, K, ...), targets (B, K) or None, scores (B, K), probabilities (B, K) or None, signed)``;
-    ``signed``: the method's ``output`` is ``"attribution"`` (Guided Backprop: ``(B, [K,] C, H, W)``)
-    rather than [0, 1] maps ``(B, [K,] H, W)``."""
+    ``signed``: the method's ``output`` is ``"attribution"`` (Guided Backprop: ``(B, [K,] C, *grid)``)
+    rather than [0, 1] maps ``(B, [K,] *grid)``; the grid has ``grid_dims`` axes ((H, W) or (T, H, W))."""
     maps, targets, scores = e.maps.detach().float().cpu(), e.targets, e.scores.detach().float().cpu()
     signed = e.output == "attribution"
-    if maps.dim() == (4 if signed else 3):  # one target per image: no K dimension
+    if maps.dim() == grid_dims + (2 if signed else 1):  # one target per image: no K dimension
         maps = maps.unsqueeze(1)
     if maps.shape[0] != b:
         raise InputError(f"the explanation has {maps.shape[0]} images but {b} were given")
@@ -342,3 +347,145 @@ def show(
                 title = f"{name + ': ' if name else ''}{what} {value}"
                 cells.append(_titled(_fit_cell(mark(pic), cell), title, font, line))
     return grid(cells, cols=ncols, pad=4)
+
+
+# ------------------------------------------------------------------------------ clips and volumes
+
+
+def _frames(frames: Union[torch.Tensor, Sequence[ImageLike]]) -> list[ImageLike]:
+    """T frames: a ``(T, C, H, W)`` tensor or array (``(T, H, W, C)`` arrays too), or a list of images."""
+    return list(frames)
+
+
+def _map_frames(m: ArrayLike, t: int) -> torch.Tensor:
+    """A ``(T', h, w)`` map as ``(t, h, w)``: resampled linearly in time when ``T' != t``."""
+    a = torch.as_tensor(_np(m))
+    if a.dim() != 3:
+        raise InputError(f"a clip's map must be (T, H, W), got shape {tuple(a.shape)}; pick one: maps[i] / maps[i, k]")
+    if a.shape[0] != t:
+        a = torch.nn.functional.interpolate(a[None, None], size=(t, *a.shape[1:]), mode="trilinear",
+                                            align_corners=False)[0, 0]
+    return a
+
+
+def clip_overlays(frames: Union[torch.Tensor, Sequence[ImageLike]], m: ArrayLike, alpha: float = 0.5,
+                  cmap: str = "jet") -> list[Image.Image]:
+    """Frame t of ``frames`` with map frame t over it (:func:`overlay`), for every frame.
+
+    ``frames``: T images (a ``(T, 3, H, W)`` tensor such as ``VideoClip.frames``, or a list; for a
+    model input ``x`` of shape ``(B, 3, T, H, W)`` pass ``x[i].transpose(0, 1)``); ``m``: a ``(T, h, w)``
+    map in [0, 1] (a map of another length is resampled in time)."""
+    fr = _frames(frames)
+    return [overlay(f, mt, alpha=alpha, cmap=cmap) for f, mt in zip(fr, _map_frames(m, len(fr)))]
+
+
+def frame_strip(frames: Union[torch.Tensor, Sequence[ImageLike]], m: ArrayLike, *, cols: Optional[int] = None,
+                cell: int = 160, titles: Optional[Sequence[str]] = None, alpha: float = 0.5,
+                cmap: str = "jet") -> Image.Image:
+    """The clip's overlays (:func:`clip_overlays`) side by side (``cols`` per row, default all), each
+    titled (default ``frame t``)."""
+    pics = clip_overlays(frames, m, alpha=alpha, cmap=cmap)
+    return _strip(pics, titles or [f"frame {t}" for t in range(len(pics))], cols, cell)
+
+
+def _strip(pics: Sequence[Image.Image], titles: Sequence[str], cols: Optional[int], cell: int) -> Image.Image:
+    if len(titles) != len(pics):
+        raise InputError(f"got {len(titles)} titles for {len(pics)} pictures")
+    font = _font(max(10, cell // 14))
+    line = max(10, cell // 14) + 6
+    cells = [_titled(_fit_cell(p, cell), t, font, line) for p, t in zip(pics, titles)]
+    return grid(cells, cols=cols or len(cells), pad=3)
+
+
+def save_clip(path: Union[str, "os.PathLike[str]"], frames: Union[torch.Tensor, Sequence[ImageLike]], m: ArrayLike,
+              fps: float = 4.0, alpha: float = 0.5, cmap: str = "jet") -> "Path":
+    """The animated overlay of a clip's map: ``.gif`` (Pillow) or ``.mp4`` (PyAV); returns the path."""
+    from .data.video import save_animation
+
+    return save_animation(path, clip_overlays(frames, m, alpha=alpha, cmap=cmap), fps=fps)
+
+
+def _physical(picture: Image.Image, rows: float, cols: float, cell: int) -> Image.Image:
+    """``picture`` resized so that its sides follow the physical extents ``rows`` x ``cols`` (mm), the longer ``cell``."""
+    scale = cell / max(rows, cols)
+    return picture.resize((max(1, round(cols * scale)), max(1, round(rows * scale))), Image.BILINEAR)
+
+
+def volume_slices(volume: ArrayLike, m: ArrayLike, *, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                  voxel: Optional[Sequence[int]] = None, cell: int = 224, alpha: float = 0.5,
+                  cmap: str = "jet") -> Image.Image:
+    """Three orthogonal slices of a volume through ``voxel`` (default: the map's maximum), the map over each.
+
+    ``volume``: ``(D, H, W)`` or ``(C, D, H, W)`` (the first channel is drawn) in [0, 1]; ``m``: the map
+    on the same grid. Slices, in array order (no anatomical reorientation): ``(H, W)`` at ``d``,
+    ``(D, W)`` at ``h``, ``(D, H)`` at ``w``, each drawn with the physical aspect of ``spacing``
+    (voxel sizes along D, H, W, e.g. ``Volume.spacing``), a cross marking the voxel."""
+    from .data.volume import peak_voxel, slices_through
+
+    v = torch.as_tensor(_np(volume))
+    v = v[0] if v.dim() == 4 else v
+    mm = torch.as_tensor(_np(m))
+    if v.dim() != 3 or tuple(mm.shape) != tuple(v.shape):
+        raise InputError(f"volume_slices needs a (D, H, W) volume and a map of the same shape, got "
+                         f"{tuple(v.shape)} and {tuple(mm.shape)}; bring the map to the volume's grid first "
+                         "(Volume.to_original)")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise InputError(f"spacing must be three positive voxel sizes (D, H, W), got {tuple(spacing)}")
+    at = tuple(int(c) for c in voxel) if voxel is not None else peak_voxel(mm)
+    sd, sh, sw = (float(s) for s in spacing)
+    extents = [(sh, sw), (sd, sw), (sd, sh)]  # per-voxel (rows, cols) of each slice
+    marks = [(at[1], at[2]), (at[0], at[2]), (at[0], at[1])]
+    names = [f"d={at[0]}", f"h={at[1]}", f"w={at[2]}"]
+    pics = []
+    for img, mp, (rs, cs), (r, c) in zip(slices_through(v, at), slices_through(mm, at), extents, marks):  # type: ignore[arg-type]
+        pic = overlay(img.clamp(0, 1), mp, alpha=alpha, cmap=cmap)
+        big = _physical(pic, img.shape[0] * rs, img.shape[1] * cs, cell)
+        y, x = (r + 0.5) * big.height / img.shape[0], (c + 0.5) * big.width / img.shape[1]
+        draw = ImageDraw.Draw(big)
+        arm = max(3, cell // 25)
+        draw.line([(x - arm, y), (x + arm, y)], fill="white", width=1)
+        draw.line([(x, y - arm), (x, y + arm)], fill="white", width=1)
+        pics.append(big)
+    return _strip(pics, names, 3, cell)
+
+
+def _explained(e: "Explanation", x: torch.Tensor, i: int, k: int) -> tuple[torch.Tensor, torch.Tensor, bool, str]:
+    """Input ``i`` ``(C, T, H, W)`` of a 3-D explanation, its map ``k``, whether it is signed, and a caption."""
+    if not isinstance(x, torch.Tensor) or x.dim() not in (4, 5):
+        raise InputError(f"give the explained input, (B, C, T, H, W) or (C, T, H, W); got {getattr(x, 'shape', type(x))}")
+    x = x if x.dim() == 5 else x[None]
+    maps, t, scores, probs, signed = _columns(e, x.shape[0], grid_dims=3)
+    if not (0 <= i < maps.shape[0] and 0 <= k < maps.shape[1]):
+        raise InputError(f"no map [{i}, {k}]: the explanation holds {maps.shape[0]} input(s) x {maps.shape[1]} map(s)")
+    what = _class_name(e.categories, int(t[i, k])) if t is not None else "target"
+    value = _probability(float(probs[i, k])) if probs is not None else f"score {float(scores[i, k]):.3g}"
+    return x[i].detach().float().cpu(), maps[i, k], signed, f"{what} {value}"
+
+
+def show_clip(e: "Explanation", clip: torch.Tensor, i: int = 0, k: int = 0, *, cols: Optional[int] = None,
+              cell: int = 160, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
+    """Clip ``i``'s map ``k`` as a frame strip, titled with the class and its probability.
+
+    ``clip``: the explained input ``(B, 3, T, H, W)``. A method whose ``output`` is ``"attribution"``
+    (signed, ``(C, T, H, W)``) is drawn with :func:`attribution` per frame, a map over the frames."""
+    x, m, signed, caption = _explained(e, clip, i, k)
+    frames = x.transpose(0, 1)
+    titles = [f"{caption} · frame {t}" if t == 0 else f"frame {t}" for t in range(frames.shape[0])]
+    if signed:
+        return _strip([attribution(m[:, t]) for t in range(m.shape[1])], titles, cols, cell)
+    return frame_strip(frames, m, cols=cols, cell=cell, titles=titles, alpha=alpha, cmap=cmap)
+
+
+def show_volume(e: "Explanation", volume: torch.Tensor, i: int = 0, k: int = 0, *,
+                spacing: Sequence[float] = (1.0, 1.0, 1.0), cell: int = 224, alpha: float = 0.5,
+                cmap: str = "jet") -> Image.Image:
+    """Volume ``i``'s map ``k`` as three orthogonal slices through its maximum (:func:`volume_slices`),
+    with the class and its probability as a caption. ``volume``: the explained input ``(B, C, D, H, W)``;
+    an ``"attribution"`` output is drawn as its absolute value summed over channels, scaled to [0, 1]."""
+    x, m, signed, caption = _explained(e, volume, i, k)
+    if signed:
+        m = m.abs().sum(0)
+        m = m / m.max().clamp(min=1e-12)
+    slices = volume_slices(x, m, spacing=spacing, cell=cell, alpha=alpha, cmap=cmap)
+    font = _font(max(10, cell // 14))
+    return _titled(slices, caption, font, max(10, cell // 14) + 6)

@@ -128,7 +128,7 @@ class BenchConfig:
 
     ``models``: zoo names, optionally ``name=weights`` (a named weights set, ``random``, or a path).
     ``methods``: registry names (guided methods are not maps; they appear in the Guided Grad-CAM
-    figure). ``data``: ``samples``, ``digits[:N]``, ``imagenet:PATH`` or ``folder:PATH``.
+    figure). ``data``: ``samples``, ``digits[:N]``, ``moving_digits[:N]``, ``digit_volumes[:N]``, ``imagenet:PATH`` or ``folder:PATH``.
     ``gallery_images``: images (by dataset index) whose overlays are kept for the report's galleries;
     misclassified images up to ``4 * gallery_images`` are kept too. ``figure_images``: images of the
     layer-by-layer and Guided Grad-CAM figures; ``curve_images``: how many of them the cascading

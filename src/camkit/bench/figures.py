@@ -124,6 +124,14 @@ def figure_layers(model: nn.Module, x: torch.Tensor, count: int) -> list[str]:
     return names[-count:]
 
 
+def _still(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """One item's image, map or attribution; for clips and volumes (``x`` is (B, C, D, H, W)) its middle slice."""
+    if x.dim() == 4:
+        return v
+    mid = x.shape[2] // 2
+    return v[mid] if v.dim() == 3 else v[:, mid]
+
+
 def layer_figure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ids: Sequence[str],
                  count: int = 4) -> Optional[Figure]:
     """Grad-CAM of ``targets`` at :func:`figure_layers` for each image (rows) and layer (columns)."""
@@ -144,17 +152,17 @@ def layer_figure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ids: 
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.9 * rows), squeeze=False)
     cats = getattr(model, "categories", None)
     for r in range(rows):
-        axes[r][0].imshow(viz.to_pil(x[r]))
+        axes[r][0].imshow(viz.to_pil(_still(x[r], x)))
         c = int(targets[r])
         axes[r][0].set_title(_short(f"{ids[r]}: {cats[c] if cats else c}", 26), fontsize=7)
         for col, (layer, m) in enumerate(maps, start=1):
-            axes[r][col].imshow(viz.overlay(x[r], m[r]))
+            axes[r][col].imshow(viz.overlay(_still(x[r], x), _still(m[r], x)))
             if r == 0:
                 axes[r][col].set_title(_short(layer, 24), fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
     caption = (f"Grad-CAM of the predicted class at {len(maps)} layers, early to late ({', '.join(n for n, _ in maps)}) "
-               "(survey Figures 7-10).")
+               "(survey Figures 7-10)." + (" Clips and volumes: their middle slice." if x.dim() == 5 else ""))
     return _png(fig), caption
 
 
@@ -181,15 +189,17 @@ def guided_figure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ids:
     titles = ["image", "Grad-CAM", "Guided Backprop", "Guided Grad-CAM"]
     fig, axes = plt.subplots(rows, 4, figsize=(7.6, 1.9 * rows), squeeze=False)
     for r in range(rows):
-        panels = [viz.to_pil(x[r]), viz.overlay(x[r], cam[r]), viz.to_pil(to_image(backprop[r])),
-                  viz.to_pil(to_image(guided[r]))]
+        image = _still(x[r], x)
+        panels = [viz.to_pil(image), viz.overlay(image, _still(cam[r], x)),
+                  viz.to_pil(to_image(_still(backprop[r], x))), viz.to_pil(to_image(_still(guided[r], x)))]
         for c, im in enumerate(panels):
             axes[r][c].imshow(im)
             axes[r][c].axis("off")
             if r == 0:
                 axes[r][c].set_title(titles[c], fontsize=8)
         axes[r][0].set_title(_short(ids[r], 26), fontsize=7)
-    caption = f"Guided Grad-CAM beside Grad-CAM at {layer} for the predicted class (survey Figure 11)."
+    caption = (f"Guided Grad-CAM beside Grad-CAM at {layer} for the predicted class (survey Figure 11)."
+               + (" Clips and volumes: their middle slice." if x.dim() == 5 else ""))
     return _png(fig), caption
 
 

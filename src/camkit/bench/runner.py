@@ -12,6 +12,11 @@ class, the least predicted class and (for misclassified images) the true class i
 ``skip`` (unreadable image), ``error`` (a method that cannot run on a model), ``figure`` and
 ``unit`` (the marker written after a unit's records: the unit is done).
 
+Clips and volumes (the generated ``moving_digits`` / ``digit_volumes`` sets, ``(C, D, H, W)`` samples
+with ``(N, 6)`` boxes) run through the same code with ``spatial_dims=3`` metrics: the pointing game
+and energy read the union of the boxes (a clip's tube of per-frame boxes), the IoU compares the map's
+3-D box with the box enclosing them (one object per item); pictures show the middle slice of the object.
+
 Times (``time_map_s``) cover the map computation only, after each method has run once untimed on one
 image of the model in this process (:func:`_warm_up`), so no method is charged with the warm-up.
 """
@@ -52,7 +57,7 @@ class Batch:
 
     indices: list[int]
     samples: list[Any]
-    x: torch.Tensor  # (B, 3, H, W) pixels in [0, 1] on the device
+    x: torch.Tensor  # (B, 3, H, W) pixels in [0, 1] on the device; clips and volumes (B, C, D, H, W)
     logits: torch.Tensor  # (B, N)
     targets: torch.Tensor  # (B, K): top1, least[, true]
     kinds: tuple[str, ...]
@@ -83,9 +88,19 @@ def _read(source: Source, indices: range) -> tuple[list[tuple[int, Any]], list[R
     return ok, skipped
 
 
+def _fitted(s: Any, size: tuple[int, ...], interpolation: str) -> Any:
+    """An image resized to the model's ``(H, W)``; a clip or volume must already have the model's grid."""
+    if s.image.dim() == 3:
+        return s.resized(size[-2:], interpolation)
+    if tuple(s.image.shape[1:]) != tuple(size):
+        raise CamkitError(f"item {s.id!r} has the grid {tuple(s.image.shape[1:])} but the model takes {tuple(size)}; "
+                          "generate the set at the model's size")
+    return s
+
+
 def _predict(model: nn.Module, items: list[tuple[int, Any]], device: torch.device) -> Batch:
-    size = tuple(getattr(model, "input_size", items[0][1].size))
-    samples = [s.resized(size, getattr(model, "interpolation", "bilinear")) for _, s in items]
+    size = tuple(getattr(model, "input_size", items[0][1].image.shape[1:]))
+    samples = [_fitted(s, size, getattr(model, "interpolation", "bilinear")) for _, s in items]
     x = torch.stack([s.image for s in samples]).to(device)
     with torch.no_grad():
         logits = to_logits(model(x)).float()
@@ -127,32 +142,48 @@ def _image_records(model_spec: str, model: nn.Module, b: Batch, config: BenchCon
             "correct": b.correct[j], "boxes": s.boxes.tolist(), "time_forward_s": seconds / len(b.indices),
         }
         if _gallery(config, i, b.correct[j]):
-            picture = viz.draw_boxes(viz.to_pil(s.image), s.boxes)
+            image, boxes, _ = _view(s)
+            picture = viz.draw_boxes(viz.to_pil(image), boxes)
             rec["artifacts"] = {"image.jpg": _b64(viz.encode(picture, "JPEG", max_side=160))}
         out.append(rec)
     return out
 
 
+def _view(s: Any, m: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """What a picture of a sample shows: an image with its ``(N, 4)`` boxes (and map); a clip or volume's
+    slice through the middle of its object (the middle of the boxes' z range), with the boxes there."""
+    if s.image.dim() == 3:
+        return s.image, s.boxes, m
+    z0, z1 = (int(s.boxes[:, 2].min()), int(s.boxes[:, 5].max())) if len(s.boxes) else (0, s.image.shape[1])
+    z = (z0 + z1 - 1) // 2
+    here = s.boxes[(s.boxes[:, 2] <= z) & (z < s.boxes[:, 5])]
+    return s.image[:, z], here[:, [0, 1, 3, 4]], None if m is None else m[z]
+
+
+def _spatial(b: Batch) -> int:
+    return b.x.dim() - 2
+
+
 def _baseline(name: str, b: Batch, seed: int) -> torch.Tensor:
-    """(B, H, W) baseline maps; the random one is seeded per image id (independent of batching)."""
-    h, w = b.x.shape[-2:]
+    """(B, *grid) baseline maps; the random one is seeded per image id (independent of batching)."""
+    grid, d = tuple(b.x.shape[2:]), _spatial(b)
     if name != "random":
-        return metrics.baseline_maps(name, (len(b.indices), h, w), device=b.x.device)
+        return metrics.baseline_maps(name, (len(b.indices), *grid), device=b.x.device, spatial_dims=d)
     maps = []
     for s in b.samples:
         g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(s.id.encode()))
-        maps.append(metrics.random_map((h, w), generator=g))
+        maps.append(metrics.random_map(grid, generator=g, spatial_dims=d))
     return torch.stack(maps).to(b.x.device)
 
 
 def _maps(model: nn.Module, method: str, b: Batch, config: BenchConfig,
           targets: Optional[torch.Tensor] = None, x: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, list[str]]:
-    """(B, K, H, W) maps of ``targets`` (default ``b.targets``) on ``x`` (default ``b.x``) and the
+    """(B, K, *grid) maps of ``targets`` (default ``b.targets``) on ``x`` (default ``b.x``) and the
     explained layer names."""
     targets = b.targets if targets is None else targets
     if method.startswith(BASELINE_PREFIX):
         m = _baseline(method[len(BASELINE_PREFIX):], b, config.protocol.seed)
-        return m[:, None].expand(-1, targets.shape[1], -1, -1), []
+        return m[:, None].expand(-1, targets.shape[1], *m.shape[1:]), []
     e = _method(model, method, config).explain(b.x if x is None else x, targets=targets)
     return e.maps.float(), list(e.layers)
 
@@ -201,14 +232,23 @@ def _sanity(shard: Shard, method: str, b: Batch, maps: torch.Tensor, config: Ben
         return [None] * len(b.indices)
     rnd = randomized_model(shard.model, config.device, config.protocol.seed + SANITY_SEED_OFFSET)
     rand_maps, _ = _maps(rnd, method, b, config, targets=b.targets[:, :1])
-    return metrics.spearman_correlation(maps[:, 0], rand_maps[:, 0]).tolist()
+    return metrics.spearman_correlation(maps[:, 0], rand_maps[:, 0], spatial_dims=_spatial(b)).tolist()
 
 
 def metric_batch(x: torch.Tensor, pixels: int = 2 * 224 * 224) -> int:
-    """Images per forward pass of the metrics: about ``pixels`` pixels (2 images at 224 x 224, 24 at
-    64 x 64). Measured on a 2-core CPU, larger batches were slower per image (EfficientNet-Lite0:
-    37 ms at 2, 63 ms at 8), as every activation then needs fresh memory."""
-    return max(1, min(128, pixels // (x.shape[-2] * x.shape[-1])))
+    """Images per forward pass of the metrics: about ``pixels`` pixels (voxels for clips and volumes:
+    2 images at 224 x 224, 24 at 64 x 64, 3 clips of 8 x 32 x 32). Measured on a 2-core CPU, larger batches
+    were slower per image (EfficientNet-Lite0: 37 ms at 2, 63 ms at 8), as every activation then needs
+    fresh memory."""
+    return max(1, min(128, pixels // x[0, 0].numel()))
+
+
+def _iou_boxes(boxes: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    """The boxes the IoU compares with: an image's own; in 3-D the box enclosing an item's boxes
+    (one object: a clip's per-frame boxes enclose its path)."""
+    if spatial_dims == 2:
+        return boxes
+    return torch.cat([boxes[:, :3].amin(0), boxes[:, 3:].amax(0)])[None]
 
 
 def _with_boxes(b: Batch) -> list[int]:
@@ -222,6 +262,8 @@ def _metrics(model: nn.Module, b: Batch, maps: torch.Tensor, config: BenchConfig
     n = len(b.indices)
     has_box = _with_boxes(b)
     boxes = [b.samples[j].boxes for j in has_box]
+    d = _spatial(b)
+    enclosing = [_iou_boxes(bx, d) for bx in boxes]
     thresholds = [t / p.box_thresholds for t in range(p.box_thresholds)]
     batch = metric_batch(b.x)
     out = []
@@ -232,12 +274,12 @@ def _metrics(model: nn.Module, b: Batch, maps: torch.Tensor, config: BenchConfig
         if has_box:
             mb = m[has_box]
             loc = {
-                "iou": metrics.localization_iou(mb, boxes, p.threshold),
-                "pointing": metrics.pointing_game(mb, boxes, p.pointing_tolerance),
-                "energy": metrics.energy_pointing_game(mb, boxes),
+                "iou": metrics.localization_iou(mb, enclosing, p.threshold, spatial_dims=d),
+                "pointing": metrics.pointing_game(mb, boxes, p.pointing_tolerance, spatial_dims=d),
+                "energy": metrics.energy_pointing_game(mb, boxes, spatial_dims=d),
             }
             if kind == "top1":
-                loc["box_ious"] = metrics.threshold_ious(mb, boxes, thresholds)
+                loc["box_ious"] = metrics.threshold_ious(mb, enclosing, thresholds, spatial_dims=d)
             for name, v in loc.items():
                 for j, val in zip(has_box, v.tolist()):
                     vals[name][j] = val
@@ -266,7 +308,7 @@ def _arcc(model: nn.Module, method: str, b: Batch, maps: torch.Tensor, road: lis
         return {"complexity": [None] * n, "coherency": [None] * n, "arcc": [None] * n}
     top1 = b.targets[:, :1]
     explain = lambda x, t: _maps(model, method, b, config, targets=top1, x=x)[0][:, 0]  # noqa: E731
-    comp = metrics.complexity(maps)
+    comp = metrics.complexity(maps, spatial_dims=_spatial(b))
     coh = metrics.coherency(explain, b.x, maps, top1[:, 0], space=config.protocol.space)
     r = (2 * torch.tensor(road, dtype=torch.float32)).clamp(0, 1)
     value = metrics.harmonic_arcc(coh, comp, r)
@@ -328,7 +370,8 @@ def _map_records(shard: Shard, method: str, model: nn.Module, b: Batch, config: 
                 "method_seed": seed, "road_seed": config.protocol.seed if config.protocol.road else None,
             }
             if kind in GALLERY_KINDS and _gallery(config, i, b.correct[j]):
-                picture = viz.overlay(s.image, maps[j, k])
+                image, _, m = _view(s, maps[j, k])
+                picture = viz.overlay(image, m)
                 rec["artifacts"] = {"overlay.jpg": _b64(viz.encode(picture, "JPEG", max_side=160))}
             out.append(rec)
     return out

@@ -4,7 +4,7 @@ Model specs: ``name`` (the zoo's default weights) or ``name=weights`` where weig
 (``imagenet``, ``bundled``), ``random`` (no weights) or a state-dict path; names may carry a prefix
 (``timm:NAME=ckpt.pth``, ``torchvision:NAME=file.pth``, ``hf:DIR``; see :func:`parse_model_spec`). Data specs: ``samples``
 (the bundled photos), ``digits`` / ``digits:N`` (N generated images, default 100, test split,
-seed 1), ``imagenet:PATH`` (ILSVRC validation images + VOC XML) and ``folder:PATH`` (a folder with
+seed 1), ``moving_digits[:N]`` / ``digit_volumes[:N]`` (generated clips / volumes, the same defaults), ``imagenet:PATH`` (ILSVRC validation images + VOC XML) and ``folder:PATH`` (a folder with
 ``boxes.json`` or ``boxes.csv``, or the path of that file). Both are loaded once per process.
 """
 from __future__ import annotations
@@ -24,12 +24,15 @@ from ..errors import CamkitError
 DATASETS = {
     "samples": "the bundled real photos (scikit-image, matplotlib, scikit-learn) with ImageNet labels and boxes",
     "digits[:N]": "N generated 64x64 digits images with exact boxes (default 100; test split, seed 1)",
+    "moving_digits[:N]": "N generated clips (8 x 32 x 32) of a moving digit, a box per frame (default 100; test split, seed 1)",
+    "digit_volumes[:N]": "N generated volumes (32^3) of an extruded digit with exact 3-D boxes (default 100; test split, seed 1)",
     "imagenet:PATH": "ImageNet validation images and Pascal-VOC XML boxes under PATH",
     "folder:PATH": "images under PATH with PATH/boxes.json or boxes.csv (or PATH = that file)",
 }
 DIGITS_DEFAULT_N = 100
 BOXES_FILES = ("boxes.json", "boxes.csv", "annotations.json", "annotations.csv")
 DIGITS_SEED = 1
+GENERATED = ("digits", "moving_digits", "digit_volumes")  # data specs NAME[:N]: camkit.data.NAME(N, ...)
 
 
 _RANDOM = ("random", "none")
@@ -155,8 +158,8 @@ def _folder(path: Path) -> Any:
 
 def _where(kind: str, arg: str) -> str:
     """Where a data spec looked for images, for the error when it found none."""
-    if kind == "digits":
-        return f"digits:{arg} asks for {arg} generated images; use digits:N with N >= 1"
+    if kind in GENERATED:
+        return f"{kind}:{arg} asks for {arg} generated items; use {kind}:N with N >= 1"
     if kind == "folder":
         return f"camkit looked for the images that the boxes file in {arg!r} lists, relative to its folder"
     if kind == "imagenet":
@@ -173,12 +176,12 @@ def load_source(spec: str) -> Source:
     kind = kind.strip().lower()
     if kind == "samples":
         ds: Any = data.samples()
-    elif kind == "digits":
+    elif kind in GENERATED:
         try:
             n = int(arg) if arg else DIGITS_DEFAULT_N
         except ValueError:
-            raise CamkitError(f"digits takes a number of images, digits:N; got {spec!r}") from None
-        ds = data.digits(n, seed=DIGITS_SEED, split="test")
+            raise CamkitError(f"{kind} takes a number of items, {kind}:N; got {spec!r}") from None
+        ds = getattr(data, kind)(n, seed=DIGITS_SEED, split="test")
     elif kind in ("imagenet", "folder"):
         if not arg:
             raise CamkitError(f"{kind} needs a path: {kind}:PATH")

@@ -1,6 +1,7 @@
 """The ``camkit`` command: thin argument parsing over the library.
 
     camkit explain IMAGE... --model NAME [--method gradcam[,layercam]] [-o DIR]
+    camkit explain clip.mp4 --model torchvision:r3d_18     (scan.nii.gz with a volume model)
     camkit layers MODEL [--size H W]
     camkit bench --models A,B --methods all --data digits --limit 100 -o DIR
     camkit recommend --model NAME [--data digits] [--limit 32]
@@ -15,7 +16,8 @@ unless ``--debug``), 130 when interrupted (a bench can be resumed by running the
 141 when the reader of its output went away (``camkit list | head``).
 
 Modules, one subcommand (or a close pair) each, every one owning its parser and its ``cmd_*``:
-:mod:`.explain` (``explain``, ``--task classify|detect|segment``), :mod:`.bench` (``bench``, ``report``),
+:mod:`.explain` (``explain``, ``--task classify|detect|segment``), :mod:`.explain3d` (``explain`` on
+videos and NIfTI volumes), :mod:`.bench` (``bench``, ``report``),
 :mod:`.recommend` (``recommend``: a small bench and its verdict), :mod:`.demo`, :mod:`.serve`, :mod:`.catalog` (``list``, ``train-digits``), :mod:`.layers` (``layers``),
 :mod:`.common` (helpers and option groups they share), :mod:`.phrasing` (the library's messages in the
 command's flags). This module only assembles them and runs one.

@@ -26,7 +26,7 @@ def _add_run_options(b: argparse.ArgumentParser) -> None:
                    "method the classification tables hold, expensive ones only with --include-expensive)")
     b.add_argument("--include-expensive", action="store_true",
                    help="with --methods all: also run the expensive methods (Score-CAM, SS-CAM, IS-CAM, SESS)")
-    b.add_argument("--data", default="digits", help="samples | digits[:N] | imagenet:PATH | folder:PATH")
+    b.add_argument("--data", default="digits", help="samples | digits[:N] | moving_digits[:N] | digit_volumes[:N] | imagenet:PATH | folder:PATH")
     b.add_argument("--limit", type=int, default=None, help="use the first N images")
     b.add_argument("--batch-size", type=int, default=8, help="images per shard and batch (default: 8)")
     b.add_argument("-o", "--output", default=DEFAULT_OUT, help=f"run directory (default: {DEFAULT_OUT})")

@@ -16,6 +16,10 @@ Every task warns on stderr when the model runs with random weights, and runs the
 
 A method whose ``output`` is ``"attribution"`` (signed, pixel space: Guided Backprop) is drawn as a
 picture of its own; a ``"cam"`` map as an overlay on its image.
+
+Video files and NIfTI volumes (a video or volume model) go to :mod:`.explain3d`: a frame strip and
+an animated GIF per map for a video, a NIfTI map aligned with the scan and three orthogonal slices
+for a volume.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from camkit.methods import get, to_image
 from .common import (
     add_device_options, add_forward_options, checked_precision, csv_list, model_options, model_spec, stem, warn,
 )
+from .explain3d import explain_files, file_kind
 
 if TYPE_CHECKING:
     from camkit.methods import Explanation
@@ -58,7 +63,8 @@ def add_parser(sub: Any) -> None:
     """Register ``camkit explain`` on the subcommands ``sub``."""
     e = sub.add_parser("explain", help="maps of one or more images", description="Explain images with one or "
                        "more methods: writes overlays (PNG) and raw maps (.npy), prints the predicted classes.")
-    e.add_argument("images", nargs="+", metavar="IMAGE")
+    e.add_argument("images", nargs="+", metavar="FILE", help="images; or videos (.mp4, .avi, ...) or NIfTI "
+                   "volumes (.nii, .nii.gz) for a video or volume model")
     e.add_argument("--model", required=True, help="zoo model name, timm:NAME, hf:DIR, torchvision:NAME (also video "
                    "models: r3d_18, ...) or monai:NAME (camkit list)")
     e.add_argument("--weights", default=None, help="state-dict path, a named weights set, or 'random'")
@@ -229,6 +235,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     task = getattr(model, "task", None) or model_task(model)
     if task in _TASK_FLAG:
         raise InputError(f"{args.model} is a {task} model: explain it with --task {_TASK_FLAG[task]}")
+    kinds = {file_kind(p) for p in args.images}
+    if kinds != {"image"}:
+        return _explain_3d(args, model, kinds)
     x, pictures = _inputs(args.images, model, args.size, args.fit or "stretch")
     x = x.to(args.device)
     cats = getattr(model, "categories", None)
@@ -242,6 +251,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
         # a method whose maps are concepts (DFF) explains no target: it writes one map per concept
         e = cls(model, **options).explain(x, targets=None if cls.output == "concepts" else targets)
         _write_maps(e, cls.name, args.images, pictures, out, cats)
+    print(f"camkit explain: maps written to {out.resolve()}")
+    return 0
+
+
+def _explain_3d(args: argparse.Namespace, model: nn.Module, kinds: set[str]) -> int:
+    """Videos and NIfTI volumes (:mod:`.explain3d`)."""
+    if "image" in kinds:
+        raise InputError("images and videos / volumes go to different models: explain them in separate calls")
+    if args.fit is not None or args.size != "original":
+        raise InputError("--fit and --size apply to images: a clip is sampled and resized to the model's input, "
+                         "and a volume's map is written back on the scan's own grid")
+    out = Path(args.output)
+    explain_files(model, args.images, csv_list(args.method), out,
+                  targets=_target(args.target, getattr(model, "categories", None)), options=_method_options(args),
+                  device=args.device, predictions=_print_predictions)
     print(f"camkit explain: maps written to {out.resolve()}")
     return 0
 

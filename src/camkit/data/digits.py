@@ -38,7 +38,30 @@ def _source_digits() -> tuple[np.ndarray, np.ndarray]:
     return bunch.images.astype(np.float32) / 16.0, bunch.target.astype(np.int64)
 
 
-class DigitsDataset(Sequence[Sample]):
+class GeneratedSet(Sequence[Sample]):
+    """A generated set of ``n`` items, item ``i`` made by ``_item(i)`` (``0 <= i < n``); slices give lists."""
+
+    n: int
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, i: int) -> Sample: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Sample]: ...
+    def __getitem__(self, i: int | slice) -> Sample | list[Sample]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.n))]
+        if not -self.n <= i < self.n:
+            raise IndexError(f"index {i} out of range for {self.n} items")
+        return self._item(i % self.n)
+
+    def _item(self, i: int) -> Sample:
+        raise NotImplementedError
+
+
+class DigitsDataset(GeneratedSet):
     """``n`` generated images; see the module docstring for how they are made."""
 
     def __init__(self, n: int, seed: int = 0, size: int = 64, split: Split = "test",
@@ -54,23 +77,9 @@ class DigitsDataset(Sequence[Sample]):
         self.n, self.seed, self.size, self.split = n, seed, size, split
         self.two_share, self.scale = two_share, scale
         self.categories = CATEGORIES
-        images, targets = _source_digits()
-        idx = np.arange(len(targets))
-        if split != "all":
-            idx = idx[idx % 2 == (0 if split == "train" else 1)]
-        self._by_class = [idx[targets[idx] == c] for c in range(NUM_CLASSES)]
-        self._images = images
+        self._images, self._by_class = source_digits(split)
 
-    def __len__(self) -> int:
-        return self.n
-
-    @overload
-    def __getitem__(self, i: int) -> Sample: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Sample]: ...
-    def __getitem__(self, i: int | slice) -> Sample | list[Sample]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.n))]
+    def _item(self, i: int) -> Sample:
         return self.render(i)[0]
 
     def render(self, i: int) -> tuple[Sample, torch.Tensor]:
@@ -130,18 +139,7 @@ class DigitsDataset(Sequence[Sample]):
         return np.clip(img[..., None] * tint, 0, 1).astype(np.float32)
 
     def _glyph(self, rng: np.random.Generator, digit: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
-        lo, hi = self.scale
-        factor = rng.uniform(lo, hi)
-        h = int(round(8 * factor * rng.uniform(0.9, 1.1)))
-        w = int(round(8 * factor * rng.uniform(0.85, 1.05)))
-        im = Image.fromarray(digit, mode="F").resize((w, h), Image.BILINEAR)
-        im = im.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR, expand=True)
-        alpha = np.clip(np.asarray(im, np.float32) * 1.4, 0, 1)
-        alpha[alpha < 0.1] = 0.0
-        rows, cols = np.nonzero(alpha.any(1))[0], np.nonzero(alpha.any(0))[0]
-        return alpha[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        return glyph(rng, digit, self.scale)
 
     def _paste(self, rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray,
                digit: np.ndarray, taken: list[list[float]]) -> list[float] | None:
@@ -166,6 +164,36 @@ class DigitsDataset(Sequence[Sample]):
             mask[y0:y0 + gh, x0:x0 + gw] = np.maximum(mask[y0:y0 + gh, x0:x0 + gw], alpha)
             return box
         return None
+
+
+def glyph(rng: np.random.Generator, digit: np.ndarray, scale: tuple[float, float], rotate: float = 12.0) -> np.ndarray:
+    """An 8x8 digit (values in [0, 1]) as ink alpha: scaled by ``U(scale)`` (height x U(0.9, 1.1), width
+    x U(0.85, 1.05)), rotated by ``U(-rotate, rotate)`` degrees, ``alpha = clip(1.4 v, 0, 1)`` with values
+    below 0.1 set to 0, cropped to its tight ink box."""
+    from PIL import Image
+
+    lo, hi = scale
+    factor = rng.uniform(lo, hi)
+    h = int(round(8 * factor * rng.uniform(0.9, 1.1)))
+    w = int(round(8 * factor * rng.uniform(0.85, 1.05)))
+    im = Image.fromarray(digit, mode="F").resize((w, h), Image.BILINEAR)
+    im = im.rotate(float(rng.uniform(-rotate, rotate)), resample=Image.BILINEAR, expand=True)
+    alpha = np.clip(np.asarray(im, np.float32) * 1.4, 0, 1)
+    alpha[alpha < 0.1] = 0.0
+    rows, cols = np.nonzero(alpha.any(1))[0], np.nonzero(alpha.any(0))[0]
+    return alpha[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def source_digits(split: Split) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The 8x8 source digits (values in [0, 1]) and, per class, the indices of ``split``'s digits
+    (``"train"``: even indices of ``load_digits``, ``"test"``: odd, ``"all"``: every one)."""
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    images, targets = _source_digits()
+    idx = np.arange(len(targets))
+    if split != "all":
+        idx = idx[idx % 2 == (0 if split == "train" else 1)]
+    return images, [idx[targets[idx] == c] for c in range(NUM_CLASSES)]
 
 
 def digits(n: int = 1000, seed: int = 0, size: int = 64, split: Split = "test",

@@ -21,6 +21,10 @@ class Sample:
     - ``box_labels``: optional ``(N,)`` long tensor, the class of each box;
     - ``mask``: optional float ``(H, W)`` in [0, 1], the object's exact pixels where known
       (the digit ink of the generated set).
+
+    The generated 3-D sets (:mod:`camkit.data.digits3d`) use the same record one axis up: ``image``
+    ``(C, D, H, W)`` (a clip's D is its frames), ``boxes`` ``(N, 6)`` as ``x0, y0, z0, x1, y1, z1``,
+    ``mask`` ``(D, H, W)``; they are generated at their nets' size, so :meth:`resized` is for images only.
     """
 
     image: Tensor

@@ -1,7 +1,8 @@
 """Evaluation metrics for explanation maps, with every convention an explicit, printable parameter.
 
-* :mod:`.localization` — box from a map, IoU, MaxBoxAcc, Pointing Game, Energy-based Pointing Game
-* :mod:`.faithfulness` — Average Drop %, Increase in Confidence %, Deletion / Insertion AUC
+* :mod:`.localization` — box from a map, IoU, MaxBoxAcc, Pointing Game, Energy-based Pointing Game, mask IoU
+  (images, and clips / volumes with ``spatial_dims=3``)
+* :mod:`.faithfulness` — Average Drop %, Increase in Confidence %, Deletion / Insertion AUC (pixels or voxels)
 * :mod:`.remove_debias` — ROAD (Remove And Debias): noisy linear imputation, MoRF / LeRF curves, ROAD combined
 * :mod:`.arcc` — ARCC: complexity, coherency (re-runs the method) and ROAD, harmonic mean
 * :mod:`.sanity` — cascading model-parameter randomisation (Spearman ρ, SSIM)
@@ -36,11 +37,13 @@ from .localization import (
     energy_pointing_game,
     localization_iou,
     mask_energy,
+    mask_iou,
     mask_pointing_game,
     max_box_acc,
     max_box_acc_from_ious,
     pointing_game,
     threshold_ious,
+    threshold_mask_ious,
 )
 from .protocol import Protocol
 from .remove_debias import ROAD_PERCENTILES, ROADProtocol, ROADResult, check_percentiles, noisy_linear_imputation, road
@@ -93,6 +96,7 @@ __all__ = [
     "insertion_auc",
     "localization_iou",
     "mask_energy",
+    "mask_iou",
     "mask_pointing_game",
     "noisy_linear_imputation",
     "max_box_acc",
@@ -105,5 +109,6 @@ __all__ = [
     "spearman_correlation",
     "ssim",
     "threshold_ious",
+    "threshold_mask_ious",
     "uniform_map",
 ]

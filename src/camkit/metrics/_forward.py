@@ -73,9 +73,10 @@ def logits_of(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.
 
 
 def check_images(images: torch.Tensor) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+    """Images ``(B, C, H, W)`` or clips / volumes ``(B, C, D, H, W)``: floating point and finite."""
+    if not isinstance(images, torch.Tensor) or images.ndim not in (4, 5):
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise InputError(f"images must be a (B, C, H, W) tensor, got {shape}")
+        raise InputError(f"images must be a (B, C, H, W) tensor (clips and volumes: (B, C, D, H, W)), got {shape}")
     if not images.is_floating_point():
         raise InputError(f"images must be floating point (pixel values in [0, 1]), got {images.dtype}")
     if not bool(torch.isfinite(images).all()):

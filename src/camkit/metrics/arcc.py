@@ -79,9 +79,9 @@ class ARCCResult:
         return float(self.arcc.mean())
 
 
-def complexity(maps: torch.Tensor) -> torch.Tensor:
-    """(B,) ``‖m‖₁ / (H·W)`` of (B, H, W) maps in [0, 1]."""
-    m, _ = as_map_batch(maps, "maps")
+def complexity(maps: torch.Tensor, *, spatial_dims: int = 2) -> torch.Tensor:
+    """(B,) ``‖m‖₁ / (H·W)`` of (B, H, W) maps in [0, 1] (``spatial_dims=3``: ``/ (D·H·W)`` of (B, D, H, W))."""
+    m, _ = as_map_batch(maps, "maps", spatial_dims)
     check_unit_range(m)
     return m.abs().flatten(1).mean(1)
 
@@ -102,10 +102,10 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _explain(explainer: Explainer, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     out = explainer(x, targets)
     maps = getattr(out, "maps", out)  # a camkit Explanation or a tensor
-    if not isinstance(maps, torch.Tensor) or maps.ndim != 3 or maps.shape[0] != x.shape[0]:
+    if not isinstance(maps, torch.Tensor) or maps.ndim != x.ndim - 1 or maps.shape[0] != x.shape[0]:
         shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
-        raise InputError(f"the method must return one (H, W) map per image, (B, H, W); got {shape} "
-                         "(give one target per image)")
+        want = "(H, W) map per image, (B, H, W)" if x.ndim == 4 else "(D, H, W) map per clip or volume, (B, D, H, W)"
+        raise InputError(f"the method must return one {want}; got {shape} (give one target per image)")
     return maps.detach().float()
 
 
@@ -121,12 +121,12 @@ def coherency(
     """(B,) ``(ρ(m, m') + 1) / 2`` where m' = ``explainer(image × m, targets)`` (``space="pixel"``: the
     pixels are masked and the method sees ``normalize(images × m)``; ``"tensor"``: ``normalize(images) × m``)."""
     images = check_images(images)
-    m, _ = as_map_batch(maps, "maps")
+    m, _ = as_map_batch(maps, "maps", images.ndim - 2)
     check_unit_range(m)
     up = match_maps_to_images(m, images).unsqueeze(1)
     masked = model_input(images * up, normalize) if space == "pixel" else model_input(images, normalize) * up
     again = _explain(explainer, masked, targets)
-    if again.shape[-2:] != m.shape[-2:]:  # compare at the image size
+    if again.shape[1:] != m.shape[1:]:  # compare at the image size
         again, m = match_maps_to_images(again, images), match_maps_to_images(m, images)
     return ((_pearson(m, again) + 1) / 2).float()
 
@@ -158,8 +158,8 @@ def arcc(
     t = class_indices(targets, images.shape[0], logits, images.device)
     if maps is None:
         maps = _explain(explainer, model_input(images, normalize), t)
-    m, _ = as_map_batch(maps, "maps")
-    comp = complexity(m)
+    m, _ = as_map_batch(maps, "maps", images.ndim - 2)
+    comp = complexity(m, spatial_dims=images.ndim - 2)
     coh = coherency(explainer, images, m, t, space=space, normalize=normalize)
     rd = road(model, images, m, t, percentiles=road_percentiles, noise=noise, score=score, space=space,
               normalize=normalize, batch_size=batch_size, seed=seed)

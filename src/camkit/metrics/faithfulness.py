@@ -13,6 +13,10 @@ The explained class (``targets``) is the model's top-1 on the unmodified image w
 choice in the papers), else the given class(es) — pass the true labels to explain those. ``score`` is
 ``"softmax"`` (default: the papers) or ``"logit"``. Every function runs the model in eval mode under
 no_grad, in chunks of ``batch_size``, and restores each submodule's train/eval flag.
+
+Clips and volumes: ``images`` ``(B, C, D, H, W)`` (a clip's D is its frames) take maps ``(B, D, H, W)``
+(trilinearly upsampled when smaller); every rule above then runs over voxels instead of pixels (the
+deletion order ranks all voxels of the clip, the blur substrate blurs along D as well).
 """
 from __future__ import annotations
 
@@ -150,7 +154,7 @@ def confidence_change(
     """
     _check_convention(space, score)
     images = check_images(images)
-    m, _ = as_map_batch(maps, "maps")
+    m, _ = as_map_batch(maps, "maps", images.ndim - 2)
     check_unit_range(m)
     m = match_maps_to_images(m, images).unsqueeze(1)
     with evaluating(model):
@@ -223,6 +227,7 @@ class PerturbationProtocol(Protocol):
     order: str = "map value, highest first; ties in a random order fixed by seed"
     seed: int = 0
     auc: str = "trapezoid over the fraction of pixels changed (0..1)"
+    grid: str = "pixels"  # "voxels" for clips and volumes
 
 
 @dataclass(frozen=True)
@@ -241,29 +246,31 @@ class PerturbationCurve:
 
 
 def gaussian_blur(x: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """Separable Gaussian blur of (B, C, H, W) images, replicate padding (no dark border)."""
+    """Separable Gaussian blur of (B, C, H, W) images or (B, C, D, H, W) clips / volumes along every
+    grid axis, replicate padding (no dark border)."""
     if kernel_size < 1 or kernel_size % 2 == 0 or sigma <= 0:
         raise InputError(f"blur needs an odd kernel_size >= 1 and sigma > 0, got {kernel_size}, {sigma}")
     r = kernel_size // 2
     g = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
     g = torch.exp(-(g**2) / (2 * sigma**2))
-    g = g / g.sum()
-    c = x.shape[1]
-    x = nn.functional.pad(x, (r, r, r, r), mode="replicate")
-    x = nn.functional.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return nn.functional.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    g = (g / g.sum()).view(1, 1, -1)
+    for axis in range(2, x.ndim):  # one 1-D pass per axis
+        moved = x.movedim(axis, -1)
+        rows = nn.functional.pad(moved.reshape(-1, 1, moved.shape[-1]), (r, r), mode="replicate")
+        x = nn.functional.conv1d(rows, g).view(moved.shape).movedim(-1, axis)
+    return x
 
 
 def _substrate(base: torch.Tensor, kind: str, kernel: int, sigma: float) -> torch.Tensor:
     if kind == "zeros":
         return torch.zeros_like(base)
     if kind == "mean":
-        return base.mean(dim=(2, 3), keepdim=True).expand_as(base)
+        return base.mean(dim=tuple(range(2, base.ndim)), keepdim=True).expand_as(base)
     return gaussian_blur(base, kernel, sigma)
 
 
 def _pixel_ranks(maps: torch.Tensor, seed: int) -> torch.Tensor:
-    """(B, H, W) maps -> (B, H·W) rank of each pixel in the order highest value first.
+    """(B, *grid) maps -> (B, N) rank of each pixel (voxel) in the order highest value first.
 
     Ties are ordered by one random permutation from ``seed`` (a uniform map = random deletion).
     """
@@ -299,14 +306,15 @@ def _perturbation_curve(
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     images = check_images(images)
-    m, _ = as_map_batch(maps, "maps")
+    m, _ = as_map_batch(maps, "maps", images.ndim - 2)
     m = match_maps_to_images(m, images)
-    b, _, h, w = images.shape
-    n = h * w
+    b, grid = images.shape[0], tuple(images.shape[2:])
+    n = m[0].numel()
     s = min(steps, n)
     counts = (2 * torch.arange(s + 1) * n + s) // (2 * s)  # round(i · n / s): pixels changed at step i
     fractions = counts.double() / n
-    ranks = _pixel_ranks(m, seed).view(b, 1, h, w)
+    ranks = _pixel_ranks(m, seed).view(b, 1, *grid)
+    ones = (1,) * (len(grid) + 1)
     counts = counts.to(images.device)
     with evaluating(model):
         base = images if space == "pixel" else model_input(images, normalize)
@@ -317,7 +325,7 @@ def _perturbation_curve(
         out = []
         for chunk in flat.split(batch_size):  # (image, step) pairs, a bounded batch at a time
             bi, si = chunk // (s + 1), chunk % (s + 1)
-            changed = ranks[bi] < counts[si].view(-1, 1, 1, 1)
+            changed = ranks[bi] < counts[si].view(-1, *ones)
             if mode == "deletion":
                 x = torch.where(changed, sub[bi], base[bi])
             else:
@@ -337,6 +345,7 @@ def _perturbation_curve(
         blur_kernel=blur_kernel,
         blur_sigma=blur_sigma,
         seed=seed,
+        grid="pixels" if len(grid) == 2 else "voxels",
     )
     return PerturbationCurve(auc=auc, fractions=fr, scores=scores, targets=t, protocol=proto)
 

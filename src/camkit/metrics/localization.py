@@ -5,12 +5,18 @@ Conventions (all explicit parameters, defaults from the original papers):
 
 * Maps are (H, W) or (B, H, W) at the image's pixel grid; boxes are ``(x0, y0, x1, y1)`` in pixels with
   x1/y1 exclusive (a pixel with integer index (x, y) is inside when ``x0 <= x < x1``, ``y0 <= y < y1``).
-* A map's box is the bounding box of the largest connected component (8-connectivity by default, as
-  OpenCV contours) of ``map >= threshold * max(map)`` — the CAM / Grad-CAM rule (Grad-CAM: 15 %).
+* Clips and volumes: every function takes ``spatial_dims=3``; maps are then (D, H, W) or (B, D, H, W)
+  (a clip's D is its frames T) and boxes ``(x0, y0, z0, x1, y1, z1)`` with z along D, ends exclusive.
+  The same code runs on both grids (scipy labels N-D components); nothing is computed per frame.
+* A map's box is the bounding box of the largest connected component (full connectivity by default:
+  8 neighbours in 2-D as OpenCV contours, 26 in 3-D; 4 or 6 / 18 on request) of
+  ``map >= threshold * max(map)`` — the CAM / Grad-CAM rule (Grad-CAM: 15 %).
   Ties between equally large components go to the first in raster order. A map whose maximum is
   <= 0 (e.g. all zeros) has no box: the empty box ``(0, 0, 0, 0)``, IoU 0 with anything. A uniform
   positive map gives the full-image box.
 * The IoU of a map is the best IoU over the image's ground-truth boxes.
+* Against a region mask (a segmentation, a clip's tube of per-frame boxes), :func:`mask_iou` is the
+  IoU of the voxels ``map >= threshold * max(map)`` with the mask's voxels (``mask >= 0.5``).
 * For a detection, the explained box is the ground truth: ``localization_iou(map, [box])``,
   ``pointing_game(map, [box])``, ``energy_pointing_game(map, [box])``; for a segmentation class,
   :func:`mask_pointing_game` and :func:`mask_energy` with its mask.
@@ -19,14 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Union
+from typing import ClassVar, Optional, Union
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from ..errors import InputError
-from ._checks import BoxesLike, as_box_list, as_map_batch, as_mask_batch
+from ._checks import BoxesLike, as_box_list, as_map_batch, as_mask_batch, check_spatial_dims
 from .protocol import Protocol
 
 __all__ = [
@@ -42,6 +48,8 @@ __all__ = [
     "energy_pointing_game",
     "mask_pointing_game",
     "mask_energy",
+    "mask_iou",
+    "threshold_mask_ious",
     "DEFAULT_THRESHOLDS",
 ]
 
@@ -61,7 +69,8 @@ class LocalizationProtocol(Protocol):
         "Pointing Game: Zhang et al. 2016; Energy PG: Wang et al. 2020 (Score-CAM)"
     )
     threshold: float = 0.15
-    connectivity: int = 8
+    connectivity: Optional[int] = None  # None: full (8 neighbours in 2-D, 26 in 3-D)
+    spatial_dims: int = 2
     box_match: str = "best IoU over ground-truth boxes"
     maxboxacc_iou: tuple[float, ...] = (0.5,)
     maxboxacc_thresholds: str = "0.00:0.99:0.01 (fraction of max)"
@@ -69,71 +78,90 @@ class LocalizationProtocol(Protocol):
     pointing_ties: str = "share of maximal pixels that hit"
 
 
-def _structure(connectivity: int) -> np.ndarray:
-    if connectivity == 8:
-        return np.ones((3, 3), dtype=bool)
-    if connectivity == 4:
-        return ndimage.generate_binary_structure(2, 1)
-    raise InputError(f"connectivity must be 4 or 8, got {connectivity}")
+_CONNECTIVITY = {2: {4: 1, 8: 2}, 3: {6: 1, 18: 2, 26: 3}}  # neighbours -> scipy's rank
 
 
-def _largest_component_box(mask: np.ndarray, structure: np.ndarray) -> tuple[int, int, int, int]:
-    """Box of the largest connected component of a (H, W) bool mask; (0, 0, 0, 0) if the mask is empty."""
+def _structure(connectivity: Optional[int], spatial_dims: int) -> np.ndarray:
+    """scipy's structuring element: ``None`` = full (8 in 2-D, 26 in 3-D), else a count of neighbours."""
+    ranks = _CONNECTIVITY[spatial_dims]
+    if connectivity is None:
+        return np.ones((3,) * spatial_dims, dtype=bool)
+    if connectivity not in ranks:
+        raise InputError(f"connectivity must be one of {sorted(ranks)} (neighbours) in {spatial_dims}-D, "
+                         f"or None (full), got {connectivity}")
+    return ndimage.generate_binary_structure(spatial_dims, ranks[connectivity])
+
+
+def _largest_component_box(mask: np.ndarray, structure: np.ndarray) -> tuple[int, ...]:
+    """Box ``(x0, y0, [z0,] x1, y1, [z1])`` of the largest connected component of a bool grid
+    ``(H, W)`` or ``(D, H, W)``; all zeros if the mask is empty."""
     labels, n = ndimage.label(mask, structure=structure)
     if n == 0:
-        return (0, 0, 0, 0)
+        return (0,) * (2 * mask.ndim)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     sel = labels == int(sizes.argmax())  # first label on ties = first in raster order
-    rows = np.flatnonzero(sel.any(axis=1))
-    cols = np.flatnonzero(sel.any(axis=0))
-    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    spans = [np.flatnonzero(sel.any(axis=tuple(a for a in range(mask.ndim) if a != k))) for k in range(mask.ndim)]
+    spans.reverse()  # grid axes (z,) y, x -> box coordinates x, y (, z)
+    return tuple(int(s[0]) for s in spans) + tuple(int(s[-1]) + 1 for s in spans)
 
 
-def _boxes_at_thresholds(maps: torch.Tensor, thresholds: torch.Tensor, connectivity: int) -> torch.Tensor:
-    """(B, H, W) maps, (T,) thresholds -> (B, T, 4) long boxes on the maps' device.
+def _boxes_at_thresholds(maps: torch.Tensor, thresholds: torch.Tensor, connectivity: Optional[int]) -> torch.Tensor:
+    """(B, *grid) maps, (T,) thresholds -> (B, T, 2d) long boxes on the maps' device.
 
     Labelling runs in scipy on CPU (the maps are small; the masks would have to go there anyway).
     """
     cpu = maps.detach().to("cpu", torch.float64).numpy()
     thr = thresholds.detach().to("cpu", torch.float64).numpy()
-    out = np.zeros((cpu.shape[0], thr.size, 4), dtype=np.int64)
-    structure = _structure(connectivity)
+    d = cpu.ndim - 1
+    out = np.zeros((cpu.shape[0], thr.size, 2 * d), dtype=np.int64)
+    structure = _structure(connectivity, d)
     for i, m in enumerate(cpu):
         peak = m.max()
         if peak <= 0:
             continue
-        for t, level in enumerate(thr * peak):  # one scipy C call per (image, threshold), never per pixel
+        for t, level in enumerate(thr * peak):  # one scipy C call per (map, threshold), never per pixel
             out[i, t] = _largest_component_box(m >= level, structure)
     return torch.from_numpy(out).to(maps.device)
 
 
-def box_from_map(map: torch.Tensor, threshold: float = 0.15, *, connectivity: int = 8) -> torch.Tensor:
+def box_from_map(map: torch.Tensor, threshold: float = 0.15, *, connectivity: Optional[int] = None,
+                 spatial_dims: int = 2) -> torch.Tensor:
     """Box ``(x0, y0, x1, y1)`` (x1, y1 exclusive) of the largest connected component of
     ``map >= threshold * max(map)``.
 
-    ``map``: (H, W) -> (4,) long tensor; (B, H, W) -> (B, 4). A map with max <= 0 gives the empty box
-    (0, 0, 0, 0); a uniform positive map gives the full image. ``connectivity``: 8 (default) or 4.
+    ``map``: (H, W) -> (4,) long tensor; (B, H, W) -> (B, 4). With ``spatial_dims=3``: (D, H, W) -> (6,)
+    ``(x0, y0, z0, x1, y1, z1)``, (B, D, H, W) -> (B, 6). A map with max <= 0 gives the empty box
+    (all zeros); a uniform positive map gives the full grid. ``connectivity``: None (full, default),
+    4 or 8 in 2-D, 6, 18 or 26 in 3-D.
     """
-    maps, single = as_map_batch(map, "map")
+    maps, single = as_map_batch(map, "map", spatial_dims)
     boxes = _boxes_at_thresholds(maps, torch.tensor([float(threshold)], dtype=torch.float64), connectivity)[:, 0]
     return boxes[0] if single else boxes
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU of (N, 4) and (M, 4) boxes -> (N, M) float.
+    """Pairwise IoU of (N, 2d) and (M, 2d) boxes -> (N, M) float; d = 2 (``x0, y0, x1, y1``) or 3
+    (``x0, y0, z0, x1, y1, z1``), read from the boxes' last axis.
 
-    IoU = |a ∩ b| / |a ∪ b| with area = (x1 - x0)·(y1 - y0) (x1, y1 exclusive). Empty boxes have IoU 0
-    with everything (also with each other). For elementwise IoU of two (N, 4) lists take the diagonal.
+    IoU = |a ∩ b| / |a ∪ b| with size = Π (end − start) over the axes (ends exclusive). Empty boxes have
+    IoU 0 with everything (also with each other). For elementwise IoU of two (N, 2d) lists take the diagonal.
     """
-    a = torch.as_tensor(a).float().reshape(-1, 4)
-    b = torch.as_tensor(b).float().reshape(-1, 4).to(a.device)
-    area_a = ((a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0))[:, None]
-    area_b = ((b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0))[None, :]
-    iw = (torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0])).clamp(min=0)
-    ih = (torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1])).clamp(min=0)
-    inter = iw * ih
-    union = area_a + area_b - inter
+    a = torch.as_tensor(a).float()
+    width = a.shape[-1] if a.ndim else 0
+    if width not in (4, 6):
+        raise InputError(f"boxes must be (N, 4) as x0, y0, x1, y1 or (N, 6) as x0, y0, z0, x1, y1, z1; got {tuple(a.shape)}")
+    d = width // 2
+    a = a.reshape(-1, width)
+    b = torch.as_tensor(b).float().to(a.device)
+    if (b.shape[-1] if b.ndim else 0) != width:
+        raise InputError(f"cannot compare boxes of {width} and {b.shape[-1] if b.ndim else 0} coordinates")
+    b = b.reshape(-1, width)
+    size_a = (a[:, d:] - a[:, :d]).clamp(min=0).prod(1)[:, None]
+    size_b = (b[:, d:] - b[:, :d]).clamp(min=0).prod(1)[None, :]
+    inter = (torch.minimum(a[:, None, d:], b[None, :, d:]) - torch.maximum(a[:, None, :d], b[None, :, :d])).clamp(min=0)
+    inter = inter.prod(-1)
+    union = size_a + size_b - inter
     return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
 
@@ -142,31 +170,77 @@ def threshold_ious(
     gt_boxes: BoxesLike,
     thresholds: Union[Sequence[float], torch.Tensor] = DEFAULT_THRESHOLDS,
     *,
-    connectivity: int = 8,
+    connectivity: Optional[int] = None,
+    spatial_dims: int = 2,
 ) -> torch.Tensor:
-    """Best-match IoU of each map's box at each threshold: (B, T) (or (T,) for one (H, W) map).
+    """Best-match IoU of each map's box at each threshold: (B, T) (or (T,) for one map).
 
     The building block of :func:`localization_iou` and :func:`max_box_acc`; concatenate its rows over
     batches and call :func:`max_box_acc_from_ious` to get a dataset-level MaxBoxAcc.
     """
-    m, single = as_map_batch(maps, "maps")
-    boxes = as_box_list(gt_boxes, m.shape[0], single, tuple(m.shape[-2:]))
-    thr = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
-    if thr.numel() == 0:
-        raise InputError("thresholds is empty")
-    pred = _boxes_at_thresholds(m, thr, connectivity)  # (B, T, 4)
+    m, single = as_map_batch(maps, "maps", spatial_dims)
+    boxes = as_box_list(gt_boxes, m.shape[0], single, tuple(m.shape[1:]))
+    thr = _thresholds(thresholds)
+    pred = _boxes_at_thresholds(m, thr, connectivity)  # (B, T, 2d)
     ious = torch.stack([box_iou(pred[i], boxes[i].to(pred.device)).amax(1) for i in range(m.shape[0])])
     return ious[0] if single else ious
 
 
+def _thresholds(thresholds: Union[Sequence[float], torch.Tensor]) -> torch.Tensor:
+    thr = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
+    if thr.numel() == 0:
+        raise InputError("thresholds is empty")
+    return thr
+
+
 def localization_iou(
-    map: torch.Tensor, gt_boxes: BoxesLike, threshold: float = 0.15, *, connectivity: int = 8
+    map: torch.Tensor, gt_boxes: BoxesLike, threshold: float = 0.15, *, connectivity: Optional[int] = None,
+    spatial_dims: int = 2,
 ) -> torch.Tensor:
     """IoU between the map's box (:func:`box_from_map`) and the best-matching ground-truth box.
 
-    (H, W) map + (N, 4) boxes -> 0-dim tensor; (B, H, W) maps + B box sets -> (B,).
+    (H, W) map + (N, 4) boxes -> 0-dim tensor; (B, H, W) maps + B box sets -> (B,); with
+    ``spatial_dims=3`` (D, H, W) maps and (N, 6) boxes.
     """
-    return threshold_ious(map, gt_boxes, [float(threshold)], connectivity=connectivity)[..., 0]
+    return threshold_ious(map, gt_boxes, [float(threshold)], connectivity=connectivity,
+                          spatial_dims=spatial_dims)[..., 0]
+
+
+def threshold_mask_ious(
+    maps: torch.Tensor,
+    mask: torch.Tensor,
+    thresholds: Union[Sequence[float], torch.Tensor] = DEFAULT_THRESHOLDS,
+    *,
+    spatial_dims: int = 2,
+) -> torch.Tensor:
+    """IoU of the region ``map >= τ · max(map)`` with the mask's region (``mask >= 0.5``), per threshold τ:
+    (B, T) (or (T,) for one map). A map with max <= 0 covers nothing (IoU 0).
+
+    ``mask`` at the maps' grid, one for all maps or one per map; :func:`max_box_acc_from_ious` turns
+    the table into a MaxBoxAcc-style score against masks.
+    """
+    m, single = as_map_batch(maps, "maps", spatial_dims)
+    inside = (as_mask_batch(mask, m, single) >= 0.5).flatten(1)  # (B, N)
+    thr = _thresholds(thresholds).to(m.device, m.dtype)
+    flat = m.flatten(1)
+    peak = flat.amax(1, keepdim=True)
+    out = []
+    for level in thr:  # (B, N) at a time: bounded memory on large volumes
+        region = (flat >= level * peak) & (peak > 0)
+        inter = (region & inside).sum(1).float()
+        union = (region | inside).sum(1).float()
+        out.append(inter / union.clamp(min=1))
+    ious = torch.stack(out, 1)
+    return ious[0] if single else ious
+
+
+def mask_iou(map: torch.Tensor, mask: torch.Tensor, threshold: float = 0.15, *, spatial_dims: int = 2) -> torch.Tensor:
+    """IoU of ``map >= threshold · max(map)`` with the mask's region (see :func:`threshold_mask_ious`).
+
+    One map -> 0-dim tensor; a batch -> (B,). For a clip, the mask of a moving object is its tube: the
+    union of its per-frame boxes (``spatial_dims=3``).
+    """
+    return threshold_mask_ious(map, mask, [float(threshold)], spatial_dims=spatial_dims)[..., 0]
 
 
 @dataclass(frozen=True)
@@ -190,7 +264,8 @@ def max_box_acc_from_ious(
     thresholds: Union[Sequence[float], torch.Tensor] = DEFAULT_THRESHOLDS,
     iou: Union[float, Sequence[float]] = 0.5,
     *,
-    connectivity: int = 8,
+    connectivity: Optional[int] = None,
+    spatial_dims: int = 2,
 ) -> MaxBoxAccResult:
     """MaxBoxAcc from an (N, T) table of :func:`threshold_ious` (N images, T thresholds)."""
     ious = torch.as_tensor(ious)
@@ -208,7 +283,8 @@ def max_box_acc_from_ious(
         iou_criteria=crit,
         thresholds=thr,
         curve=curve,
-        protocol=LocalizationProtocol(connectivity=connectivity, maxboxacc_iou=crit),
+        protocol=LocalizationProtocol(connectivity=connectivity, maxboxacc_iou=crit,
+                                      spatial_dims=check_spatial_dims(spatial_dims)),
     )
 
 
@@ -218,7 +294,8 @@ def max_box_acc(
     thresholds: Union[Sequence[float], torch.Tensor] = DEFAULT_THRESHOLDS,
     iou: Union[float, Sequence[float]] = 0.5,
     *,
-    connectivity: int = 8,
+    connectivity: Optional[int] = None,
+    spatial_dims: int = 2,
 ) -> MaxBoxAccResult:
     """MaxBoxAcc (Choe et al. 2020, "Evaluating WSOL right") of a batch of maps; see MaxBoxAccResult.
 
@@ -226,31 +303,32 @@ def max_box_acc(
     camkit maps, whose min is 0). For datasets larger than a batch use :func:`threshold_ious` per batch
     and :func:`max_box_acc_from_ious` on the concatenation.
     """
-    ious = threshold_ious(maps, gt_boxes, thresholds, connectivity=connectivity)
-    return max_box_acc_from_ious(ious, thresholds, iou, connectivity=connectivity)
+    ious = threshold_ious(maps, gt_boxes, thresholds, connectivity=connectivity, spatial_dims=spatial_dims)
+    return max_box_acc_from_ious(ious, thresholds, iou, connectivity=connectivity, spatial_dims=spatial_dims)
 
 
-def _box_masks(boxes: list[torch.Tensor], h: int, w: int, tolerance: float, device: torch.device) -> torch.Tensor:
-    """(B, H, W) bool: pixel centre within ``tolerance`` px (Euclidean) of the union of each image's boxes."""
-    xs = torch.arange(w, device=device, dtype=torch.float32) + 0.5
-    ys = torch.arange(h, device=device, dtype=torch.float32) + 0.5
+def _box_masks(boxes: list[torch.Tensor], size: tuple[int, ...], tolerance: float, device: torch.device) -> torch.Tensor:
+    """(B, *size) bool: pixel (voxel) centre within ``tolerance`` (Euclidean) of the union of each map's boxes."""
+    d = len(size)
     out = []
     for bx in boxes:
         bx = bx.to(device)
-        dx = torch.maximum(bx[:, 0, None] - xs, xs - bx[:, 2, None]).clamp(min=0)  # (N, W)
-        dy = torch.maximum(bx[:, 1, None] - ys, ys - bx[:, 3, None]).clamp(min=0)  # (N, H)
-        if tolerance > 0:
-            d2 = dy[:, :, None] ** 2 + dx[:, None, :] ** 2
-            inside = (d2 <= tolerance**2).any(0)
-        else:  # exact membership of pixel centres, x0 <= x + 0.5 < x1
-            inx = (bx[:, 0, None] <= xs) & (xs < bx[:, 2, None])
-            iny = (bx[:, 1, None] <= ys) & (ys < bx[:, 3, None])
-            inside = (iny[:, :, None] & inx[:, None, :]).any(0)
-        out.append(inside)
+        d2 = torch.zeros((bx.shape[0],) + (1,) * d, device=device)
+        inside = torch.ones((bx.shape[0],) + (1,) * d, dtype=torch.bool, device=device)
+        for k, n in enumerate(size):  # grid axis k holds box coordinate d - 1 - k (x is the last axis)
+            c = torch.arange(n, device=device, dtype=torch.float32) + 0.5
+            lo, hi = bx[:, d - 1 - k, None], bx[:, 2 * d - 1 - k, None]
+            shape = (bx.shape[0],) + tuple(n if j == k else 1 for j in range(d))
+            if tolerance > 0:
+                d2 = d2 + (torch.maximum(lo - c, c - hi).clamp(min=0) ** 2).view(shape)
+            else:  # exact membership of pixel centres, lo <= c < hi
+                inside = inside & ((lo <= c) & (c < hi)).view(shape)
+        out.append((d2 <= tolerance**2).any(0) if tolerance > 0 else inside.any(0))
     return torch.stack(out)
 
 
-def pointing_game(map: torch.Tensor, gt_boxes: BoxesLike, tolerance: float = 0.0) -> torch.Tensor:
+def pointing_game(map: torch.Tensor, gt_boxes: BoxesLike, tolerance: float = 0.0, *,
+                  spatial_dims: int = 2) -> torch.Tensor:
     """Pointing Game (Zhang et al. 2016): 1.0 if the map's maximum lies within ``tolerance`` pixels
     (Euclidean, pixel centres) of a ground-truth box, else 0.0.
 
@@ -258,32 +336,34 @@ def pointing_game(map: torch.Tensor, gt_boxes: BoxesLike, tolerance: float = 0.0
     hit of a uniformly random tie-break (so a uniform map scores the boxes' area fraction, not 1).
     Values within a relative ``1e-6`` of the maximum count as tied (bilinear upsampling makes
     exact plateaus that rounding would otherwise split at random).
-    (H, W) -> 0-dim float tensor; (B, H, W) -> (B,). The hit rate is the mean.
+    (H, W) -> 0-dim float tensor; (B, H, W) -> (B,). The hit rate is the mean. ``spatial_dims=3``:
+    (D, H, W) maps, (N, 6) boxes, the maximal voxel.
     """
     if tolerance < 0:
         raise InputError(f"tolerance must be >= 0 pixels, got {tolerance}")
-    m, single = as_map_batch(map, "map")
-    h, w = m.shape[-2:]
-    boxes = as_box_list(gt_boxes, m.shape[0], single, (h, w))
-    score = _hit_share(m, _box_masks(boxes, h, w, float(tolerance), m.device))
+    m, single = as_map_batch(map, "map", spatial_dims)
+    size = tuple(m.shape[1:])
+    boxes = as_box_list(gt_boxes, m.shape[0], single, size)
+    score = _hit_share(m, _box_masks(boxes, size, float(tolerance), m.device))
     return score[0] if single else score
 
 
 def _hit_share(m: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
     """(B,) share of each map's maximal pixels (ties within TIE_TOLERANCE) that lie ``inside``."""
-    peak = m.flatten(1).amax(1).view(-1, 1, 1)
+    peak = m.flatten(1).amax(1).view(-1, *([1] * (m.ndim - 1)))
     is_max = m >= peak - TIE_TOLERANCE * peak.abs()  # float noise must not decide which pixels tie
     return (is_max & inside).flatten(1).sum(1).float() / is_max.flatten(1).sum(1).float()
 
 
-def mask_pointing_game(map: torch.Tensor, mask: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
+def mask_pointing_game(map: torch.Tensor, mask: torch.Tensor, tolerance: float = 0.0, *,
+                       spatial_dims: int = 2) -> torch.Tensor:
     """Pointing Game against a region mask: 1.0 if the map's maximum lies in the mask (or within
     ``tolerance`` pixels of it, Euclidean distance between pixel centres), ties shared as in
     :func:`pointing_game`. ``mask``: bool or float (pixels >= 0.5 are inside), at the map's size.
     """
     if tolerance < 0:
         raise InputError(f"tolerance must be >= 0 pixels, got {tolerance}")
-    m, single = as_map_batch(map, "map")
+    m, single = as_map_batch(map, "map", spatial_dims)
     inside = as_mask_batch(mask, m, single) >= 0.5
     if tolerance > 0:
         far = [ndimage.distance_transform_edt(~r) for r in inside.cpu().numpy()]
@@ -292,18 +372,18 @@ def mask_pointing_game(map: torch.Tensor, mask: torch.Tensor, tolerance: float =
     return score[0] if single else score
 
 
-def energy_pointing_game(map: torch.Tensor, gt_boxes: BoxesLike) -> torch.Tensor:
+def energy_pointing_game(map: torch.Tensor, gt_boxes: BoxesLike, *, spatial_dims: int = 2) -> torch.Tensor:
     """Energy-based Pointing Game (Wang et al. 2020, Score-CAM): Σ_{inside boxes} map / Σ map.
 
     "Inside" is the union of the image's boxes. Maps must be >= 0 (InputError otherwise); a map with
     zero energy scores 0. (H, W) -> 0-dim tensor; (B, H, W) -> (B,).
     """
-    m, single = as_map_batch(map, "map")
+    m, single = as_map_batch(map, "map", spatial_dims)
     if float(m.min()) < 0:
         raise InputError("energy_pointing_game needs non-negative maps (energy = sum of map values)")
-    h, w = m.shape[-2:]
-    boxes = as_box_list(gt_boxes, m.shape[0], single, (h, w))
-    score = _energy_share(m, _box_masks(boxes, h, w, 0.0, m.device).to(m.dtype))
+    size = tuple(m.shape[1:])
+    boxes = as_box_list(gt_boxes, m.shape[0], single, size)
+    score = _energy_share(m, _box_masks(boxes, size, 0.0, m.device).to(m.dtype))
     return score[0] if single else score
 
 
@@ -314,11 +394,11 @@ def _energy_share(m: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, energy / total.clamp(min=torch.finfo(m.dtype).tiny), torch.zeros_like(total))
 
 
-def mask_energy(map: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def mask_energy(map: torch.Tensor, mask: torch.Tensor, *, spatial_dims: int = 2) -> torch.Tensor:
     """Energy-based Pointing Game against a region mask: Σ map·mask / Σ map (a float mask weighs each
     pixel by its share in the region). Maps must be >= 0; ``mask`` at the map's size.
     """
-    m, single = as_map_batch(map, "map")
+    m, single = as_map_batch(map, "map", spatial_dims)
     if float(m.min()) < 0:
         raise InputError("mask_energy needs non-negative maps (energy = sum of map values)")
     score = _energy_share(m, as_mask_batch(mask, m, single))

@@ -9,6 +9,10 @@ region carries no shape cue:
     v_j = x_j when j is removed too, else the image value;  w = 1/6 (edge), 1/12 (diagonal);
     ε_i ~ N(0, noise²) per channel (the authors' code: noise = 0.01, added after the solve)
 
+Clips and volumes ``(B, C, D, H, W)``: the same rule over the 26 neighbours of a voxel, each weighted
+``1 / |offset|²`` and normalised (edge 1, face diagonal 1/2, corner 1/3, over 44/3) -- the rule that
+gives the authors' 2-D weights (1 and 1/2 over 6 = 1/6 and 1/12); percentiles count voxels.
+
 — one sparse linear system per (image, removal mask), the same matrix for every channel: it is
 built vectorised for a whole batch of masks (a block-diagonal matrix), factorised once (SuperLU)
 and solved for all channels of all images in one call. Every system is non-singular while a pixel
@@ -63,6 +67,17 @@ NEIGHBOURS: tuple[tuple[int, int, float], ...] = (
     (0, -1, 1 / 6), (0, 1, 1 / 6),
     (1, -1, 1 / 12), (1, 0, 1 / 6), (1, 1, 1 / 12),
 )  # (dy, dx, weight): the authors' weights
+
+
+@functools.lru_cache(maxsize=2)
+def stencil(spatial_dims: int) -> tuple[tuple[tuple[int, ...], float], ...]:
+    """Every neighbour offset of a grid cell with weight ``1 / |offset|²``, normalised to sum 1 (2-D: the
+    authors' 1/6 edge, 1/12 diagonal, as :data:`NEIGHBOURS`; 3-D: 26 neighbours)."""
+    import itertools
+
+    offsets = [o for o in itertools.product((-1, 0, 1), repeat=spatial_dims) if any(o)]
+    raw = [1.0 / sum(v * v for v in o) for o in offsets]
+    return tuple((o, r / sum(raw)) for o, r in zip(offsets, raw))
 _MAX_UNKNOWNS = 400_000  # removed pixels per factorisation (bounds SuperLU's memory)
 
 
@@ -152,25 +167,28 @@ def nested_dissection(h: int, w: int, leaf: int = 8) -> np.ndarray:
 
 
 def _system(removed: np.ndarray) -> tuple[csc_matrix, np.ndarray, list[tuple[np.ndarray, np.ndarray, float]]]:
-    """The imputation matrix of a batch of masks ``removed`` (B, H, W) bool: unknowns = removed pixels in
-    nested-dissection order within each mask (:func:`nested_dissection`), mask by mask. Returns (A, flat indices of the unknowns, per neighbour direction:
+    """The imputation matrix of a batch of masks ``removed`` (B, *grid) bool, grid (H, W) or (D, H, W):
+    unknowns = removed cells, mask by mask; in 2-D in nested-dissection order within each mask
+    (:func:`nested_dissection`). Returns (A, flat indices of the unknowns, per neighbour direction:
     (rows of unknowns with a kept neighbour there, those neighbours' flat indices, weight))."""
-    b, h, w = removed.shape
+    grid = removed.shape[1:]
+    cells = int(np.prod(grid))
     flat = removed.reshape(-1)
     unknown = np.flatnonzero(flat)
-    mask_of, pixel = np.divmod(unknown, h * w)
-    unknown = unknown[np.argsort(mask_of * (h * w) + nested_dissection(h, w)[pixel], kind="stable")]
+    mask_of, pixel = np.divmod(unknown, cells)
+    within = nested_dissection(*grid)[pixel] if len(grid) == 2 else pixel
+    unknown = unknown[np.argsort(mask_of * cells + within, kind="stable")]
     vidx = np.full(flat.size, -1, dtype=np.int64)
     vidx[unknown] = np.arange(unknown.size)
-    bi, rem = np.divmod(unknown, h * w)
-    yy, xx = np.divmod(rem, w)
+    bi, rem = np.divmod(unknown, cells)
+    coords = np.unravel_index(rem, grid)
     diag = np.zeros(unknown.size)
     rows, cols, vals, known = [], [], [], []
-    for dy, dx, weight in NEIGHBOURS:
-        ny, nx = yy + dy, xx + dx
-        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+    for offset, weight in stencil(len(grid)):
+        moved = [c + o for c, o in zip(coords, offset)]
+        inside = np.logical_and.reduce([(m >= 0) & (m < n) for m, n in zip(moved, grid)])
         src = np.flatnonzero(inside)
-        nbr = bi[src] * (h * w) + ny[src] * w + nx[src]
+        nbr = bi[src] * cells + np.ravel_multi_index(tuple(m[src] for m in moved), grid)
         diag[src] += weight
         var = vidx[nbr]
         off = var >= 0
@@ -192,7 +210,8 @@ def noisy_linear_imputation(
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """``images`` (B, C, H, W) with the pixels where ``removed`` (B, H, W) is True replaced by the noisy
-    linear imputation of the module docstring (float64 solve; the result in the images' dtype).
+    linear imputation of the module docstring (float64 solve; the result in the images' dtype); clips and
+    volumes: ``images`` (B, C, D, H, W), ``removed`` (B, D, H, W).
 
     One factorisation per mask (a batch of masks is one block-diagonal matrix, split into chunks of at
     most ~400k removed pixels), solved for all C channels at once; ``noise`` is the standard
@@ -201,7 +220,8 @@ def noisy_linear_imputation(
     images = check_images(images)
     if not isinstance(removed, torch.Tensor) or removed.shape != (images.shape[0], *images.shape[2:]):
         got = tuple(removed.shape) if isinstance(removed, torch.Tensor) else type(removed).__name__
-        raise InputError(f"removed must be a (B, H, W) bool tensor matching images {tuple(images.shape)}, got {got}")
+        grid = "(B, H, W)" if images.ndim == 4 else "(B, D, H, W)"
+        raise InputError(f"removed must be a {grid} bool tensor matching images {tuple(images.shape)}, got {got}")
     if noise < 0:
         raise InputError(f"noise must be >= 0 (standard deviation of the imputation noise), got {noise}")
     rem = removed.detach().cpu().bool().numpy()
@@ -209,8 +229,10 @@ def noisy_linear_imputation(
     if full.any():
         raise InputError(f"image(s) {np.flatnonzero(full).tolist()[:10]} have every pixel removed; "
                          "imputation needs at least one kept pixel")
-    b, c, h, w = images.shape
-    src = images.detach().cpu().double().permute(0, 2, 3, 1).reshape(-1, c).numpy()  # (B·H·W, C)
+    b, c = images.shape[:2]
+    grid = tuple(images.shape[2:])
+    cells = int(np.prod(grid))
+    src = images.detach().cpu().double().movedim(1, -1).reshape(-1, c).numpy()  # (B·cells, C)
     out = src.copy()
     counts = rem.reshape(b, -1).sum(1)
     start = 0
@@ -221,15 +243,15 @@ def noisy_linear_imputation(
             stop += 1
         if total:
             a, unknown, known = _system(rem[start:stop])
-            offset = start * h * w
+            offset = start * cells
             rhs = np.zeros((unknown.size, c))
             for rows, nbr, weight in known:
                 rhs[rows] += weight * src[nbr + offset]  # one neighbour per direction: rows unique
-            solved = splu(a, permc_spec="NATURAL", diag_pivot_thresh=0.0,
+            solved = splu(a, permc_spec="NATURAL" if len(grid) == 2 else "MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                           options={"SymmetricMode": True}).solve(rhs)
             out[unknown + offset] = solved
         start = stop
-    result = torch.from_numpy(out).view(b, h, w, c).permute(0, 3, 1, 2)
+    result = torch.from_numpy(out).view(b, *grid, c).movedim(-1, 1)
     if noise > 0:
         eps = torch.randn(result.shape, generator=generator, dtype=torch.float64)
         result = torch.where(torch.from_numpy(rem)[:, None], result + noise * eps, result)
@@ -252,7 +274,7 @@ def road(
 ) -> ROADResult:
     """MoRF and LeRF scores at each percentile (percent of pixels removed) and ROAD combined.
 
-    ``images`` (B, C, H, W) pixels (``space="pixel"``: imputed in pixel space, the model sees
+    ``images`` (B, C, H, W) pixels, or clips / volumes (B, C, D, H, W) with maps (B, D, H, W) (``space="pixel"``: imputed in pixel space, the model sees
     ``normalize(imputed)``; ``"tensor"``: imputed in ``normalize(images)``); ``maps`` (B, h, w),
     bilinearly brought to the image size; ``targets``: None = the model's top-1. ``seed`` fixes the tie
     order and the imputation noise. See the module docstring.
@@ -261,11 +283,11 @@ def road(
     check_choice("space", space, ("pixel", "tensor"))
     check_choice("score", score, ("softmax", "logit"))
     images = check_images(images)
-    m, _ = as_map_batch(maps, "maps")
+    m, _ = as_map_batch(maps, "maps", images.ndim - 2)
     m = match_maps_to_images(m, images)
-    b, _, h, w = images.shape
-    n = h * w
-    ranks = _pixel_ranks(m, seed).view(b, h, w).cpu()
+    b, grid = images.shape[0], tuple(images.shape[2:])
+    n = int(np.prod(grid))
+    ranks = _pixel_ranks(m, seed).view(b, *grid).cpu()
     ks = [int(round(p / 100 * n)) for p in pcts]
     masks = [ranks < k for k in ks] + [ranks >= n - k for k in ks]  # MoRF, then LeRF; each (B, H, W)
     gen = torch.Generator().manual_seed(seed)
@@ -275,7 +297,7 @@ def road(
         t = class_indices(targets, b, logits, images.device)
         y = select_scores(logits, t, score)
         removed = torch.cat(masks)  # (2P·B, H, W), mask-major
-        reps = base.repeat(len(masks), 1, 1, 1)
+        reps = base.repeat(len(masks), *([1] * (base.ndim - 1)))
         imputed = noisy_linear_imputation(reps, removed, noise, gen)
         x = model_input(imputed, normalize) if space == "pixel" else imputed
         scores = select_scores(logits_of(model, x, batch_size), t.repeat(len(masks)), score)

@@ -126,7 +126,7 @@ def _maps(explain: Explainer, images: torch.Tensor, targets: list[int], step: st
     else:
         out = explain(images, targets)
     try:
-        m, _ = as_map_batch(out, "maps")
+        m, _ = as_map_batch(out, "maps", images.ndim - 2)
     except InputError as e:
         raise InputError(f"the method's maps {step}: {e}") from None
     if m.shape[0] != images.shape[0]:
@@ -147,7 +147,8 @@ def randomization_test(
 ) -> RandomizationResult:
     """Cascading (or, ``cascade=False``, independent) parameter randomisation.
 
-    ``method_factory(model) -> explain``, ``explain(images, targets: list[int]) -> (B, H, W) maps``; it is
+    ``method_factory(model) -> explain``, ``explain(images, targets: list[int]) -> (B, H, W) maps`` (clips
+    and volumes ``(B, C, D, H, W)``: ``(B, D, H, W)`` maps); it is
     called on a deep copy of ``model`` (in eval mode) once for the intact model and once per step.
     ``layers``: module names, output side first (default :func:`default_randomization_layers`).
     Targets: None = top-1 of the intact model; the class is held fixed across steps.
@@ -176,8 +177,8 @@ def randomization_test(
         m = _maps(method_factory(work), images, t, f"after randomising {name!r}")
         if m.shape != original.shape:
             raise InputError(f"maps changed shape after randomising {name!r}: {tuple(m.shape)} vs {tuple(original.shape)}")
-        rhos.append(spearman_correlation(original, m))
-        ssims.append(ssim(original, m))
+        rhos.append(spearman_correlation(original, m, spatial_dims=images.ndim - 2))
+        ssims.append(ssim(original, m, spatial_dims=images.ndim - 2))
         if keep_maps:
             kept.append(m)
     proto = RandomizationProtocol(

@@ -12,7 +12,8 @@ loaded by name share), :mod:`.timm_loader`, :mod:`.hf_loader`, :mod:`.torchvisio
 (one loader per library), :mod:`.torchvision_zoo` (ResNet-50, VGG-16, ViT-B/16 as pixel models),
 :mod:`.efficientnet_lite` (the architecture of the bundled real ImageNet weights),
 :mod:`.digits_nets` (the small digits classifiers), :mod:`.train_digits` (how their bundled
-weights were trained).
+weights were trained), :mod:`.digits3d_nets` (small 3-D nets for the generated clips and volumes;
+trained by ``tools/train_digits3d.py``).
 """
 from __future__ import annotations
 

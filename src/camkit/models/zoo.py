@@ -8,7 +8,8 @@
 ``resnet50, vgg16,          ``None``/``"default"``: random (``"default"`` warns); ``"imagenet"``:
 vit_b_16``                  torchvision's file from the torch hub cache (never downloaded); or a path
 ``digits_resnet/vgg/vit``   ``"default"``/``"bundled"``: the weights shipped in ``camkit/models/weights``;
-                            ``None``: random; or a path
+``moving_digits_net``,      ``None``: random; or a path (the 3-D nets take clips ``(B, 3, 8, 32, 32)``
+``digit_volumes_net``       and volumes ``(B, 1, 32, 32, 32)`` of :mod:`camkit.data.digits3d`)
 ==========================  ==========================================================================
 
 A path must hold a state dict of the exact architecture (strict keys, ``weights_only=True``).
@@ -176,8 +177,8 @@ def _efficientnet_file(name: str) -> Path:
 def _bundled_file(name: str) -> Path:
     path = WEIGHTS_DIR / f"{name}.pt"
     if not path.is_file():
-        raise UnsupportedModelError(f"bundled weights {path} are missing; run "
-                                    f"python -m camkit.models.train_digits {name}")
+        trainer = "tools/train_digits3d.py" if name in _DIGITS3D else "-m camkit.models.train_digits"
+        raise UnsupportedModelError(f"bundled weights {path} are missing; run python {trainer} {name}")
     return path
 
 
@@ -211,9 +212,20 @@ def _digits(name: str) -> Callable[[], PixelModel]:
     return build
 
 
+def _digits3d(name: str) -> Callable[[], PixelModel]:
+    def build() -> PixelModel:
+        from camkit.models.digits3d_nets import DIGITS3D_ARCHITECTURES
+
+        return DIGITS3D_ARCHITECTURES[name]()  # type: ignore[return-value]  # the pixel interface, 3-D
+    return build
+
+
+_DIGITS3D = ("moving_digits_net", "digit_volumes_net")
 for _v in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
     register(_v, ModelEntry(_efficientnet(_v), {"imagenet": _efficientnet_file}, "imagenet"))
 for _n in ("resnet50", "vgg16", "vit_b_16"):
     register(_n, ModelEntry(_torchvision(_n), {"imagenet": _torchvision_cache}, None))
 for _n in ("digits_resnet", "digits_vgg", "digits_vit"):
     register(_n, ModelEntry(_digits(_n), {"bundled": _bundled_file}, "bundled"))
+for _n in _DIGITS3D:
+    register(_n, ModelEntry(_digits3d(_n), {"bundled": _bundled_file}, "bundled"))
