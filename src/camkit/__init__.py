@@ -23,7 +23,7 @@ from .methods import (
     ISCAM, SSCAM, FinerCAM, RefineCAM, SESS, LeGrad,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {"models", "data", "metrics", "bench", "viz", "targets"}
 
