@@ -18,7 +18,7 @@ a cat, scikit-image's ``chelsea``). ``camkit`` and ``python3`` on the blocks' ``
 camkit this script imports (this checkout's ``src`` first), so the docs are checked against the
 code beside them; Hugging Face is set offline and matplotlib to a non-interactive backend.
 
-Exit status 1 when a block failed. :func:`run_file` returns one :class:`Block` per code block.
+Exit status 1 when a block failed. `run_file` returns one `Block` per code block.
 """
 from __future__ import annotations
 

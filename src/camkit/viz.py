@@ -151,7 +151,7 @@ def overlay(image: ImageLike, m: ArrayLike, alpha: float = 0.5, cmap: str = "jet
     ``(1 - alpha) * image + alpha * colour(map)``, at the image's size.
 
     ``image``: PIL, uint8 or float in [0, 1], HWC or CHW (see the module docstring). A map computed
-    on a letterboxed or cropped input needs :func:`to_original` first; a plain resize is undone here."""
+    on a letterboxed or cropped input needs `to_original` first; a plain resize is undone here."""
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha must be in [0, 1], got {alpha}")
     img = _hwc(image)
@@ -212,9 +212,9 @@ def to_original(maps: torch.Tensor, image: Union[tuple[int, int], ImageLike, "Fr
                 fill: float = 0.0) -> torch.Tensor:
     """Maps ``(..., h, w)`` computed on a model input back on the original image: ``(..., H, W)``.
 
-    ``image``: the original ``(H, W)``, the image itself, or the :class:`~camkit.data.geometry.Frame`
+    ``image``: the original ``(H, W)``, the image itself, or the `camkit.data.geometry.Frame`
     of its preprocessing; ``fit`` how the image was fitted to the ``(h, w)`` input (``stretch``,
-    ``letterbox`` or ``crop``, see :mod:`camkit.data.geometry`): the map goes back through the same
+    ``letterbox`` or ``crop``, see `camkit.data.geometry`): the map goes back through the same
     geometry (a plain bilinear resize for ``stretch``; pixels a crop cut off get ``fill``).
     """
     from .data.geometry import Frame
@@ -311,7 +311,7 @@ def show(
     ``model.categories`` of camkit's zoo and loaded models), else ``class N``. Titles: class name
     and probability (softmax of the logits; the raw score for a callable target). ``boxes``: per image, ``(N, 4)`` boxes
     ``x0, y0, x1, y1`` in that image's pixels, drawn on every cell of its row. Guided Backprop
-    attributions are drawn with :func:`attribution`. Returns a PIL image (shown inline by Jupyter).
+    attributions are drawn with `attribution`. Returns a PIL image (shown inline by Jupyter).
     """
     groups = dict(explanation) if isinstance(explanation, Mapping) else {"": explanation}
     if not groups:

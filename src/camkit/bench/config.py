@@ -1,7 +1,7 @@
-"""What a benchmark run measures and how: :class:`BenchConfig` and its :class:`Protocol`.
+"""What a benchmark run measures and how: `BenchConfig` and its `Protocol`.
 
-Everything here is plain data (JSON round trip via :meth:`BenchConfig.to_dict` /
-:meth:`BenchConfig.from_dict`), so a run directory's ``run.json`` says exactly how its numbers
+Everything here is plain data (JSON round trip via `BenchConfig.to_dict` /
+`BenchConfig.from_dict`), so a run directory's ``run.json`` says exactly how its numbers
 were made and a remote worker can rebuild the configuration.
 """
 from __future__ import annotations
@@ -107,7 +107,7 @@ class Protocol:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Models x methods x data, batch size, device and the :class:`Protocol`.
+    """Models x methods x data, batch size, device and the `Protocol`.
 
     ``models``: zoo names, optionally ``name=weights`` (a named weights set, ``random``, or a path).
     ``methods``: registry names (guided methods are not maps; they appear in the Guided Grad-CAM

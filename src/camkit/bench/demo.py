@@ -57,7 +57,7 @@ def demo_parts(digits_images: int = 48, skip_on_photos: Optional[tuple[str, ...]
 
 @dataclass(frozen=True)
 class DemoResult:
-    """``index.html`` and each part's :class:`BenchResult`."""
+    """``index.html`` and each part's `BenchResult`."""
 
     index: Path
     results: list[BenchResult]

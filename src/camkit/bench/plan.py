@@ -1,8 +1,8 @@
 """What to run: models x methods x images, cut into shards of work with stable keys.
 
-A :class:`Shard` is one model on a contiguous range of image indices (``kind="images"``), or one
+A `Shard` is one model on a contiguous range of image indices (``kind="images"``), or one
 model's figures (``kind="figures"``). Inside a shard the unit of work -- what is written, fsynced and
-marked done together -- is ``(model, method, image range)``; its key is :func:`unit_key`. Keys
+marked done together -- is ``(model, method, image range)``; its key is `unit_key`. Keys
 depend only on the model spec, the method and the image indices, so a resumed run (or a remote
 worker) computes exactly the same units the same way.
 """

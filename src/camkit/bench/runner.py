@@ -1,9 +1,9 @@
 """Run one shard: a model on a range of images with every method, or that model's figures.
 
-:func:`run_shard` is a pure function of ``(shard, config)`` -- it reads the model and the images,
+`run_shard` is a pure function of ``(shard, config)`` -- it reads the model and the images,
 computes, and yields JSON-ready records; it writes nothing -- so any engine (this process, a pool, a
 Ray worker) can call it, and a unit computed twice gives identical records. Models and datasets are
-loaded once per process (:mod:`.sources`).
+loaded once per process (`.sources`).
 
 Per batch: one no-grad forward gives the predictions; each method then explains the predicted
 class, the least predicted class and (for misclassified images) the true class in ONE call with a
@@ -13,7 +13,7 @@ class, the least predicted class and (for misclassified images) the true class i
 ``unit`` (the marker written after a unit's records: the unit is done).
 
 Times (``time_map_s``) cover the map computation only, after each method has run once untimed on one
-image of the model in this process (:func:`_warm_up`), so no method is charged with the warm-up.
+image of the model in this process (`_warm_up`), so no method is charged with the warm-up.
 """
 from __future__ import annotations
 

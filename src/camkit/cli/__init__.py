@@ -14,9 +14,9 @@ unless ``--debug``), 130 when interrupted (a bench can be resumed by running the
 141 when the reader of its output went away (``camkit list | head``).
 
 Modules, one subcommand (or a close pair) each, every one owning its parser and its ``cmd_*``:
-:mod:`.explain` (``explain``, ``--task classify|detect|segment``), :mod:`.bench` (``bench``, ``report``),
-:mod:`.demo`, :mod:`.serve`, :mod:`.catalog` (``list``, ``train-digits``), :mod:`.layers` (``layers``),
-:mod:`.common` (helpers and option groups they share), :mod:`.phrasing` (the library's messages in the
+`.explain` (``explain``, ``--task classify|detect|segment``), `.bench` (``bench``, ``report``),
+`.demo`, `.serve`, `.catalog` (``list``, ``train-digits``), `.layers` (``layers``),
+`.common` (helpers and option groups they share), `.phrasing` (the library's messages in the
 command's flags). This module only assembles them and runs one.
 """
 from __future__ import annotations

@@ -46,7 +46,7 @@ FUSIONS = ("max", "product")
 
 def finalize(raw: list[torch.Tensor], size: tuple[int, int], region: Optional[InputRegion] = None,
              fuse: str = "max") -> torch.Tensor:
-    """Bring per-layer raw maps ``(B, K, h_l, w_l)`` to the input (:func:`to_input`), normalise each to
+    """Bring per-layer raw maps ``(B, K, h_l, w_l)`` to the input (`to_input`), normalise each to
     [0, 1] and fuse them: element-wise ``"max"``, or ``"product"`` (RefineCAM), normalised again."""
     maps = [normalize(to_input(r.float(), size, region)) for r in raw]
     if len(maps) == 1:

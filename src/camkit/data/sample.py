@@ -1,4 +1,4 @@
-"""One annotated image (:class:`Sample`), resizing image and boxes together, and batching."""
+"""One annotated image (`Sample`), resizing image and boxes together, and batching."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -41,7 +41,7 @@ class Sample:
         return list(self.label) if isinstance(self.label, list) else [int(self.label)]
 
     def resized(self, size: tuple[int, int], interpolation: str = "bilinear") -> "Sample":
-        """A copy at ``size = (H, W)``: antialiased image (see :func:`resize_image`), boxes scaled by
+        """A copy at ``size = (H, W)``: antialiased image (see `resize_image`), boxes scaled by
         ``W'/W, H'/H``. The aspect ratio is not kept (no crop), so every box stays inside the image.
         """
         h, w = self.size

@@ -13,7 +13,7 @@ both axes. Three layouts are read:
 
 Which of the readings that fit a shape is meant, and whether a tensor is an attention internal or
 an MLP hidden width rather than a map, needs evidence from the model's structure:
-:mod:`camkit.core.probe` supplies it.
+`camkit.core.probe` supplies it.
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ class Layout:
 
 def stride_mismatch(h: int, w: int, input_hw: tuple[int, int]) -> Optional[float]:
     """How far ``(h, w)`` is from ``(H/s, W/s)`` for the best single stride ``s``, in cells; None when
-    no stride brings both axes within :data:`SLACK` cells (then it is not a grid of this input)."""
+    no stride brings both axes within `SLACK` cells (then it is not a grid of this input)."""
     hh, ww = input_hw
     if h < 1 or w < 1:
         return None

@@ -1,7 +1,7 @@
-"""Reading one layer's output as a feature grid: the shape's readings (:mod:`.layout`), settled by
-the model's evidence (:mod:`.probe`) where shape alone is not proof.
+"""Reading one layer's output as a feature grid: the shape's readings (`.layout`), settled by
+the model's evidence (`.probe`) where shape alone is not proof.
 
-- attention internals and MLP hidden widths are refused (see :mod:`.probe`);
+- attention internals and MLP hidden widths are refused (see `.probe`);
 - a reading that shape alone leaves open (nchw or nhwc, how many prefix tokens) is settled by the
   shapes at a second input size when the model accepts one;
 - token grids are checked to be raster grids: changing the image inside cell (i, j) must change the
@@ -32,7 +32,7 @@ def read_layer(model: nn.Module, module: nn.Module, name: str, a: torch.Tensor, 
     """How to read layer ``name``'s output ``a`` as ``(B, C, h, w)``: forced by ``reshape`` / ``kind``
     (``"nchw"``, ``"nhwc"``, ``"tokens"``), else from the shape and, where shape alone is not proof,
     the model's evidence. ``region``: the model resizes and pads inside, its layers see an image of
-    size ``region.padded``. A shape with no reading is an :class:`InputError` saying what would work."""
+    size ``region.padded``. A shape with no reading is an `InputError` saying what would work."""
     if reshape is not None:
         return custom(reshape, a, name)
     hw = (x.shape[-2], x.shape[-1]) if region is None else region.padded

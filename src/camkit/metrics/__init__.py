@@ -1,12 +1,12 @@
 """Evaluation metrics for explanation maps, with every convention an explicit, printable parameter.
 
-* :mod:`.localization` — box from a map, IoU, MaxBoxAcc, Pointing Game, Energy-based Pointing Game
-* :mod:`.faithfulness` — Average Drop %, Increase in Confidence %, Deletion / Insertion AUC
-* :mod:`.sanity` — cascading model-parameter randomisation (Spearman ρ, SSIM)
-* :mod:`.baselines` — uniform, centre-Gaussian and random maps for every table
-* :mod:`.protocol` — the ``Protocol`` records whose ``describe()`` a report prints with each number
-* :mod:`.similarity` — Spearman rank correlation and SSIM between maps
-* :mod:`._checks`, :mod:`._forward` — input validation and model plumbing shared by the above
+* `.localization` — box from a map, IoU, MaxBoxAcc, Pointing Game, Energy-based Pointing Game
+* `.faithfulness` — Average Drop %, Increase in Confidence %, Deletion / Insertion AUC
+* `.sanity` — cascading model-parameter randomisation (Spearman ρ, SSIM)
+* `.baselines` — uniform, centre-Gaussian and random maps for every table
+* `.protocol` — the ``Protocol`` records whose ``describe()`` a report prints with each number
+* `.similarity` — Spearman rank correlation and SSIM between maps
+* `._checks`, `._forward` — input validation and model plumbing shared by the above
 """
 from ._checks import BoxClippedWarning
 from .baselines import BASELINES, baseline_maps, center_gaussian_map, random_map, uniform_map

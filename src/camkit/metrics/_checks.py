@@ -67,7 +67,7 @@ def as_box_list(gt_boxes: BoxesLike, batch: int, single: bool, size: tuple[int, 
 
     ``gt_boxes`` is an (N, 4) tensor/list for a single (H, W) map, and a length-B sequence of such (or a
     (B, N, 4) tensor) for a (B, H, W) batch. Boxes reaching outside the image are clipped with a
-    :class:`BoxClippedWarning`; boxes left with no area are dropped; an image left with none is an error.
+    `BoxClippedWarning`; boxes left with no area are dropped; an image left with none is an error.
     """
     if single:
         items: Sequence[Any] = [gt_boxes]

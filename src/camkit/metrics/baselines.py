@@ -75,7 +75,7 @@ def baseline_maps(
     device: Device = None,
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
-    """Baseline ``name`` in :data:`BASELINES` ("uniform", "center_gaussian", "random")."""
+    """Baseline ``name`` in `BASELINES` ("uniform", "center_gaussian", "random")."""
     if name not in BASELINES:
         raise InputError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
     if name == "random":

@@ -13,7 +13,7 @@ Conventions (all explicit parameters, defaults from the original papers):
 * The IoU of a map is the best IoU over the image's ground-truth boxes.
 * For a detection, the explained box is the ground truth: ``localization_iou(map, [box])``,
   ``pointing_game(map, [box])``, ``energy_pointing_game(map, [box])``; for a segmentation class,
-  :func:`mask_pointing_game` and :func:`mask_energy` with its mask.
+  `mask_pointing_game` and `mask_energy` with its mask.
 """
 from __future__ import annotations
 
@@ -146,8 +146,8 @@ def threshold_ious(
 ) -> torch.Tensor:
     """Best-match IoU of each map's box at each threshold: (B, T) (or (T,) for one (H, W) map).
 
-    The building block of :func:`localization_iou` and :func:`max_box_acc`; concatenate its rows over
-    batches and call :func:`max_box_acc_from_ious` to get a dataset-level MaxBoxAcc.
+    The building block of `localization_iou` and `max_box_acc`; concatenate its rows over
+    batches and call `max_box_acc_from_ious` to get a dataset-level MaxBoxAcc.
     """
     m, single = as_map_batch(maps, "maps")
     boxes = as_box_list(gt_boxes, m.shape[0], single, tuple(m.shape[-2:]))
@@ -162,7 +162,7 @@ def threshold_ious(
 def localization_iou(
     map: torch.Tensor, gt_boxes: BoxesLike, threshold: float = 0.15, *, connectivity: int = 8
 ) -> torch.Tensor:
-    """IoU between the map's box (:func:`box_from_map`) and the best-matching ground-truth box.
+    """IoU between the map's box (`box_from_map`) and the best-matching ground-truth box.
 
     (H, W) map + (N, 4) boxes -> 0-dim tensor; (B, H, W) maps + B box sets -> (B,).
     """
@@ -192,7 +192,7 @@ def max_box_acc_from_ious(
     *,
     connectivity: int = 8,
 ) -> MaxBoxAccResult:
-    """MaxBoxAcc from an (N, T) table of :func:`threshold_ious` (N images, T thresholds)."""
+    """MaxBoxAcc from an (N, T) table of `threshold_ious` (N images, T thresholds)."""
     ious = torch.as_tensor(ious)
     thr = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
     if ious.ndim == 1:
@@ -223,8 +223,8 @@ def max_box_acc(
     """MaxBoxAcc (Choe et al. 2020, "Evaluating WSOL right") of a batch of maps; see MaxBoxAccResult.
 
     Thresholds are fractions of each map's max (Choe et al. min-max normalise first; identical for
-    camkit maps, whose min is 0). For datasets larger than a batch use :func:`threshold_ious` per batch
-    and :func:`max_box_acc_from_ious` on the concatenation.
+    camkit maps, whose min is 0). For datasets larger than a batch use `threshold_ious` per batch
+    and `max_box_acc_from_ious` on the concatenation.
     """
     ious = threshold_ious(maps, gt_boxes, thresholds, connectivity=connectivity)
     return max_box_acc_from_ious(ious, thresholds, iou, connectivity=connectivity)
@@ -279,7 +279,7 @@ def _hit_share(m: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
 def mask_pointing_game(map: torch.Tensor, mask: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
     """Pointing Game against a region mask: 1.0 if the map's maximum lies in the mask (or within
     ``tolerance`` pixels of it, Euclidean distance between pixel centres), ties shared as in
-    :func:`pointing_game`. ``mask``: bool or float (pixels >= 0.5 are inside), at the map's size.
+    `pointing_game`. ``mask``: bool or float (pixels >= 0.5 are inside), at the map's size.
     """
     if tolerance < 0:
         raise InputError(f"tolerance must be >= 0 pixels, got {tolerance}")

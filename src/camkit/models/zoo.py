@@ -13,9 +13,9 @@ vit_b_16``                  torchvision's file from the torch hub cache (never d
 
 A path must hold a state dict of the exact architecture (strict keys, ``weights_only=True``).
 
-Names with a prefix load from other libraries (see :data:`PREFIXES`): ``timm:NAME``
-(:mod:`camkit.models.timm_loader`), ``hf:DIR`` (:mod:`camkit.models.hf_loader`) and
-``torchvision:NAME`` (:mod:`camkit.models.torchvision_loader`); keyword options go to their builders.
+Names with a prefix load from other libraries (see `PREFIXES`): ``timm:NAME``
+(`camkit.models.timm_loader`), ``hf:DIR`` (`camkit.models.hf_loader`) and
+``torchvision:NAME`` (`camkit.models.torchvision_loader`); keyword options go to their builders.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def register(name: str, entry: ModelEntry) -> None:
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`load`, sorted."""
+    """Names accepted by `load`, sorted."""
     return sorted(_REGISTRY)
 
 
@@ -103,7 +103,7 @@ def load(name: str, weights: Weights = "default", **kwargs: Any) -> PixelModel:
     """Model ``name`` in eval mode, taking RGB pixels in [0, 1] of shape ``(B, 3, H, W)``.
 
     It has ``input_size``, ``default_layer`` and ``categories`` attributes (see
-    :mod:`camkit.models.base`); ``weights`` is described in :mod:`camkit.models.zoo`. Prefixed names
+    `camkit.models.base`); ``weights`` is described in `camkit.models.zoo`. Prefixed names
     (``timm:``, ``hf:``, ``torchvision:``) pass ``kwargs`` to their library's builder.
     """
     prefix, sep, rest = name.partition(":")
