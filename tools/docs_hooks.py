@@ -1,0 +1,196 @@
+"""MkDocs hooks of camkit's site (``mkdocs.yml``: ``hooks: [tools/docs_hooks.py]``).
+
+- Every page's code blocks run while the site builds, with the README's runner
+  (``tools/run_docs.py --work DIR``, one subprocess per page, offline); a failing block fails the
+  build, and the pictures a page's blocks save (``.png``, ``.jpg``, ``.svg``, ``.gif``) are
+  published beside the page, so ``![...](gradient.png)`` under the block that saved it shows what
+  that code drew on this build. A page's run is kept for the life of the process while its text is
+  unchanged (``mkdocs serve`` rebuilds in seconds).
+- ``<!-- generated: cli -->`` in a page becomes the ``--help`` of every ``camkit`` subcommand, read
+  from the argparse parsers (``camkit.cli.build_parser``).
+- ``<!-- generated: http-api -->`` becomes the routes and schemas of ``camkit serve``'s OpenAPI
+  (``camkit.serve.create_app(...).openapi()``), also published as ``openapi.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import posixpath
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mkdocs.exceptions import PluginError
+from mkdocs.structure.files import File, Files
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = ROOT / "tools" / "run_docs.py"
+PICTURES = (".png", ".jpg", ".jpeg", ".svg", ".gif")
+READER_FILES = {"cat.jpg"}  # what the runner puts in the directory as the reader's own files
+_RUNS: dict[str, Path] = {}  # hash of a page's text -> the directory its blocks ran in (this process)
+_TMP = Path(tempfile.mkdtemp(prefix="camkit-site-"))
+
+
+def _has_code(text: str) -> bool:
+    sys.path.insert(0, str(RUNNER.parent))
+    import run_docs
+
+    return any(b.kind != "other" and not b.skip for b in run_docs.blocks_of_text(text))
+
+
+def run_page(path: Path) -> Path:
+    """Run the code blocks of page ``path`` in a directory of their own; return it. Raises
+    `PluginError` with the runner's report when a block failed."""
+    text = path.read_text(encoding="utf-8")
+    key = hashlib.sha256(f"{path}\n{text}".encode()).hexdigest()[:16]
+    if key in _RUNS:
+        return _RUNS[key]
+    work = _TMP / key
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, str(RUNNER), str(path), "--work", str(work)], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    summary = done.stdout[done.stdout.rfind("summary:"):]
+    print(f"camkit docs: ran {path.relative_to(ROOT)}\n{summary}", file=sys.stderr, flush=True)
+    if done.returncode != 0:
+        raise PluginError(f"a code block of {path} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
+    _RUNS[key] = work
+    return work
+
+
+def on_files(files: Files, config: Any) -> Files:
+    """Run each page's blocks; publish their pictures beside the page; add ``openapi.json``."""
+    for page in list(files.documentation_pages()):
+        path = Path(page.abs_src_path)
+        if not _has_code(path.read_text(encoding="utf-8")):
+            continue
+        work = run_page(path)
+        for out in sorted(work.iterdir()):
+            if out.suffix.lower() not in PICTURES or out.name in READER_FILES:
+                continue
+            uri = posixpath.join(posixpath.dirname(page.src_uri), out.name)
+            if files.get_file_from_path(uri) is not None:
+                raise PluginError(f"{page.src_uri}'s blocks wrote {out.name}, which another page or file already "
+                                  f"publishes as {uri}: give it a name of its own")
+            files.append(File.generated(config, uri, abs_src_path=str(out)))
+    files.append(File.generated(config, "openapi.json", content=json.dumps(openapi(), indent=1)))
+    return files
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
+    """Fill the ``<!-- generated: ... -->`` markers."""
+    if "<!-- generated: cli -->" in markdown:
+        markdown = markdown.replace("<!-- generated: cli -->", cli_reference())
+    if "<!-- generated: http-api -->" in markdown:
+        markdown = markdown.replace("<!-- generated: http-api -->", http_reference(openapi()))
+    return markdown
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def cli_reference() -> str:
+    """Markdown: the ``camkit`` parser's help, then each subcommand's, as argparse prints them."""
+    from camkit.cli import build_parser
+
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "100"  # argparse wraps at the terminal's width: the same page everywhere
+    try:
+        parser = build_parser()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parts = ["## camkit\n", "```text\n" + parser.format_help().rstrip() + "\n```\n"]
+        for name, p in sub.choices.items():
+            parts += [f"## camkit {name}\n", "```text\n" + p.format_help().rstrip() + "\n```\n"]
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------- HTTP API
+_OPENAPI: dict[str, Any] = {}
+
+
+def openapi() -> dict[str, Any]:
+    """``camkit serve``'s OpenAPI document (the app built on the bundled digits ResNet; the routes
+    and schemas do not depend on the models served)."""
+    if not _OPENAPI:
+        import camkit
+        from camkit.serve import create_app
+
+        app = create_app({"digits_resnet": camkit.models.load("digits_resnet")})
+        _OPENAPI.update(app.openapi())
+    return _OPENAPI
+
+
+def _type(schema: Any, spec: dict[str, Any]) -> str:
+    if not isinstance(schema, dict):
+        return "any"
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return f"[{name}](#{name.lower()})"
+    if "anyOf" in schema:
+        return " or ".join(_type(s, spec) for s in schema["anyOf"])
+    if schema.get("type") == "array":
+        return f"array of {_type(schema.get('items', {}), spec)}"
+    if schema.get("type") == "object" and isinstance(schema.get("additionalProperties"), dict):
+        return f"object of {_type(schema['additionalProperties'], spec)}"
+    return "file" if schema.get("format") == "binary" else schema.get("type", "any")
+
+
+def _cell(text: Any) -> str:
+    return " ".join(str(text or "").split()).replace("|", "\\|")
+
+
+def _properties(schema: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    required = set(schema.get("required", ()))
+    rows = ["| field | type | required | description |", "|---|---|---|---|"]
+    for name, prop in schema.get("properties", {}).items():
+        default = f" (default `{prop['default']}`)" if "default" in prop else ""
+        rows.append(f"| `{name}` | {_type(prop, spec)} | {'yes' if name in required else 'no'} | "
+                    f"{_cell(prop.get('description', prop.get('title', '')))}{default} |")
+    return rows
+
+
+def http_reference(spec: dict[str, Any]) -> str:
+    """Markdown: each route (method, path, summary, form fields, answers), then each schema."""
+    out: list[str] = [f"OpenAPI {spec.get('openapi', '')}, {spec['info']['title']} {spec['info'].get('version', '')}; "
+                      "the document itself: [openapi.json](openapi.json).\n"]
+    schemas = spec.get("components", {}).get("schemas", {})
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            out.append(f"### `{method.upper()} {path}`\n")
+            if op.get("summary"):
+                out.append(f"**{op['summary']}**\n")
+            if op.get("description"):
+                out.append(op["description"].strip() + "\n")
+            params = op.get("parameters", [])
+            if params:
+                out += ["| parameter | in | type | required | description |", "|---|---|---|---|---|"]
+                out += [f"| `{p['name']}` | {p['in']} | {_type(p.get('schema', {}), spec)} | "
+                        f"{'yes' if p.get('required') else 'no'} | {_cell(p.get('description'))} |" for p in params]
+                out.append("")
+            body = op.get("requestBody", {}).get("content", {})
+            for ctype, media in body.items():
+                schema = media.get("schema", {})
+                if "$ref" in schema:
+                    schema = schemas.get(schema["$ref"].rsplit("/", 1)[-1], {})
+                out.append(f"Request body: `{ctype}`\n")
+                out += _properties(schema, spec) + [""]
+            out += ["| status | answer |", "|---|---|"]
+            for code, resp in op.get("responses", {}).items():
+                media = resp.get("content", {}).get("application/json", {})
+                kind = f" ({_type(media['schema'], spec)})" if media.get("schema") else ""
+                out.append(f"| {code} | {_cell(resp.get('description'))}{kind} |")
+            out.append("")
+    out.append("## Schemas\n")
+    for name, schema in schemas.items():
+        out.append(f"### {name}\n")
+        if schema.get("description"):
+            out.append(schema["description"].strip() + "\n")
+        out += _properties(schema, spec) + [""]
+    return "\n".join(out)
