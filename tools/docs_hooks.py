@@ -8,16 +8,23 @@
   unchanged (``mkdocs serve`` rebuilds in seconds).
 - ``<!-- generated: cli -->`` in a page becomes the ``--help`` of every ``camkit`` subcommand, read
   from the argparse parsers (``camkit.cli.build_parser``).
+- ``<!-- generated: methods -->`` becomes the table of every registered method: its family page,
+  class, ``output``, ``cost`` and ``expensive``, read from the classes (`camkit.list_methods`).
+- ``<!-- generated: protocols -->`` becomes every metric's `Protocol`: its name, its fields with
+  their defaults (each a convention a published number depends on) and its references.
 - ``<!-- generated: http-api -->`` becomes the routes and schemas of ``camkit serve``'s OpenAPI
   (``camkit.serve.create_app(...).openapi()``), also published as ``openapi.json``.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import json
 import os
 import posixpath
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +39,10 @@ RUNNER = ROOT / "tools" / "run_docs.py"
 PICTURES = (".png", ".jpg", ".jpeg", ".svg", ".gif")
 READER_FILES = {"cat.jpg"}  # what the runner puts in the directory as the reader's own files
 _RUNS: dict[str, Path] = {}  # hash of a page's text -> the directory its blocks ran in (this process)
+_PAGES: dict[str, Path] = {}  # a page's src_uri -> the directory its blocks ran in (this build)
 _TMP = Path(tempfile.mkdtemp(prefix="camkit-site-"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
+_OUTPUT = re.compile(r"<!--\s*output:\s*([\w.-]+)\s*-->")
 
 
 def _has_code(text: str) -> bool:
@@ -69,6 +79,7 @@ def on_files(files: Files, config: Any) -> Files:
         if not _has_code(path.read_text(encoding="utf-8")):
             continue
         work = run_page(path)
+        _PAGES[page.src_uri] = work
         for out in sorted(work.iterdir()):
             if out.suffix.lower() not in PICTURES or out.name in READER_FILES:
                 continue
@@ -82,9 +93,22 @@ def on_files(files: Files, config: Any) -> Files:
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:
-    """Fill the ``<!-- generated: ... -->`` markers."""
+    """Fill the ``<!-- generated: ... -->`` markers, and each ``<!-- output: NAME -->`` with the
+    Markdown file NAME that the page's own blocks wrote (a table a block computed, say)."""
+    def output(m: re.Match) -> str:
+        work = _PAGES.get(page.file.src_uri)
+        found = work / m.group(1) if work is not None else None
+        if found is None or not found.is_file():
+            raise PluginError(f"{page.file.src_uri}: <!-- output: {m.group(1)} --> names a file its code blocks did not write")
+        return re.sub(r"^(#+) ", r"\1## ", found.read_text(encoding="utf-8"), flags=re.M)  # its headings under the page's
+
+    markdown = _OUTPUT.sub(output, markdown)
     if "<!-- generated: cli -->" in markdown:
         markdown = markdown.replace("<!-- generated: cli -->", cli_reference())
+    if "<!-- generated: methods -->" in markdown:
+        markdown = markdown.replace("<!-- generated: methods -->", methods_table())
+    if "<!-- generated: protocols -->" in markdown:
+        markdown = markdown.replace("<!-- generated: protocols -->", protocols())
     if "<!-- generated: http-api -->" in markdown:
         markdown = markdown.replace("<!-- generated: http-api -->", http_reference(openapi()))
     return markdown
@@ -100,15 +124,59 @@ def cli_reference() -> str:
     try:
         parser = build_parser()
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parts = ["## camkit\n", "```text\n" + parser.format_help().rstrip() + "\n```\n"]
+        parts = ["### camkit\n", "```text\n" + parser.format_help().rstrip() + "\n```\n"]
         for name, p in sub.choices.items():
-            parts += [f"## camkit {name}\n", "```text\n" + p.format_help().rstrip() + "\n```\n"]
+            parts += [f"### camkit {name}\n", "```text\n" + p.format_help().rstrip() + "\n```\n"]
     finally:
         if old is None:
             os.environ.pop("COLUMNS", None)
         else:
             os.environ["COLUMNS"] = old
     return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------------------- methods
+#: the module a method class lives in -> its family page (methods/*.md)
+FAMILIES = {"gradient": "gradient", "shapley": "gradient", "scorecam": "perturbation", "ablation": "perturbation",
+            "eigen": "components", "eigengrad": "components", "kpca": "components", "fem": "components",
+            "randomcam": "components", "dff": "dff", "fullgrad": "pixel", "guided": "pixel", "meta": "meta",
+            "sess": "meta", "legrad": "legrad"}
+
+
+def methods_table() -> str:
+    """Markdown: one row per registered method, read from its class's declarations."""
+    import camkit
+    from camkit.methods import get
+
+    rows = ["| name | class | family | output | cost | expensive |", "|---|---|---|---|---|---|"]
+    for name in camkit.list_methods():
+        cls = get(name)
+        family = cls.__module__.split(".")[2]
+        page = FAMILIES.get(family)
+        if page is None:
+            raise PluginError(f"method {name!r} lives in camkit.methods.{family}, which has no family page: "
+                              "add it to FAMILIES in tools/docs_hooks.py and describe it on that page")
+        rows.append(f"| `{name}` | `camkit.{cls.__name__}` | [{page}]({page}.md) | `{cls.output}` | "
+                    f"{_cell(cls.cost)} | {'yes' if cls.expensive else 'no'} |")
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------------------- protocols
+def protocols() -> str:
+    """Markdown: per metric family, the default `Protocol` record as a table of its conventions."""
+    import dataclasses
+
+    from camkit import metrics
+
+    out: list[str] = []
+    for cls in (metrics.LocalizationProtocol, metrics.ConfidenceProtocol, metrics.PerturbationProtocol,
+                metrics.RandomizationProtocol):
+        record = cls()
+        out += [f"### {cls.NAME}\n", f"`camkit.metrics.{cls.__name__}`; references: {cls.REFERENCE}\n",
+                "| convention | default |", "|---|---|"]
+        out += [f"| `{f.name}` | `{_cell(repr(getattr(record, f.name)))}` |" for f in dataclasses.fields(record)]
+        out += ["", f"One line, as reports print it: `{_cell(record.describe())}`", ""]
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------- HTTP API
@@ -187,7 +255,7 @@ def http_reference(spec: dict[str, Any]) -> str:
                 kind = f" ({_type(media['schema'], spec)})" if media.get("schema") else ""
                 out.append(f"| {code} | {_cell(resp.get('description'))}{kind} |")
             out.append("")
-    out.append("## Schemas\n")
+    out.append("### Schemas\n")
     for name, schema in schemas.items():
         out.append(f"### {name}\n")
         if schema.get("description"):
