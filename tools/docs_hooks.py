@@ -35,6 +35,7 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # the references describe the camkit beside this file, not another installed one
 RUNNER = ROOT / "tools" / "run_docs.py"
 PICTURES = (".png", ".jpg", ".jpeg", ".svg", ".gif")
 READER_FILES = {"cat.jpg"}  # what the runner puts in the directory as the reader's own files

@@ -8,6 +8,7 @@
     camkit list
     camkit train-digits [names...]
     camkit serve --models efficientnet_lite0,digits_resnet [--port 8000]
+    camkit docs [--port 8000] [--build DIR]
 
 Exit status: 0 on success, 1 on an error (a one-line message in the command's flags, no traceback
 unless ``--debug``), 130 when interrupted (a bench can be resumed by running the same command again),
@@ -15,7 +16,7 @@ unless ``--debug``), 130 when interrupted (a bench can be resumed by running the
 
 Modules, one subcommand (or a close pair) each, every one owning its parser and its ``cmd_*``:
 `.explain` (``explain``, ``--task classify|detect|segment``), `.bench` (``bench``, ``report``),
-`.demo`, `.serve`, `.catalog` (``list``, ``train-digits``), `.layers` (``layers``),
+`.demo`, `.serve`, `.docs` (``docs``: build and serve this site), `.catalog` (``list``, ``train-digits``), `.layers` (``layers``),
 `.common` (helpers and option groups they share), `.phrasing` (the library's messages in the
 command's flags). This module only assembles them and runs one.
 """
@@ -30,7 +31,7 @@ from typing import Optional
 from camkit import __version__
 from camkit.errors import CamkitError
 
-from . import bench, catalog, demo, explain, layers, serve
+from . import bench, catalog, demo, docs, explain, layers, serve
 from .common import set_threads
 from .phrasing import cli_warnings, to_cli
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.add_list_parser(sub)
     serve.add_parser(sub)
     catalog.add_train_digits_parser(sub)
+    docs.add_parser(sub)
     return p
 
 
