@@ -17,8 +17,11 @@ from ..errors import CamkitError
 #: target kinds of the records: the predicted class, the least predicted class, the true class
 #: (only when it differs from the predicted one, i.e. for misclassified images).
 TARGET_KINDS: tuple[str, ...] = ("top1", "least", "true")
+"""What a bench explains per image: the predicted class, the least predicted one and, when the
+prediction is wrong, the true class."""
 BASELINE_PREFIX = "baseline:"
 BASELINES: tuple[str, ...] = ("uniform", "center_gaussian", "random")
+"""The baseline maps in every table, as `baseline:NAME` rows (`camkit.metrics.BASELINES`)."""
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ def register_engine(name: str, factory: Callable[..., Engine]) -> None:
 
 
 def list_engines() -> list[str]:
+    """The names of the registered engines: `local`, `ray` (needs the ray extra) and any added by `register_engine`."""
     return list(_ENGINES)
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import CamkitError
 
+#: the `--data` forms a bench takes -> what each is
 DATASETS = {
     "samples": "the bundled real photos (scikit-image, matplotlib, scikit-learn) with ImageNet labels and boxes",
     "digits[:N]": "N generated 64x64 digits images with exact boxes (default 100; test split, seed 1)",

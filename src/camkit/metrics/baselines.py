@@ -28,7 +28,8 @@ def _size(size: Size) -> tuple[int, ...]:
 
 
 def uniform_map(size: Size, *, device: Device = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """All ones."""
+    """The uniform baseline: ones of `size` `(H, W)` or `(B, H, W)`: a map that says "everywhere"
+    (its box is the whole image; its pointing game hits with the share of the image the boxes cover)."""
     return torch.ones(_size(size), device=device, dtype=dtype)
 
 
@@ -61,6 +62,7 @@ def random_map(
     return torch.rand(s, generator=generator, device=gen_device, dtype=dtype).to(device or gen_device)
 
 
+#: the baseline maps every bench table carries, by name: `uniform_map`, `center_gaussian_map`, `random_map`
 BASELINES: dict[str, Callable[..., torch.Tensor]] = {
     "uniform": uniform_map,
     "center_gaussian": center_gaussian_map,

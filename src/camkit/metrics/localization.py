@@ -47,6 +47,7 @@ __all__ = [
 
 #: Choe et al. 2020 sweep: 0.00, 0.01, ..., 0.99 (cam_curve_interval = 0.01).
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(i * 0.01, 2) for i in range(100))
+"""MaxBoxAcc's thresholds, fractions of each map's maximum: 0.00, 0.01, ..., 0.99 (Choe et al. 2020)."""
 
 TIE_TOLERANCE = 1e-6  # relative: pixels this close to the maximum tie in the pointing game
 

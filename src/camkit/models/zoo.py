@@ -59,6 +59,7 @@ def list_models() -> list[str]:
 
 
 #: name prefix -> (module, loader function, what the prefixed names mean)
+#: model-name prefixes -> (loader module, loader function, one line of help): `timm:`, `hf:`, `torchvision:`
 PREFIXES: dict[str, tuple[str, str, str]] = {
     "timm": ("camkit.models.timm_loader", "load_timm",
              "timm:NAME[.TAG]  any timm architecture, weights=PATH to a checkpoint (pip install 'camkit[timm]')"),

@@ -58,6 +58,10 @@ class RowTarget:
 
 
 TargetSpec = Union[None, int, Sequence[int], torch.Tensor, TopK, BottomK, RowTarget, ScoreFn, Sequence[ScoreFn]]
+"""What `targets=` accepts: None (each image's top-1 class), an int (that class for every image), B ints
+(one per image), a `(B,)` / `(B, K)` tensor of classes, `TopK(k)` / `BottomK(k)`, a `RowTarget`
+(`Segmentation`, `Detection`, `ReST`, `Contrast`), a callable `output -> (B,) scores`, or B callables
+(one per image, each given that image's row of the output)."""
 
 
 @dataclass
