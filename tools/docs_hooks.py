@@ -28,8 +28,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
@@ -53,9 +54,9 @@ def _has_code(text: str) -> bool:
     return any(b.kind != "other" and not b.skip for b in run_docs.blocks_of_text(text))
 
 
-def run_page(path: Path) -> Path:
-    """Run the code blocks of page ``path`` in a directory of their own; return it. Raises
-    `PluginError` with the runner's report when a block failed."""
+def run_page(path: Path, threads: Optional[int] = None) -> Path:
+    """Run the code blocks of page ``path`` in a directory of their own (torch limited to ``threads``
+    threads when given); return it. Raises `PluginError` with the runner's report when a block failed."""
     text = path.read_text(encoding="utf-8")
     key = hashlib.sha256(f"{path}\n{text}".encode()).hexdigest()[:16]
     if key in _RUNS:
@@ -63,6 +64,8 @@ def run_page(path: Path) -> Path:
     work = _TMP / key
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     done = subprocess.run([sys.executable, str(RUNNER), str(path), "--work", str(work)], cwd=ROOT, env=env,
                           capture_output=True, text=True)
     summary = done.stdout[done.stdout.rfind("summary:"):]
@@ -74,12 +77,14 @@ def run_page(path: Path) -> Path:
 
 
 def on_files(files: Files, config: Any) -> Files:
-    """Run each page's blocks; publish their pictures beside the page; add ``openapi.json``."""
-    for page in list(files.documentation_pages()):
-        path = Path(page.abs_src_path)
-        if not _has_code(path.read_text(encoding="utf-8")):
-            continue
-        work = run_page(path)
+    """Run each page's blocks (``CAMKIT_DOCS_JOBS`` pages at once, default: up to 2, each with one
+    torch thread); publish their pictures beside the page; add ``openapi.json``."""
+    pages = [page for page in files.documentation_pages()
+             if _has_code(Path(page.abs_src_path).read_text(encoding="utf-8"))]
+    jobs = max(1, int(os.environ.get("CAMKIT_DOCS_JOBS", min(2, os.cpu_count() or 1))))
+    with ThreadPoolExecutor(jobs) as pool:
+        works = list(pool.map(lambda page: run_page(Path(page.abs_src_path), threads=1 if jobs > 1 else None), pages))
+    for page, work in zip(pages, works):
         _PAGES[page.src_uri] = work
         for out in sorted(work.iterdir()):
             if out.suffix.lower() not in PICTURES or out.name in READER_FILES:
