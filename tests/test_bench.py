@@ -158,7 +158,7 @@ def _per_image(recs: list[dict], model: str, method: str, key: str) -> dict[int,
             out[r["index"]] = 100.0 * (r["o"] > r["y"])
         elif key == "maxboxacc" and r["box_ious"]:
             out[r["index"]] = [float(v >= 0.5) for v in r["box_ious"]]
-        elif key in ("iou", "pointing", "energy", "deletion", "insertion", "sanity") and r[key] is not None:
+        elif key in ("iou", "pointing", "energy", "deletion", "insertion", "road", "arcc", "sanity") and r[key] is not None:
             out[r["index"]] = r[key]
     return out
 
@@ -172,7 +172,7 @@ def _bootstrap(values: np.ndarray) -> np.ndarray:
 
 
 METHODS = ["gradcam", "layercam", "baseline:uniform", "baseline:center_gaussian", "baseline:random"]
-KEYS = ["iou", "average_drop", "increase", "pointing", "energy", "maxboxacc", "deletion", "insertion", "iou_least",
+KEYS = ["iou", "average_drop", "increase", "pointing", "energy", "maxboxacc", "deletion", "insertion", "road", "arcc", "iou_least",
         "sanity"]
 
 

@@ -168,10 +168,12 @@ def test_demo_parts_cover_the_survey_setup():
     photos, digits = demo_parts()
     assert photos.config.models == ("efficientnet_lite0",) and photos.config.data == "samples"
     assert digits.config.models == ("digits_resnet", "digits_vgg", "digits_vit")
-    assert digits.config.methods == resolve_methods("all")
-    expensive = {m for m in resolve_methods("all") if camkit.methods.get(m).expensive}
+    assert digits.config.methods == photos.config.methods == resolve_methods("all")
+    expensive = {m for m in resolve_methods("all", include_expensive=True) if camkit.methods.get(m).expensive}
     assert "scorecam" in expensive and "sess" in expensive
-    assert set(resolve_methods("all")) - set(photos.config.methods) == expensive  # documented time cut
+    assert set(resolve_methods("all", include_expensive=True)) - set(photos.config.methods) == expensive
+    assert all(m in photos.config.note for m in expensive) and "dff" in photos.config.note  # with the reasons
+    assert set(demo_parts(include_expensive=True)[1].config.methods) >= expensive
 
 
 def test_run_demo_writes_index_and_tables(tmp_path):

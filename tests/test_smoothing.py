@@ -77,9 +77,13 @@ def test_every_cam_method_takes_both_options_with_topk(one_thread):
                     camkit.create(name, model, layer="feat", **kw)
                 continue
             layer = "auto" if name == "fullgrad" else "feat"
-            e = camkit.create(name, model, layer=layer, **kw).explain(x, targets=camkit.TopK(2))
+            method = camkit.create(name, model, layer=layer, **kw)
+            e = method.explain(x, targets=camkit.TopK(2))
             assert e.maps.shape == (2, 2, 8, 8), (name, kw)
             assert torch.isfinite(e.maps).all() and e.maps.max() <= 1 and e.maps.min() >= 0, (name, kw)
+            for k in range(2):  # the k-th map is the map of the k-th class, named explicitly
+                one = method.explain(x, targets=e.targets[:, k])
+                torch.testing.assert_close(e.maps[:, k], one.maps, atol=1e-5, rtol=0, msg=lambda m: f"{name} {kw} {k}: {m}")
 
 
 def _view_back(m: torch.Tensor, size, flip: bool) -> torch.Tensor:

@@ -124,6 +124,19 @@ def test_detector_scores_are_differentiable_in_eval_mode(frcnn):
     assert not frcnn.training and out[0]["scores"].requires_grad
     (g,) = torch.autograd.grad(out[0]["scores"][0], store["1"])
     assert g.abs().sum() > 0
+    # and through camkit: its Detection target's scores reach the layer (a detached score would give no
+    # gradient: NoGradientError), with the gradient plain autograd gives for the same score
+    x = torch.rand(1, 3, 160, 200, generator=torch.Generator().manual_seed(5))
+    e = camkit.GradCAM(frcnn, layer="backbone.body[1]").explain(x, Detection.each(min_score=0.0))
+    h = frcnn.backbone.body.register_forward_hook(lambda _m, _i, o: store.update(o))
+    try:
+        with torch.enable_grad():
+            out = frcnn(x)
+    finally:
+        h.remove()
+    (g,) = torch.autograd.grad(out[0]["scores"][0], store["1"])
+    assert e.weights[0, 0].abs().sum() > 0
+    assert_rel(e.weights[0, 0], g.mean((2, 3))[0])
 
 
 def test_faster_rcnn_gradcam_each_detection_equals_hand(frcnn):

@@ -12,7 +12,7 @@ from typing import Any
 
 from .targets import BottomK, TopK
 from .errors import (
-    CamkitError, InputError, LayerNotFoundError, NoGradientError, TargetError, UnsupportedModelError,
+    CamkitError, InputError, LayerNotFoundError, NoGradientError, TargetError, UnsupportedModelError, ZeroGradientWarning,
 )
 from .methods import (
     CAM, BaseCAM, Explanation, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, SmoothGradCAMPlusPlus,
@@ -42,4 +42,5 @@ __all__ = [
     "GradCAMElementWise", "ShapleyCAM", "KPCACAM", "FEM", "SegEigenCAM", "RandomCAM", "DFF",
     "SSCAM", "ISCAM", "FinerCAM", "RefineCAM", "SESS", "LeGrad",
     "CamkitError", "InputError", "LayerNotFoundError", "NoGradientError", "TargetError", "UnsupportedModelError",
+    "ZeroGradientWarning",
 ]

@@ -27,3 +27,7 @@ class NoGradientError(CamkitError, RuntimeError):
 
 class UnsupportedModelError(CamkitError, ValueError):
     """The model's structure does not allow the requested method (e.g. CAM without a GAP+linear head)."""
+
+
+class ZeroGradientWarning(UserWarning):
+    """The explained score's gradient at the target layer is exactly zero: the map is blank."""

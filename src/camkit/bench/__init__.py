@@ -2,9 +2,10 @@
 
 Modules, one idea each: `.config` (what and how), `.sources` (models and data by name),
 `.plan` (shards with stable keys), `.runner` (one shard -> records, pure),
-`.store` (append-only JSONL), `.engines` (where shards run; `.ray_engine` on a Ray
-cluster), `.report` (tables from records), `.stats` (bootstrap intervals and paired
+`.store` (append-only JSONL), `.lock` (one writer per run directory),
+`.engines` (where shards run; `.ray_engine` on a Ray cluster), `.report` (tables from records), `.stats` (bootstrap intervals and paired
 tests), `.evidence` (how sure each number is: intervals, tests against the baselines),
+`.verdict` (which map to trust: the rule applied to the tables' tests),
 `.figures`, `.html`, `.session` (all of it end to end), `.demo`.
 """
 from .config import BASELINES, TARGET_KINDS, BenchConfig, Protocol

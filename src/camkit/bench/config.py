@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..errors import CamkitError
+from ..metrics import check_percentiles
 
 #: target kinds of the records: the predicted class, the least predicted class, the true class
 #: (only when it differs from the predicted one, i.e. for misclassified images).
@@ -53,6 +54,13 @@ class Protocol:
     #: model-randomisation sanity check: rank correlation of each top-1 map with the map of the same
     #: class on a copy of the model whose parameters are all re-initialised (Adebayo et al. 2018)
     sanity: bool = True
+    #: ROAD combined (Rong et al. 2022) for the target kinds of ``perturbation_kinds``: percent of
+    #: pixels removed (pytorch-grad-cam's ARCC set; the paper's 10..90 cost 2.25x more), imputation noise
+    road: bool = True
+    road_percentiles: tuple[float, ...] = (20.0, 40.0, 60.0, 80.0)
+    road_noise: float = 0.01
+    #: ARCC (complexity, coherency, ROAD; harmonic mean) of the top-1 maps: one more map per image
+    arcc: bool = True
     #: keyword options per method, e.g. ``{"scorecam": {"batch_size": 64}}``
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the methods' model forward: "fp32", or "bf16" / "fp16" autocast; channels-last memory format
@@ -63,6 +71,8 @@ class Protocol:
         if self.precision not in ("fp32", "bf16", "fp16") or not isinstance(self.channels_last, bool):
             raise CamkitError(f"precision must be 'fp32', 'bf16' or 'fp16' and channels_last a bool, got "
                               f"{self.precision!r}, {self.channels_last!r}")
+        if self.road:
+            check_percentiles(self.road_percentiles, "road_percentiles")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
@@ -98,6 +108,13 @@ class Protocol:
             f"Deletion / Insertion AUC: {self.perturbation_steps} steps, deletion substrate "
             f"{self.deletion_substrate!r}, insertion substrate {self.insertion_substrate!r}, {self.score} "
             f"score, for target kinds {list(self.perturbation_kinds)} (Petsiuk et al. 2018).",
+            (f"ROAD combined: mean over {list(self.road_percentiles)} % of pixels removed of (LeRF - MoRF) / 2, "
+             f"{self.score} score, removed pixels imputed from their 8 neighbours + N(0, {self.road_noise}^2) noise "
+             f"(seed {self.seed}), for target kinds {list(self.perturbation_kinds)} (Rong et al. 2022)."
+             if self.road else "ROAD: off."),
+            ("ARCC: harmonic mean of coherency ((Pearson(map, map of image x map) + 1) / 2), 1 - complexity "
+             "(mean of the map) and clip(2 x ROAD combined, 0, 1), top-1 maps (arXiv 2605.14641)."
+             if self.arcc and self.road else "ARCC: off."),
             f"Baselines: {', '.join(self.baselines)} maps (random: seeded per image from seed {self.seed}).",
             (f"Sanity: Spearman rank correlation of each top-1 map with the map of the same class on a copy of "
              f"the model with every parameter re-initialised (seed {self.seed + 1000}); a map that ignores the model "

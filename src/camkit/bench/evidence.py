@@ -9,6 +9,7 @@ bootstrap p-values, Holm's correction over the methods of one model x metric.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import stats
+from ..errors import CamkitError
+from ..methods import get
 from .config import BASELINE_PREFIX
 
 ALPHA = 0.05
-PAIRWISE_METRICS = ("iou", "deletion", "insertion")
+PAIRWISE_METRICS = ("iou", "deletion", "insertion", "road")
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,16 @@ class BaselineTest:
     beats_every_baseline: bool
 
 
+@functools.lru_cache(maxsize=None)
 def is_baseline(method: str) -> bool:
-    return method.startswith(BASELINE_PREFIX)
+    """A baseline map (``baseline:NAME``) or a method that declares itself a sanity baseline
+    (``baseline = True``: RandomCAM): compared against, never recommended."""
+    if method.startswith(BASELINE_PREFIX):
+        return True
+    try:
+        return bool(getattr(get(method), "baseline", False))
+    except CamkitError:  # a name no longer registered (an old run's records)
+        return False
 
 
 def better_direction(diff: float, better: str) -> bool:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .evidence import PAIRWISE_METRICS
-from .report import LEGEND, Column, Summary, column_n, fmt, interval_text
+from .evidence import PAIRWISE_METRICS, is_baseline
+from .report import LEGEND, Column, Summary, column_n, fmt, identical_lines, interval_text, row_label
 from .sources import model_label, random_weights, random_weights_warning
 
 Record = dict[str, Any]
@@ -21,6 +21,9 @@ GALLERY_ROWS = 8
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;max-width:1500px}
+.scroll{max-width:100%;overflow-x:auto}
+.verdict{border:2px solid #1b5e20;background:#f1f8e9;padding:.4em 1em;margin:1em 0}
+.verdict.none{border-color:#a00;background:#fff5f5}
 table{border-collapse:collapse;margin:.6em 0 1.4em;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:center;vertical-align:middle}
 th{background:#f2f2f2}td.l,th.l{text-align:left}
@@ -42,6 +45,11 @@ class FigureRef:
     caption: str
 
 
+def _scroll(table: str) -> str:
+    """A table in a box as wide as the page that scrolls sideways: wide tables never widen the page."""
+    return f'<div class="scroll">{table}</div>'
+
+
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -53,7 +61,7 @@ def _img(path: Optional[str], alt: str) -> str:
 
 
 def _best(s: Summary, col: Column, model: str) -> Optional[float]:
-    vals = [s.values[(col.key, model, m)] for m in s.methods if not m.startswith("baseline:")]
+    vals = [s.values[(col.key, model, m)] for m in s.methods if not is_baseline(m)]
     vals = [v for v in vals if v is not None]
     if not vals:
         return None
@@ -63,7 +71,7 @@ def _best(s: Summary, col: Column, model: str) -> Optional[float]:
 def _metric_cell(s: Summary, c: Column, m: str, method: str, best: Optional[float]) -> str:
     v = s.values[(c.key, m, method)]
     text = "n/a" if v is None and (m, method) in s.errors else fmt(v, c.decimals)
-    cls = ' class="best"' if v is not None and v == best and not method.startswith("baseline:") else ""
+    cls = ' class="best"' if v is not None and v == best and not is_baseline(method) else ""
     title = f' title="{esc(s.errors[(m, method)])}"' if (m, method) in s.errors else ""
     iv = s.intervals.get((c.key, m, method))
     extra = ""
@@ -83,10 +91,10 @@ def metric_table(s: Summary, cols: Sequence[Column]) -> str:
     count = '<tr><td class="l small">n (images)</td>' + "".join(
         f'<td class="small">{column_n(s, c, m)}</td>' for c in cols for m in s.models) + "</tr>"
     best = {(c.key, m): _best(s, c, m) for c in cols for m in s.models}
-    rows = [f'<tr><td class="l">{esc(method)}</td>'
+    rows = [f'<tr><td class="l">{esc(row_label(s, method))}</td>'
             + "".join(_metric_cell(s, c, m, method, best[(c.key, m)]) for c in cols for m in s.models) + "</tr>"
             for method in s.methods]
-    return f"<table>{top}{sub}{count}{''.join(rows)}</table>"
+    return _scroll(f"<table>{top}{sub}{count}{''.join(rows)}</table>")
 
 
 def _signed(v: float, decimals: int, plus: str = "+") -> str:
@@ -123,7 +131,7 @@ def pairwise_tables(s: Summary) -> str:
                     cells.append(f'<td{cls}>{_signed(c.diff, col.decimals)}<br><span class="ci">{esc(iv)}</span></td>')
                 rows.append(f'<tr><td class="l">{esc(a)}</td>{"".join(cells)}</tr>')
             out.append(f"<h3>{esc(model_label(m))}: {esc(col.label)} {'↑' if col.better == 'higher' else '↓'}</h3>"
-                       f"<table>{head}{''.join(rows)}</table>")
+                       + _scroll(f"<table>{head}{''.join(rows)}</table>"))
     return "".join(out) or '<p class="small">Fewer than two methods.</p>'
 
 
@@ -131,8 +139,8 @@ def _accuracy_table(s: Summary) -> str:
     rows = "".join(
         f'<tr><td class="l">{esc(model_label(m))}</td><td>{s.images.get(m, 0)}</td><td>{s.correct.get(m, 0)}</td>'
         f"<td>{esc(fmt(s.accuracy(m), 2))}</td></tr>" for m in s.models)
-    return ("<table><tr><th class='l'>Model</th><th>Images</th><th>Correct</th><th>Top-1 accuracy %</th></tr>"
-            f"{rows}</table>")
+    return _scroll("<table><tr><th class='l'>Model</th><th>Images</th><th>Correct</th><th>Top-1 accuracy %</th></tr>"
+                   f"{rows}</table>")
 
 
 def _timing_table(s: Summary) -> str:
@@ -142,7 +150,7 @@ def _timing_table(s: Summary) -> str:
         cells = "".join(
             f"<td>{esc(fmt(s.timing[(m, method)] * 1000, 1)) if (m, method) in s.timing else '—'}</td>" for m in s.models)
         rows.append(f'<tr><td class="l">{esc(method)}</td>{cells}</tr>')
-    return f"<table><tr><th class='l'>Method (ms per image, map only)</th>{head}</tr>{''.join(rows)}</table>"
+    return _scroll(f"<table><tr><th class='l'>Method (ms per image, map only)</th>{head}</tr>{''.join(rows)}</table>")
 
 
 def _figures(figs: Sequence[FigureRef]) -> str:
@@ -184,7 +192,7 @@ def _methods_gallery(g: _Gallery, model: str, rows: list[Record], methods: Seque
         "<tr>" + _image_cell(r) + "".join(
             f"<td>{_img(g.overlay(model, r['image'], m, kind), m + ' ' + r['image'])}</td>" for m in methods) + "</tr>"
         for r in rows)
-    return f"<table>{head}{body}</table>"
+    return _scroll(f"<table>{head}{body}</table>")
 
 
 def _pair_gallery(g: _Gallery, model: str, rows: list[Record], method: str) -> str:
@@ -196,7 +204,7 @@ def _pair_gallery(g: _Gallery, model: str, rows: list[Record], method: str) -> s
         f"<tr>{_image_cell(r)}<td>{esc(r['pred_name'])}</td><td>{_img(g.overlay(model, r['image'], method, 'top1'), 'predicted')}</td>"
         f"<td>{esc(r['true_name'])}</td><td>{_img(g.overlay(model, r['image'], method, 'true'), 'actual')}</td></tr>"
         for r in rows)
-    return f"<table>{head}{body}</table>"
+    return _scroll(f"<table>{head}{body}</table>")
 
 
 def galleries(records: Sequence[Record], s: Summary) -> str:
@@ -220,6 +228,25 @@ def galleries(records: Sequence[Record], s: Summary) -> str:
     return "".join(out)
 
 
+def _verdict(s: Summary) -> str:
+    """The report's headline: which map to trust per model (the verdict), and the rule."""
+    if not s.verdict:
+        return ""
+    lines, rule = s.verdict[:-1], s.verdict[-1]
+    none = all("trust " not in line for line in lines)
+    items = "".join(f"<li>{esc(line)}</li>" for line in lines)
+    return (f'<div class="verdict{" none" if none else ""}"><h2>Which map to trust</h2><ul>{items}</ul>'
+            f'<p class="small">{esc(rule)}</p></div>')
+
+
+def _identical(s: Summary) -> str:
+    lines = identical_lines(s)
+    if not lines:
+        return ""
+    items = "".join(f"<li>{esc(line)}</li>" for line in lines[:-1])
+    return f'<h2>Identical rows</h2><ul>{items}</ul><p class="small">{esc(lines[-1])}</p>'
+
+
 def render(s: Summary, records: Sequence[Record], figures: Sequence[FigureRef], info: dict[str, Any]) -> str:
     """The whole page. ``info``: run facts shown at the top (strings or numbers)."""
     facts = "".join(f"<tr><td class='l'>{esc(k)}</td><td class='l'>{esc(v)}</td></tr>" for k, v in info.items())
@@ -234,7 +261,8 @@ def render(s: Summary, records: Sequence[Record], figures: Sequence[FigureRef], 
 <html lang="en"><head><meta charset="utf-8"><title>camkit benchmark</title><style>{STYLE}</style></head>
 <body>
 <h1>camkit benchmark</h1>
-<table>{facts}</table>
+{_verdict(s)}
+{_scroll(f"<table>{facts}</table>")}
 {warnings}
 <h2>Table 8: localisation and confidence (predicted class)</h2>
 {metric_table(s, s.table8)}
@@ -242,6 +270,7 @@ def render(s: Summary, records: Sequence[Record], figures: Sequence[FigureRef], 
 {metric_table(s, s.more)}
 <p class="small">{esc(LEGEND.replace(chr(92), ""))} Bold: best method per column (baselines excluded). n/a: the method
 cannot run on the model (hover for why).</p>
+{_identical(s)}
 <h2>Which methods can be told apart</h2>
 <ul>{"".join(f"<li><b>{esc(model_label(m))}</b>: {esc(s.findings(m))}</li>" for m in s.models)}</ul>
 <p class="small">Each method against the best baseline map of every model and metric: significance.csv.</p>

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Optional
 
 from ..errors import CamkitError
 from ..methods import get, list_methods
@@ -69,22 +70,53 @@ def is_map_method(name: str) -> bool:
     return get(name).output == "cam"
 
 
-def resolve_methods(spec: Iterable[str] | str) -> tuple[str, ...]:
-    """``"all"`` -> every registered map method; else the names, canonicalised by the registry."""
+LEFT_OUT = "left out: "  # how a run's note lists the methods --methods all left out ("; " between them)
+
+_OUTPUTS = {
+    "attribution": "signed pixel attributions, not [0, 1] maps (shown in the Guided Grad-CAM figure)",
+    "concepts": "maps of concepts found in the activations, not of a class",
+}
+
+
+def leave_out_reason(name: str, task: str = "classification", include_expensive: bool = False) -> Optional[str]:
+    """Why the benchmark's tables of ``task`` leave method ``name`` out (None: they keep it; the text has
+    no ";", which separates the reasons in a run's note), read from its attributes: ``output`` other than ``"cam"``, ``tasks`` without ``task``, or ``expensive`` (kept
+    when ``include_expensive``)."""
+    cls = get(name)
+    if cls.output != "cam":
+        what = _OUTPUTS.get(cls.output, f"output kind {cls.output!r}")
+        return f"{name}: output={cls.output!r}, {what}, so the map metrics do not apply"
+    if task not in cls.tasks:
+        return f"{name}: designed for {', '.join(cls.tasks) or 'no target task'} (tasks), not {task}"
+    if cls.expensive and not include_expensive:
+        return f"{name}: expensive ({cls.cost.replace(';', ',')}), add --include-expensive or name it in --methods"
+    return None
+
+
+def select_methods(spec: Iterable[str] | str, include_expensive: bool = False,
+                   task: str = "classification") -> tuple[tuple[str, ...], list[str]]:
+    """(methods to run, one line per registered method left out and why). ``"all"``: every registered
+    method whose `leave_out_reason` is None; named methods run even when expensive, and a named
+    method the tables cannot hold is an error saying why."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if names == ["all"]:
-        return tuple(m for m in list_methods() if is_map_method(m))
-    out = []
+        reasons = {m: leave_out_reason(m, task, include_expensive) for m in list_methods()}
+        return tuple(m for m, r in reasons.items() if r is None), [r for r in reasons.values() if r is not None]
+    out: list[str] = []
     for n in names:
         canonical = get(n).name  # raises a readable error for unknown names
-        if not is_map_method(canonical):
-            raise CamkitError(
-                f"{canonical} returns signed attributions, not [0, 1] maps, so the map metrics do not apply; "
-                "it is shown in the report's Guided Grad-CAM figure instead"
-            )
+        reason = leave_out_reason(canonical, task, include_expensive=True)
+        if reason is not None:
+            raise CamkitError(f"cannot benchmark {reason}")
         if canonical not in out:
             out.append(canonical)
-    return tuple(out)
+    return tuple(out), []
+
+
+def resolve_methods(spec: Iterable[str] | str, include_expensive: bool = False) -> tuple[str, ...]:
+    """``"all"`` -> every registered method the classification tables hold (expensive ones only with
+    ``include_expensive``); else the names, canonicalised by the registry. See `select_methods`."""
+    return select_methods(spec, include_expensive)[0]
 
 
 def make_plan(config: BenchConfig, n_images: int, done: frozenset[str] = frozenset()) -> list[Shard]:

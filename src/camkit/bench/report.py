@@ -26,7 +26,7 @@ import numpy as np
 
 from . import stats
 from .config import BASELINE_PREFIX, BenchConfig
-from .evidence import ALPHA, PAIRWISE_METRICS, BaselineTest, Family, Interval, findings, significance_csv
+from .evidence import ALPHA, PAIRWISE_METRICS, BaselineTest, Family, Interval, findings, is_baseline, significance_csv
 from .sources import model_label, random_weights, random_weights_warning
 from .stats import Comparison
 
@@ -95,6 +95,8 @@ def columns(protocol_iou: float = 0.5) -> tuple[list[Column], list[Column]]:
         Column("maxboxacc", f"MaxBoxAcc (IoU>={protocol_iou})", "higher", 4, _hits(protocol_iou)),
         Column("deletion", "Deletion AUC", "lower", 4, _field("deletion")),
         Column("insertion", "Insertion AUC", "higher", 4, _field("insertion")),
+        Column("road", "ROAD combined", "higher", 4, _field("road")),
+        Column("arcc", "ARCC", "higher", 4, _field("arcc")),
         Column("iou_least", "IoU, least predicted class", "lower", 4, _field("iou"), "least"),
         Column("sanity", "Rank corr. with randomised model", "lower", 4, _field("sanity")),
     ]
@@ -142,6 +144,21 @@ class Summary:
     tests: list[BaselineTest] = field(default_factory=list)  # each method vs the best baseline map
     pairwise: dict[tuple[str, str], dict[tuple[str, str], Comparison]] = field(default_factory=dict)  # (key, model)
     groups: dict[tuple[str, str], tuple[Optional[str], list[str], list[str]]] = field(default_factory=dict)
+    identical: dict[str, list[list[str]]] = field(default_factory=dict)  # model -> groups of methods with equal rows
+    verdict: list[str] = field(default_factory=list)  # "which map to trust" lines, then the rule (set by the session)
+
+    def same_as(self, method: str) -> Optional[str]:
+        """The first method of ``method``'s group of identical rows, when it is the same on every model
+        where ``method`` has records (None when it leads its group or differs somewhere)."""
+        leads = []
+        for model in self.models:
+            if (model, method) not in self.counts:
+                continue
+            g = next((g for g in self.identical.get(model, []) if method in g), None)
+            if g is None or g[0] == method:
+                return None
+            leads.append(g[0])
+        return leads[0] if leads and len(set(leads)) == 1 else None
 
     def accuracy(self, model: str) -> Optional[float]:
         n = self.images.get(model, 0)
@@ -158,6 +175,55 @@ class Summary:
         """A paragraph: which methods beat the baselines and which can be told apart (see `.evidence`)."""
         groups = {k: g for (k, m), g in self.groups.items() if m == model}
         return findings(model, self.tests, groups, lambda k: self.column(k).label)
+
+
+IDENTICAL_REASON = ("equal per-image values on every metric, so the maps coincide: on a head that averages the "
+                    "layer over positions into a linear classifier (global average pooling), Grad-CAM, XGrad-CAM, "
+                    "HiResCAM and CAM weight every channel alike up to one factor, which the normalisation removes")
+SAME_TOL = 1e-4  # identical maps still differ by float noise (1e-5 in deletion AUC: near-tied pixels swap order)
+_SAME_FIELDS = ("iou", "pointing", "energy", "y", "o", "deletion", "insertion", "road", "arcc", "sanity")
+
+
+def identical_rows(groups: dict[tuple[str, str], list[Record]], models: Sequence[str],
+                   methods: Sequence[str]) -> dict[str, list[list[str]]]:
+    """Per model, the groups (of 2 or more, in table order) of methods whose records hold equal values
+    (within `SAME_TOL`) for every image, target kind and metric: identical maps."""
+    out: dict[str, list[list[str]]] = {}
+    for model in models:
+        rows = {}
+        for me in methods:
+            recs = groups.get((model, me))
+            if recs and not is_baseline(me):
+                rows[me] = {(r["index"], r["kind"]): np.array([np.nan if r.get(f) is None else float(r[f])
+                                                               for f in _SAME_FIELDS]) for r in recs}
+        found: list[list[str]] = []
+        for me, row in rows.items():
+            for g in found:
+                lead = rows[g[0]]
+                if lead.keys() == row.keys() and all(
+                        np.allclose(lead[k], row[k], rtol=0, atol=SAME_TOL, equal_nan=True) for k in row):
+                    g.append(me)
+                    break
+            else:
+                found.append([me])
+        same = [g for g in found if len(g) > 1]
+        if same:
+            out[model] = same
+    return out
+
+
+def row_label(s: Summary, method: str) -> str:
+    """The method's name, with ``(= leader)`` when its row equals an earlier one on every model."""
+    lead = s.same_as(method)
+    return f"{method} (= {lead})" if lead else method
+
+
+def identical_lines(s: Summary) -> list[str]:
+    """One line per model with identical rows, then the reason once ([] when there are none)."""
+    if not s.identical:
+        return []
+    lines = [f"{model_label(m)}: " + "; ".join(" = ".join(g) for g in gs) for m, gs in s.identical.items()]
+    return lines + [f"Why: {IDENTICAL_REASON}."]
 
 
 def _ordered(seen: Sequence[str], preferred: Sequence[str]) -> list[str]:
@@ -191,7 +257,9 @@ def summarize(records: list[Record], config: BenchConfig, problems: Optional[dic
     models = _ordered(sorted(seen_models), config.models)
     seen_methods = {r["method"] for r in maps} | {r["method"] for r in errs if ":" not in r["method"]
                                                    or r["method"].startswith(BASELINE_PREFIX)}
-    methods = _ordered(sorted(seen_methods - set(baselines)), config.methods) + [b for b in baselines if b in seen_methods]
+    ordered = _ordered(sorted(seen_methods - set(baselines)), config.methods)
+    methods = ([m for m in ordered if not is_baseline(m)] + [m for m in ordered if is_baseline(m)]  # RandomCAM
+               + [b for b in baselines if b in seen_methods])
     groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
     for r in maps:
         groups[(r["model"], r["method"])].append(r)
@@ -217,6 +285,7 @@ def summarize(records: list[Record], config: BenchConfig, problems: Optional[dic
         errors={(r["model"], r["method"]): r["error"] for r in errs},
         timing=timing, counts=counts, protocol=config.protocol.describe() + report_protocol(), data=config.data,
         note=config.note, problems=dict(problems or {}), intervals=intervals, tests=tests, pairwise=pairwise, groups=top,
+        identical=identical_rows(groups, models, methods),
     )
 
 
@@ -254,7 +323,7 @@ def _md_table(s: Summary, cols: list[Column]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines.append("| n (images) | " + " | ".join(str(column_n(s, c, m)) for c in cols for m in s.models) + " |")
     for method in s.methods:
-        row = [method] + [_cell(s, c, m, method) for c in cols for m in s.models]
+        row = [row_label(s, method)] + [_cell(s, c, m, method) for c in cols for m in s.models]
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -265,7 +334,7 @@ def _plural(n: int, word: str) -> str:
 
 def run_counts(methods: Sequence[str]) -> str:
     """``"3 methods and 3 baselines"``: the rows of the tables, counted by kind."""
-    n_base = sum(m.startswith(BASELINE_PREFIX) for m in methods)
+    n_base = sum(is_baseline(m) for m in methods)
     text = _plural(len(methods) - n_base, "method")
     return text + (f" and {_plural(n_base, 'baseline')}" if n_base else "")
 
@@ -281,11 +350,17 @@ def markdown(s: Summary) -> str:
            f"Data: `{s.data}`; models: {', '.join(model_label(m) for m in s.models)}; "
            f"{run_counts(s.methods)}." + (f" Note: {s.note}" if s.note else ""), ""]
     out += [line for m in s.models if random_weights(m) for line in (f"**Warning: {random_weights_warning(m)}.**", "")]
+    if s.verdict:
+        out += ["## Which map to trust", ""] + [f"- {line}" for line in s.verdict[:-1]] + ["", s.verdict[-1], ""]
     out += ["## Table 8: localisation and confidence (predicted class)", ""]
     out += _md_table(s, s.table8)
     out += ["", "## Further metrics (predicted class unless stated)", ""]
     out += _md_table(s, s.more)
-    out += ["", LEGEND, "", "## Which methods can be told apart", ""]
+    out += ["", LEGEND, ""]
+    same = identical_lines(s)
+    if same:
+        out += ["## Identical rows", ""] + [f"- {line}" for line in same] + [""]
+    out += ["## Which methods can be told apart", ""]
     out += [f"- **{model_label(m)}**: {s.findings(m)}" for m in s.models]
     out += ["", "Every comparison of each method with the best baseline map: `significance.csv`."]
     out += ["", "## Classification accuracy", "", "| Model | Images | Correct | Top-1 accuracy % |", "|---|---|---|---|"]

@@ -20,12 +20,13 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import inspect
 import time
 import traceback
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -33,9 +34,9 @@ from torch import nn
 from .. import metrics
 from ..core.outputs import to_logits
 from ..errors import CamkitError
-from ..methods import create
+from ..methods import create, get
 from .config import BASELINE_PREFIX, BenchConfig
-from .plan import FIGURES, PREDICTIONS, Shard, record_key
+from .plan import FIGURES, LEFT_OUT, PREDICTIONS, Shard, record_key
 from .sources import Source, load_model, load_source
 
 Record = dict[str, Any]
@@ -145,17 +146,45 @@ def _baseline(name: str, b: Batch, seed: int) -> torch.Tensor:
 
 
 def _maps(model: nn.Module, method: str, b: Batch, config: BenchConfig,
-          targets: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, list[str]]:
-    """(B, K, H, W) maps of ``targets`` (default ``b.targets``) and the explained layer names."""
+          targets: Optional[torch.Tensor] = None, x: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, list[str]]:
+    """(B, K, H, W) maps of ``targets`` (default ``b.targets``) on ``x`` (default ``b.x``) and the
+    explained layer names."""
     targets = b.targets if targets is None else targets
     if method.startswith(BASELINE_PREFIX):
         m = _baseline(method[len(BASELINE_PREFIX):], b, config.protocol.seed)
         return m[:, None].expand(-1, targets.shape[1], -1, -1), []
+    e = _method(model, method, config).explain(b.x if x is None else x, targets=targets)
+    return e.maps.float(), list(e.layers)
+
+
+def method_factory(method: str, config: BenchConfig) -> Callable[[nn.Module], Any]:
+    """``model -> the method on it`` with the run's options and ``layer="auto"`` (the zoo model's
+    default_layer; FullGrad: every biased conv / BatchNorm layer). The maps of the tables and the
+    randomisation curve both come from it, so both explain the same layers."""
     p = config.protocol
     options = {"precision": p.precision, "channels_last": p.channels_last, **p.method_options.get(method, {})}
-    # "auto": the zoo model's default_layer; FullGrad: every biased conv / BatchNorm layer
-    e = create(method, model, layer="auto", **options).explain(b.x, targets=targets)
-    return e.maps.float(), list(e.layers)
+    return functools.partial(create, method, layer="auto", **options)
+
+
+def _method(model: nn.Module, method: str, config: BenchConfig) -> Any:
+    return method_factory(method, config)(model)
+
+
+def method_seed(method: str, config: BenchConfig) -> Optional[int]:
+    """The seed a stochastic method draws from in this run (RandomCAM, SS-CAM, Smooth Grad-CAM++ ...):
+    its ``seed`` option, else its default; None for deterministic methods and the baseline maps."""
+    if method.startswith(BASELINE_PREFIX):
+        return None
+    given = config.protocol.method_options.get(method, {})
+    if "seed" in given:
+        return given["seed"]
+    for cls in get(method).__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            param = inspect.signature(init).parameters.get("seed")
+            if param is not None and param.default is not inspect.Parameter.empty:
+                return param.default
+    return None
 
 
 @functools.lru_cache(maxsize=2)
@@ -187,7 +216,8 @@ def _with_boxes(b: Batch) -> list[int]:
 
 
 def _metrics(model: nn.Module, b: Batch, maps: torch.Tensor, config: BenchConfig) -> list[dict[str, list[Any]]]:
-    """Per target kind: metric name -> per-image values (None where a metric does not apply)."""
+    """Per target kind: metric name -> per-image values (None where a metric does not apply).
+    ROAD combined for the kinds of ``perturbation_kinds``."""
     p = config.protocol
     n = len(b.indices)
     has_box = _with_boxes(b)
@@ -215,12 +245,32 @@ def _metrics(model: nn.Module, b: Batch, maps: torch.Tensor, config: BenchConfig
         if kind in CONFIDENCE_KINDS:
             cc = metrics.confidence_change(model, b.x, m, t, space=p.space, score=p.score, batch_size=batch)
             vals["y"], vals["o"] = cc.y.tolist(), cc.o.tolist()
+        vals["road"] = [None] * n
+        if kind in p.perturbation_kinds and p.road:
+            vals["road"] = metrics.road(model, b.x, m, t, percentiles=p.road_percentiles, noise=p.road_noise,
+                                        score=p.score, space=p.space, batch_size=batch, seed=p.seed).combined.tolist()
         if kind in p.perturbation_kinds:
             common = dict(steps=p.perturbation_steps, score=p.score, space=p.space, batch_size=batch, seed=p.seed)
             vals["deletion"] = metrics.deletion_auc(model, b.x, m, t, substrate=p.deletion_substrate, **common).auc.tolist()
             vals["insertion"] = metrics.insertion_auc(model, b.x, m, t, substrate=p.insertion_substrate, **common).auc.tolist()
         out.append(vals)
     return out
+
+
+def _arcc(model: nn.Module, method: str, b: Batch, maps: torch.Tensor, road: list[Optional[float]],
+          config: BenchConfig) -> dict[str, list[Any]]:
+    """Per image of the top-1 maps ``maps`` (B, H, W): complexity, coherency (the method re-run on the
+    image x its map) and ARCC from the run's ROAD combined (`camkit.metrics.arcc`)."""
+    n = len(b.indices)
+    if not (config.protocol.arcc and config.protocol.road) or any(r is None for r in road):
+        return {"complexity": [None] * n, "coherency": [None] * n, "arcc": [None] * n}
+    top1 = b.targets[:, :1]
+    explain = lambda x, t: _maps(model, method, b, config, targets=top1, x=x)[0][:, 0]  # noqa: E731
+    comp = metrics.complexity(maps)
+    coh = metrics.coherency(explain, b.x, maps, top1[:, 0], space=config.protocol.space)
+    r = (2 * torch.tensor(road, dtype=torch.float32)).clamp(0, 1)
+    value = metrics.harmonic_arcc(coh, comp, r)
+    return {"complexity": comp.tolist(), "coherency": coh.tolist(), "arcc": value.tolist()}
 
 
 _WARMED: set[tuple[str, str, str]] = set()
@@ -252,11 +302,13 @@ def _map_records(shard: Shard, method: str, model: nn.Module, b: Batch, config: 
     _sync(device)
     t1 = time.perf_counter()
     per_kind = _metrics(model, b, maps, config)
+    per_kind[0].update(_arcc(model, method, b, maps[:, 0], per_kind[0]["road"], config))
     sanity = _sanity(shard, method, b, maps, config)
     t2 = time.perf_counter()
     n = len(b.indices)
     cats = getattr(model, "categories", None)
     proto = config.protocol.as_dict()
+    seed = method_seed(method, config)
     out = []
     for j, (i, s) in enumerate(zip(b.indices, b.samples)):
         for k, kind in enumerate(b.kinds):
@@ -273,6 +325,7 @@ def _map_records(shard: Shard, method: str, model: nn.Module, b: Batch, config: 
                 "drop": max(0.0, y - o) / y * 100 if y is not None and y > 0 else None,
                 "increase": None if y is None else o > y,
                 "time_map_s": (t1 - t0) / n, "time_metrics_s": (t2 - t1) / n, "protocol": proto,
+                "method_seed": seed, "road_seed": config.protocol.seed if config.protocol.road else None,
             }
             if kind in GALLERY_KINDS and _gallery(config, i, b.correct[j]):
                 picture = viz.overlay(s.image, maps[j, k])
@@ -281,12 +334,16 @@ def _map_records(shard: Shard, method: str, model: nn.Module, b: Batch, config: 
     return out
 
 
-def _unit(shard: Shard, method: str) -> Record:
-    return {"type": "unit", "key": shard.unit(method), "model": shard.model, "method": method}
+def _unit(shard: Shard, method: str, records: Sequence[Record] = ()) -> list[Record]:
+    """A unit's records, each tagged with its unit key, then the unit marker with their count: a store
+    that lost one of them (a corrupted line) sees the unit as not done (`ResultStore.incomplete`)."""
+    key = shard.unit(method)
+    return [*({**r, "unit": key} for r in records),
+            {"type": "unit", "key": key, "model": shard.model, "method": method, "records": len(records)}]
 
 
-def _error(shard: Shard, method: str, exc: BaseException) -> Record:
-    last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+def _error(shard: Shard, method: str, exc: Optional[BaseException]) -> Record:
+    last = traceback.extract_tb(exc.__traceback__)[-1] if exc is not None and exc.__traceback__ else None
     where = f" ({last.filename.rsplit('/', 1)[-1]}:{last.lineno})" if last else ""
     return {"type": "error", "key": f"{shard.unit(method)}|error", "model": shard.model, "method": method,
             "start": shard.start, "stop": shard.stop, "error": f"{type(exc).__name__}: {exc}{where}"}
@@ -296,34 +353,39 @@ def run_shard(shard: Shard, config: BenchConfig) -> Iterator[Record]:
     """Compute a shard's records (units already in ``shard.done`` are not recomputed), each unit's
     records followed by its ``unit`` marker."""
     if shard.kind == FIGURES:
-        yield from _run_figures(shard, config)
+        yield from _unit(shard, FIGURES, list(_figure_records(shard, config)))
         return
     device = torch.device(config.device)
     model = load_model(shard.model, config.device)
     source = load_source(config.data)
     items, skipped = _read(source, range(shard.start, shard.stop))
     pending = [m for m in shard.methods if shard.unit(m) not in shard.done]
-    if shard.unit(PREDICTIONS) not in shard.done:
-        for rec in skipped:
-            yield {**rec, "key": record_key(shard.model, "-", rec["image"], "skip"), "model": shard.model}
+    skips = [{**rec, "key": record_key(shard.model, "-", rec["image"], "skip"), "model": shard.model}
+             for rec in skipped]
     if not items:
-        for method in [PREDICTIONS] + pending:
-            yield _unit(shard, method)
+        if shard.unit(PREDICTIONS) not in shard.done:
+            yield from _unit(shard, PREDICTIONS, skips)
+        for method in pending:
+            yield from _unit(shard, method)
         return
     _sync(device)
     t0 = time.perf_counter()
     b = _predict(model, items, device)
     _sync(device)
     if shard.unit(PREDICTIONS) not in shard.done:
-        yield from _image_records(shard.model, model, b, config, time.perf_counter() - t0)
-        yield _unit(shard, PREDICTIONS)
+        yield from _unit(shard, PREDICTIONS, skips + _image_records(shard.model, model, b, config, time.perf_counter() - t0))
     for method in pending:
+        unmet = [] if method.startswith(BASELINE_PREFIX) else get(method).unmet_requirements(model)
+        if unmet:  # left out with the reason, not run into an error
+            yield {**_error(shard, method, None), "left_out": True,
+                   "error": f"{LEFT_OUT}{method} needs {'; '.join(unmet)}, which {shard.model} does not have"}
+            yield _unit(shard, method)
+            continue
         try:
             records = _map_records(shard, method, model, b, config)
         except Exception as exc:  # a method that cannot run on this model is a result, not a crash
             records = [_error(shard, method, exc)]
-        yield from records
-        yield _unit(shard, method)
+        yield from _unit(shard, method, records)
 
 
 def _first_readable(source: Source, config: BenchConfig, count: int) -> list[tuple[int, Any]]:
@@ -337,7 +399,7 @@ def _first_readable(source: Source, config: BenchConfig, count: int) -> list[tup
     return found
 
 
-def _run_figures(shard: Shard, config: BenchConfig) -> Iterator[Record]:
+def _figure_records(shard: Shard, config: BenchConfig) -> Iterator[Record]:
     from . import figures
 
     model = load_model(shard.model, config.device)
@@ -362,7 +424,6 @@ def _run_figures(shard: Shard, config: BenchConfig) -> Iterator[Record]:
             yield {"type": "figure", "key": f"{shard.model}|{FIGURES}|{name}", "model": shard.model,
                    "figure": name, "caption": caption, "artifacts": {f"{name}.png": _b64(png)}}
         yield _randomization_record(shard, model, b, config, config.curve_images or len(b.indices))
-    yield _unit(shard, FIGURES)
 
 
 def _randomization_record(shard: Shard, model: nn.Module, b: Batch, config: BenchConfig, images: int) -> Record:
@@ -370,14 +431,12 @@ def _randomization_record(shard: Shard, model: nn.Module, b: Batch, config: Benc
     per method, the mean over the first ``images`` images of the Spearman correlation after each step."""
     x, targets = b.x[:images], b.targets[:images, 0].tolist()
     layers = metrics.default_randomization_layers(model)
-    layer = getattr(model, "default_layer", "auto")
     curves: dict[str, list[float]] = {}
     failed: dict[str, str] = {}
     for method in shard.methods:
         if method.startswith(BASELINE_PREFIX):
             continue
-        options = config.protocol.method_options.get(method, {})
-        factory = functools.partial(create, method, layer=layer, **options)
+        factory = method_factory(method, config)
         try:
             res = metrics.randomization_test(factory, model, x, targets,
                                              layers=layers, seed=config.protocol.seed + SANITY_SEED_OFFSET)

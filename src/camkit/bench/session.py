@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -26,10 +27,12 @@ from . import figures as figs
 from .config import BenchConfig
 from .engines import get_engine
 from .html import FigureRef, render
-from .plan import make_plan
-from .report import Summary, csv_text, interval_text, markdown, significance_text, summarize
+from .lock import directory_lock
+from .plan import LEFT_OUT, make_plan
+from .report import Summary, csv_text, markdown, significance_text, summarize
 from .sources import load_model, load_source, model_label
 from .store import RESULTS, ResultStore, _safe, read_records
+from .verdict import verdict_lines
 
 RUN_FILE = "run.json"
 
@@ -97,10 +100,16 @@ def run_bench(
     progress: bool = True,
     engine_options: Optional[dict[str, Any]] = None,
 ) -> BenchResult:
-    """Run (or resume) the benchmark into ``out_dir`` and write its report."""
+    """Run (or resume) the benchmark into ``out_dir`` and write its report; the directory is locked
+    for the whole run (`directory_lock`: a second run on it stops at once, naming this one)."""
+    with directory_lock(out_dir):
+        return _run_locked(config, Path(out_dir), resume, engine, progress, engine_options)
+
+
+def _run_locked(config: BenchConfig, out: Path, resume: bool, engine: str, progress: bool,
+                engine_options: Optional[dict[str, Any]]) -> BenchResult:
     from tqdm import tqdm
 
-    out = Path(out_dir)
     _check_resume(out, config, resume)
     source = load_source(config.data)  # fail early on bad (or no) data and models (loaded once, cached)
     for model in config.models:
@@ -111,6 +120,10 @@ def run_bench(
                                               "problems": source.problems, "images": len(source)}, indent=2))
     t0 = time.perf_counter()
     with ResultStore(out) as store:
+        if store.dropped:
+            warnings.warn(f"{store.path}: {store.dropped} unreadable line(s) dropped (corrupted, or cut off by an "
+                          f"interrupted run); {len(store.incomplete)} unit(s) that lost a record to them will be "
+                          "recomputed", stacklevel=3)
         shards = make_plan(config, len(source), frozenset(store.done_units))
         pending = sum(len([u for u in s.units() if u not in s.done]) for s in shards)
         bar = tqdm(total=pending, unit="unit", desc="bench", disable=not progress, dynamic_ncols=True)
@@ -187,6 +200,7 @@ def write_report(out_dir: str | os.PathLike[str], config: Optional[BenchConfig] 
         problems = run.get("problems", {}) if problems is None else problems
     records, dropped = read_records(out / RESULTS)
     summary = summarize(records, config, problems)
+    summary.verdict = verdict_lines(summary)
     _atomic_write(out / "table.md", markdown(summary))
     _atomic_write(out / "table.csv", csv_text(summary))
     _atomic_write(out / "significance.csv", significance_text(summary))
@@ -197,7 +211,7 @@ def write_report(out_dir: str | os.PathLike[str], config: Optional[BenchConfig] 
         "models": ", ".join(model_label(m) for m in summary.models),
         "methods": ", ".join(summary.methods),
         "records": len(records),
-        "torn lines dropped": dropped,
+        "unreadable lines dropped (their units rerun on resume)": dropped,
         "images skipped (unreadable)": len(summary.skipped),
         "tables": "table.md, table.csv (same numbers, with intervals), significance.csv (tests against the baselines)",
     }
@@ -213,16 +227,17 @@ def summary_text(result: BenchResult) -> str:
         acc = s.accuracy(m)
         lines.append(f"  {model_label(m)}: {s.images.get(m, 0)} images, accuracy "
                      f"{'—' if acc is None else f'{acc:.1f} %'}")
-        best = [(s.values[('iou', m, me)], me) for me in s.methods
-                if not me.startswith("baseline:") and s.values[("iou", m, me)] is not None]
-        if best:
-            v, me = max(best)
-            lines.append(f"    best IoU: {me} {v:.4f} {interval_text(s.intervals.get(('iou', m, me)), 4)}".rstrip())
     if s.skipped:
         lines.append(f"  unreadable images skipped: {len(s.skipped)}")
-    if s.errors:
-        lines.append(f"  methods that could not run: {len(s.errors)} (see the report)")
+    if s.note.startswith(LEFT_OUT):
+        lines += [f"  left out {why}" for why in s.note[len(LEFT_OUT):].split("; ")]
+    left_out = {k: v for k, v in s.errors.items() if v.startswith(LEFT_OUT)}
+    for (model, method), why in sorted(left_out.items()):
+        lines.append(f"  {model_label(model)} / {why}")
+    if len(s.errors) > len(left_out):
+        lines.append(f"  methods that could not run: {len(s.errors) - len(left_out)} (see the report)")
     lines.append(f"  table:  {result.table}")
     lines.append(f"  report: {result.report}")
+    lines += ["", "Which map to trust:"] + [f"  {line}" for line in s.verdict[:-1]] + [s.verdict[-1]]
     return "\n".join(lines)
 

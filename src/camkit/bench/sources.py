@@ -100,15 +100,16 @@ def _weights_advice(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def load_model(spec: str, device: str = "cpu") -> nn.Module:
-    """The zoo model of ``spec`` in eval mode on ``device`` (cached per process)."""
+def load_model(spec: str, device: str = "cpu", options: tuple[tuple[str, Any], ...] = ()) -> nn.Module:
+    """The zoo model of ``spec`` in eval mode on ``device`` (cached per process); ``options`` the builder's
+    keyword options as ``(key, value)`` pairs (``monai:densenet121`` with ``(("in_channels", 1),)``)."""
     from .. import models
 
     name, weights = parse_model_spec(spec)
     with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore")  # "randomly initialised" is what name=random asks for
         torch.manual_seed(0)  # random weights are the same in every process (local, Ray workers)
-        model = models.load(name, weights=weights)
+        model = models.load(name, weights=weights, **dict(options))
     return model.to(torch.device(device)).eval()
 
 

@@ -4,7 +4,9 @@
 ``unit`` marker (the end of a unit of work), so a killed run loses at most the unit in flight.
 Reading drops a torn last line (a record cut off mid-write); opening for append also cuts it from
 the file, so the next record starts on a fresh line. Records are keyed: a key already in the store
-is not written again, so rerunning a half-done unit adds no duplicate.
+is not written again, so rerunning a half-done unit adds no duplicate. Each record names its unit
+(`unit`) and the unit's marker counts them (`records`): a unit that lost a record to a corrupted line
+is not done (`ResultStore.incomplete`) and runs again, writing only what is missing.
 
 Binary artifacts (overlays, figures) travel inside records as base64 under ``artifacts``; the store
 writes them to files next to the results (``artifacts/...``, names from a hash of the record key,
@@ -18,6 +20,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Optional
@@ -51,6 +54,14 @@ def read_records(path: str | os.PathLike[str]) -> tuple[list[Record], int]:
         else:
             dropped += 1
     return records, dropped
+
+
+def incomplete_units(records: list[Record]) -> set[str]:
+    """Keys of the unit markers that count more records (`records`) than the store holds tagged with
+    their key (`unit`): a record was lost, e.g. to a corrupted line, so the unit must run again."""
+    have = Counter(r["unit"] for r in records if "unit" in r)
+    return {r["key"] for r in records if r.get("type") == "unit" and isinstance(r.get("records"), int)
+            and have[r["key"]] < r["records"]}
 
 
 def _finite(obj: Any) -> Any:
@@ -93,7 +104,8 @@ class ResultStore:
         self.path = self.dir / RESULTS
         records, self.dropped = read_records(self.path)
         self.keys: set[str] = {r["key"] for r in records}
-        self.done_units: set[str] = {r["key"] for r in records if r.get("type") == "unit"}
+        self.incomplete: set[str] = incomplete_units(records)  # markers that lost a record: recompute
+        self.done_units: set[str] = {r["key"] for r in records if r.get("type") == "unit"} - self.incomplete
         self.written = 0
         self._file: Optional[Any] = None
 

@@ -3,6 +3,7 @@
     camkit explain IMAGE... --model NAME [--method gradcam[,layercam]] [-o DIR]
     camkit layers MODEL [--size H W]
     camkit bench --models A,B --methods all --data digits --limit 100 -o DIR
+    camkit recommend --model NAME [--data digits] [--limit 32]
     camkit demo [-o DIR]
     camkit report DIR
     camkit list
@@ -16,7 +17,7 @@ unless ``--debug``), 130 when interrupted (a bench can be resumed by running the
 
 Modules, one subcommand (or a close pair) each, every one owning its parser and its ``cmd_*``:
 `.explain` (``explain``, ``--task classify|detect|segment``), `.bench` (``bench``, ``report``),
-`.demo`, `.serve`, `.docs` (``docs``: build and serve this site), `.catalog` (``list``, ``train-digits``), `.layers` (``layers``),
+`.recommend` (``recommend``: a small bench and its verdict), `.demo`, `.serve`, `.docs` (``docs``: build and serve this site), `.catalog` (``list``, ``train-digits``), `.layers` (``layers``),
 `.common` (helpers and option groups they share), `.phrasing` (the library's messages in the
 command's flags). This module only assembles them and runs one.
 """
@@ -31,7 +32,7 @@ from typing import Optional
 from camkit import __version__
 from camkit.errors import CamkitError
 
-from . import bench, catalog, demo, docs, explain, layers, serve
+from . import bench, catalog, demo, docs, explain, layers, recommend, serve
 from .common import set_threads
 from .phrasing import cli_warnings, to_cli
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_parser(sub)
     layers.add_parser(sub)
     bench.add_bench_parser(sub)
+    recommend.add_parser(sub)
     demo.add_parser(sub)
     bench.add_report_parser(sub)
     catalog.add_list_parser(sub)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
-from camkit.bench import BenchConfig, Protocol, list_engines, resolve_methods, run_bench, summary_text, write_report
+from camkit.bench import BenchConfig, Protocol, list_engines, run_bench, summary_text, write_report
+from camkit.bench.lock import directory_lock
+from camkit.bench.plan import LEFT_OUT, select_methods
 from camkit.bench.sources import random_weights, random_weights_warning
 from camkit.errors import CamkitError
 
@@ -19,7 +22,10 @@ def _add_run_options(b: argparse.ArgumentParser) -> None:
     """What runs, and where its records go."""
     b.add_argument("--models", required=True, help="comma-separated zoo names (or timm:NAME, hf:DIR, torchvision:NAME), "
                    "each optionally NAME=WEIGHTS")
-    b.add_argument("--methods", default="all", help="'all' or comma-separated method names (default: all)")
+    b.add_argument("--methods", default="all", help="'all' or comma-separated method names (default: all: every "
+                   "method the classification tables hold, expensive ones only with --include-expensive)")
+    b.add_argument("--include-expensive", action="store_true",
+                   help="with --methods all: also run the expensive methods (Score-CAM, SS-CAM, IS-CAM, SESS)")
     b.add_argument("--data", default="digits", help="samples | digits[:N] | imagenet:PATH | folder:PATH")
     b.add_argument("--limit", type=int, default=None, help="use the first N images")
     b.add_argument("--batch-size", type=int, default=8, help="images per shard and batch (default: 8)")
@@ -90,11 +96,20 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
+def chosen_methods(args: argparse.Namespace) -> tuple[tuple[str, ...], str]:
+    """The methods to run and the note for the report: each method ``--methods all`` leaves out and why
+    (the summary prints them after the run)."""
+    methods, left_out = select_methods(args.methods, args.include_expensive)
+    return methods, (LEFT_OUT + "; ".join(left_out)) if left_out else ""
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    """``camkit bench``: run (or resume) the benchmark, print its summary."""
+    """``camkit bench``: run (or resume) the benchmark, print its summary, ending with the verdict."""
+    methods, note = chosen_methods(args)
     config = BenchConfig(
-        models=tuple(csv_list(args.models)), methods=resolve_methods(args.methods), data=args.data, limit=args.limit,
+        models=tuple(csv_list(args.models)), methods=methods, data=args.data, limit=args.limit,
         batch_size=args.batch_size, device=args.device, protocol=_protocol(args), gallery_images=args.gallery,
+        note=note,
     )
     engine_options = _engine_options(args)
     for spec in config.models:
@@ -108,6 +123,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``camkit report``: rewrite a run directory's tables and report."""
-    write_report(args.directory)
+    folder = Path(args.directory)
+    with directory_lock(folder) if folder.is_dir() else contextlib.nullcontext():  # a missing one: write_report says so
+        write_report(folder)
     print(f"camkit report: {Path(args.directory) / 'report.html'}")
     return 0

@@ -3,11 +3,14 @@ the option groups several subcommands take (``--device``/``--threads``, ``--prec
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Sequence
+
+from ..errors import CamkitError
 
 
 def csv_list(text: str) -> list[str]:
@@ -52,6 +55,22 @@ def checked_precision(args: argparse.Namespace) -> str:
 def stem(path: str) -> str:
     """An image path's stem, safe as the start of an output file name (``image`` when nothing is left)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem).strip("._") or "image"
+
+
+def model_options(pairs: Optional[Sequence[str]]) -> tuple[tuple[str, Any], ...]:
+    """``--model-option KEY=VALUE`` (repeated) as ``(key, value)`` pairs for the model's builder; values are
+    Python literals where they parse (``3``, ``True``, ``(6, 12)``), else strings."""
+    out = []
+    for pair in pairs or ():
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise CamkitError(f"--model-option takes KEY=VALUE (e.g. spatial_dims=3), got {pair!r}")
+        try:
+            parsed: Any = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            parsed = value.strip()
+        out.append((key.strip(), parsed))
+    return tuple(out)
 
 
 def model_spec(args: argparse.Namespace) -> str:

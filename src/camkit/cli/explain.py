@@ -41,7 +41,9 @@ from camkit.errors import CamkitError, InputError
 from camkit.layers import model_task
 from camkit.methods import get, to_image
 
-from .common import add_device_options, add_forward_options, checked_precision, csv_list, model_spec, stem, warn
+from .common import (
+    add_device_options, add_forward_options, checked_precision, csv_list, model_options, model_spec, stem, warn,
+)
 
 if TYPE_CHECKING:
     from camkit.methods import Explanation
@@ -57,13 +59,17 @@ def add_parser(sub: Any) -> None:
     e = sub.add_parser("explain", help="maps of one or more images", description="Explain images with one or "
                        "more methods: writes overlays (PNG) and raw maps (.npy), prints the predicted classes.")
     e.add_argument("images", nargs="+", metavar="IMAGE")
-    e.add_argument("--model", required=True, help="zoo model name, timm:NAME, hf:DIR or torchvision:NAME (camkit list)")
+    e.add_argument("--model", required=True, help="zoo model name, timm:NAME, hf:DIR, torchvision:NAME (also video "
+                   "models: r3d_18, ...) or monai:NAME (camkit list)")
     e.add_argument("--weights", default=None, help="state-dict path, a named weights set, or 'random'")
+    e.add_argument("--model-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="a keyword option for the model's builder, repeatable (monai:densenet121 --model-option "
+                   "spatial_dims=3 --model-option in_channels=1 --model-option out_channels=2)")
     e.add_argument("--method", default="gradcam", help="method name(s), comma-separated (default: gradcam); "
                    "meta-methods take a base: sess:gradcam++, finercam:layercam")
     e.add_argument("--layer", default=None, help="layer name, or several comma-separated (default: the automatic "
                    "choice; camkit layers MODEL lists them)")
-    e.add_argument("--layout", default=None, choices=("nchw", "nhwc", "tokens"),
+    e.add_argument("--layout", default=None, choices=("nchw", "nhwc", "tokens", "ncthw", "nthwc"),
                    help="force how the layer's output is read (default: from its shape and the model's evidence)")
     e.add_argument("--target", default="top1", help="top1, topK (e.g. top3), a class index or a class name; "
                    "--task segment: classes (comma-separated; default: every predicted class)")
@@ -130,7 +136,7 @@ def _method_options(args: argparse.Namespace) -> dict[str, Any]:
 def _load(args: argparse.Namespace) -> nn.Module:
     """The model of ``--model``/``--weights``, with a warning on stderr when its weights are random."""
     spec = model_spec(args)
-    model = sources.load_model(spec, args.device)
+    model = sources.load_model(spec, args.device, model_options(args.model_option))
     if sources.random_weights(spec):
         warn("explain", sources.random_weights_warning(spec))
     return model

@@ -8,13 +8,14 @@ user's ``.grad`` is never touched.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import InputError, NoGradientError, UnsupportedModelError
+from ..errors import InputError, NoGradientError, UnsupportedModelError, ZeroGradientWarning
 from .hooks import Hooks
 from .keys import replace, select, split_key
 from .outputs import to_logits
@@ -125,7 +126,21 @@ def gradients(p: Pass, scores: torch.Tensor) -> list[torch.Tensor]:
     for name, g in zip(p.names, grads):
         if g is None:
             raise NoGradientError(f"the explained score does not depend on layer {name!r}")
+        warn_zero_gradient(name, g)
     return list(grads)  # type: ignore[arg-type]
+
+
+def warn_zero_gradient(name: str, grad: torch.Tensor) -> None:
+    """A `ZeroGradientWarning` when the gradient `(K, B, ...)` at layer `name` is exactly zero for some
+    (target, image): the score does not change with the layer there, so a gradient method's map is blank."""
+    zero = (grad.flatten(2) == 0).all(-1)  # (K, B)
+    if bool(zero.any()):
+        warnings.warn(
+            f"the gradient of the explained score at layer {name!r} is exactly zero for {int(zero.sum())} of "
+            f"{zero.numel()} (target, image) pair(s), so their maps are blank (a ReLU that is off everywhere "
+            "after the layer, a saturated activation, a max, argmax or rounding on the way to the score); try a "
+            "later layer (camkit layers MODEL lists them) or a gradient-free method such as 'scorecam' or 'eigencam'",
+            ZeroGradientWarning, stacklevel=3)
 
 
 def hessian_vector_products(p: Pass, scores: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -10,8 +10,10 @@ it; any other caller passes through as if the hook were not there. A forward rep
 caller reaches the module's own forward.
 
 Nested camkit code (a method's forward inside its ``explain``) shares the enclosing call's scope.
-Limitation: a model whose forward runs its layers in threads of its own (``DataParallel`` over
-several devices) leaves the scope there, so camkit's hooks do not fire in those threads.
+Limitation: a model whose forward runs its layers in threads of its own leaves the scope there, so
+camkit's hooks do not fire in those threads. ``DataParallel`` (replicas in threads) and
+``DistributedDataParallel`` are therefore explained through the module they wrap
+(`camkit.layers.wrappers`), in the caller's thread.
 """
 from __future__ import annotations
 

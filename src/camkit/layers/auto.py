@@ -32,7 +32,7 @@ def auto_layer(model: nn.Module, x: torch.Tensor) -> str:
     ``features.29`` on VGG-16, the last block's pre-attention norm on a ViT (timm ``blocks.11.norm1``,
     Hugging Face ``layernorm_before``, torchvision ``ln_1``), the final norm on timm Swin. One probe
     forward + backward of ``x[:1]`` per model and input size (cached)."""
-    hw = (int(x.shape[-2]), int(x.shape[-1]))
+    hw = tuple(int(s) for s in x.shape[2:])
     p = cached(model, hw)
     if p is not None and p.choice is not None:
         return p.choice
@@ -105,7 +105,7 @@ def _class_map(grid_grad: torch.Tensor, logits: Optional[torch.Tensor]) -> bool:
     if logits is None or logits.dim() < 2 or grid_grad.shape[1] != logits.shape[1]:
         return False
     top = int(torch.unravel_index(logits.detach().reshape(-1).argmax(), logits.shape)[1])
-    return torch.nonzero(grid_grad.abs().sum((0, 2, 3))).flatten().tolist() == [top]
+    return torch.nonzero(grid_grad.abs().flatten(2).sum((0, 2))).flatten().tolist() == [top]
 
 
 def _consumers(root: Any) -> dict[Any, list[Any]]:

@@ -23,14 +23,14 @@ from .trace import ModuleCall, trace
 class Probe:
     """What one traced forward says about every module of a model at one input size."""
 
-    input_hw: tuple[int, int]
-    patch: Optional[tuple[int, int]]
+    input_hw: tuple[int, ...]  # (H, W), or (T, H, W) for clips and volumes
+    patch: Optional[tuple[int, ...]]
     calls: list[ModuleCall]
     counts: dict[int, int]  # id(module) -> number of calls
     stream: dict[tuple[int, ...], set[int]]  # grid shape (without batch and width) -> residual widths
     choice: Optional[str] = None  # the auto layer, once chosen
     second: Optional[dict[int, list[torch.Size]]] = None  # id(module) -> shapes at the second size
-    second_hw: Optional[tuple[int, int]] = None
+    second_hw: Optional[tuple[int, ...]] = None
     raster: dict[tuple[int, str, Layout], bool] = field(default_factory=dict)  # (module, name, reading) -> raster?
 
     def calls_of(self, module: nn.Module) -> list[ModuleCall]:
@@ -51,7 +51,7 @@ def grid_key(shape: torch.Size, layout: Layout) -> tuple[int, ...]:
     return tuple(int(s) for s in shape[1:-1])
 
 
-def summarise(model: nn.Module, calls: list[ModuleCall], input_hw: tuple[int, int]) -> Probe:
+def summarise(model: nn.Module, calls: list[ModuleCall], input_hw: tuple[int, ...]) -> Probe:
     """A `Probe` from the calls of one traced forward at input size ``input_hw``."""
     counts: dict[int, int] = {}
     for c in calls:
@@ -76,7 +76,7 @@ def summarise(model: nn.Module, calls: list[ModuleCall], input_hw: tuple[int, in
 
 
 Structure = list[tuple[str, "weakref.ref[nn.Module]"]]
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[Structure, dict[tuple[int, int], Probe]]]" = (
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[Structure, dict[tuple[int, ...], Probe]]]" = (
     weakref.WeakKeyDictionary())
 
 
@@ -91,7 +91,7 @@ def _same(structure: Structure, model: nn.Module) -> bool:
         name == n and ref() is m for (name, m), (n, ref) in zip(modules, structure))
 
 
-def cached(model: nn.Module, hw: tuple[int, int]) -> Optional[Probe]:
+def cached(model: nn.Module, hw: tuple[int, ...]) -> Optional[Probe]:
     """The probe of ``model`` at input size ``hw`` if one was made since its modules last changed (a
     submodule replaced, added or removed drops every probe of the model)."""
     entry = _CACHE.get(model)
@@ -120,7 +120,7 @@ def forget(model: nn.Module) -> None:
 def probe(model: nn.Module, x: torch.Tensor) -> Probe:
     """The (cached) probe of ``model`` at ``x``'s size, from one no-grad forward of its first image.
     Call with the model in the mode it will be explained in."""
-    hw = (int(x.shape[-2]), int(x.shape[-1]))
+    hw = tuple(int(s) for s in x.shape[2:])
     p = cached(model, hw)
     if p is not None:
         return p

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..core.hooks import Hooks
 from ..core.keys import select, split_key
+from ..core.postprocess import MODES
 from ..core.region import InputRegion
 from ..errors import InputError
 from .layout import Layout, custom, describe_failure, readings
@@ -27,15 +28,16 @@ Reshape = Callable[[torch.Tensor], torch.Tensor]
 
 
 def read_layer(model: nn.Module, module: nn.Module, name: str, a: torch.Tensor, x: torch.Tensor,
-               patch: Optional[tuple[int, int]], kind: Optional[str] = None, reshape: Optional[Reshape] = None,
+               patch: Optional[tuple[int, ...]], kind: Optional[str] = None, reshape: Optional[Reshape] = None,
                region: Optional[InputRegion] = None) -> Layout:
-    """How to read layer ``name``'s output ``a`` as ``(B, C, h, w)``: forced by ``reshape`` / ``kind``
+    """How to read layer ``name``'s output ``a`` as ``(B, C, h, w)`` (``(B, C, t, h, w)`` for a clip or
+    volume ``x``): forced by ``reshape`` / ``kind``
     (``"nchw"``, ``"nhwc"``, ``"tokens"``), else from the shape and, where shape alone is not proof,
     the model's evidence. ``region``: the model resizes and pads inside, its layers see an image of
     size ``region.padded``. A shape with no reading is an `InputError` saying what would work."""
     if reshape is not None:
-        return custom(reshape, a, name)
-    hw = (x.shape[-2], x.shape[-1]) if region is None else region.padded
+        return custom(reshape, a, name, x.dim() - 2)
+    hw = tuple(int(s) for s in x.shape[2:]) if region is None else region.padded
     options = readings(a, x.shape[0], hw, patch, kind=kind)
     if not options:
         raise InputError(describe_failure(a, name, x.shape[0], hw))
@@ -48,10 +50,10 @@ def _second_size(model: nn.Module, x: torch.Tensor, p: Probe) -> None:
     """Shapes of every module call at a larger, non-square input (once; nothing if the model refuses it)."""
     if p.second is not None:
         return
-    step = max(32, p.patch[0] if p.patch else 0)
-    hw2 = (p.input_hw[0] + step, p.input_hw[1] + 2 * step)
+    step = max(32, p.patch[-1] if p.patch else 0)
+    hw2 = (*p.input_hw[:-2], p.input_hw[-2] + step, p.input_hw[-1] + 2 * step)  # clips: the same frames
     p.second, p.second_hw = {}, hw2
-    x2 = F.interpolate(x[:1].detach(), size=hw2, mode="bilinear", align_corners=False)
+    x2 = F.interpolate(x[:1].detach(), size=hw2, mode=MODES[len(hw2)], align_corners=False)
     try:
         with torch.no_grad():
             calls, _ = trace(model, x2, keep=False)
@@ -99,36 +101,38 @@ def _output_of(model: nn.Module, module: nn.Module, name: str, x: torch.Tensor) 
 
 def _is_raster(model: nn.Module, module: nn.Module, name: str, layout: Layout, x: torch.Tensor) -> bool:
     """Whether a token grid is a raster grid of the image: changing the image inside cell (i, j) must
-    change the layer output around grid cell (i, j).
+    change the layer output around grid cell (i, j) (on a clip: cell (t, i, j), the frames of that
+    time cell included).
 
     One batched forward: the image with each of a spread of probe cells inverted (``1 - x`` there),
     plus the image itself. Per probe cell, the centre of the squared change over the grid; a cell
     whose change is spread evenly (peak below twice the mean: global mixing, no local evidence) does
     not count. The grid fails when at least half of the probe cells are conclusive and their median
-    distance (in cells) from their own cell exceeds ``max(1.5, 0.15 * max(h, w))``: convolutions and
-    attention blur a raster grid's change around the cell, an unrolled order (Hiera) moves it away.
+    distance (in cells, the largest over the axes) from their own cell exceeds
+    ``max(1.5, 0.15 * max(h, w))``: convolutions and attention blur a raster grid's change around the
+    cell, an unrolled order (Hiera) moves it away.
     """
-    h, w = layout.h, layout.w
+    grid = layout.grid
+    h, w = grid[-2:]
     if h < 3 and w < 3:
         return True
-    cells = sorted({(0, w - 1), (h - 1, 0), (h // 2, w // 2), (h // 3, 2 * w // 3), (2 * h // 3, w // 4)})
-    hh, ww = int(x.shape[-2]), int(x.shape[-1])
-    xs = x[:1].detach().repeat(len(cells) + 1, 1, 1, 1)
-    for n, (i, j) in enumerate(cells, start=1):
-        rows = slice(i * hh // h, max((i + 1) * hh // h, i * hh // h + 1))
-        cols = slice(j * ww // w, max((j + 1) * ww // w, j * ww // w + 1))
-        xs[n, :, rows, cols] = 1 - xs[n, :, rows, cols]
-    grid = layout(_output_of(model, module, name, xs)).float()
-    change = (grid[1:] - grid[:1]).square().sum(1)  # (cells, h, w)
-    ys = torch.arange(h, dtype=torch.float32, device=change.device)[:, None]
-    xs_ = torch.arange(w, dtype=torch.float32, device=change.device)[None, :]
+    n_t = grid[0] if len(grid) == 3 else 1
+    spots = [(0, w - 1), (h - 1, 0), (h // 2, w // 2), (h // 3, 2 * w // 3), (2 * h // 3, w // 4)]
+    cells = sorted({((k * n_t) // len(spots), i, j) if len(grid) == 3 else (i, j) for k, (i, j) in enumerate(spots)})
+    size = tuple(int(s) for s in x.shape[2:])
+    xs = x[:1].detach().repeat(len(cells) + 1, *([1] * (x.dim() - 1)))
+    for n, cell in enumerate(cells, start=1):
+        box = tuple(slice(c * big // g, max((c + 1) * big // g, c * big // g + 1)) for c, big, g in zip(cell, size, grid))
+        xs[(n, slice(None), *box)] = 1 - xs[(n, slice(None), *box)]
+    out = layout(_output_of(model, module, name, xs)).float()
+    change = (out[1:] - out[:1]).square().sum(1)  # (cells, *grid)
+    axes = torch.meshgrid(*[torch.arange(g, dtype=torch.float32, device=change.device) for g in grid], indexing="ij")
     distances = []
-    for (i, j), c in zip(cells, change):
+    for cell, c in zip(cells, change):
         if float(c.max()) < 2 * float(c.mean()):
             continue
         weight = c.square() / c.square().sum()
-        cy, cx = float((weight * ys).sum()), float((weight * xs_).sum())
-        distances.append(max(abs(cy - i), abs(cx - j)))
+        distances.append(max(abs(float((weight * ax).sum()) - i) for ax, i in zip(axes, cell)))
     if len(distances) * 2 < len(cells):
         return True  # no local evidence either way: the shape's reading stands
     return sorted(distances)[len(distances) // 2] <= max(1.5, 0.15 * max(h, w))

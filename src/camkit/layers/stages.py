@@ -8,6 +8,8 @@ before each max-pool.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -24,7 +26,7 @@ def _cells(p: Probe, call: ModuleCall) -> int:
     if call.shape is None or call.internal:
         return 0
     rs = readings(torch.empty(call.shape, device="meta"), 1, p.input_hw, p.patch)
-    return rs[0].h * rs[0].w if rs and not p.hidden(call, rs[0]) else 0
+    return math.prod(rs[0].grid) if rs and not p.hidden(call, rs[0]) else 0
 
 
 def stage_layers(model: nn.Module, x: torch.Tensor, anchor: str, levels: int) -> list[str]:

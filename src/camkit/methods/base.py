@@ -7,6 +7,7 @@ was, upsamples, normalises and fuses several layers.
 from __future__ import annotations
 
 import inspect
+import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, ClassVar, Iterator, Optional, Union
 
@@ -18,9 +19,14 @@ from ..core.postprocess import finalize
 from ..core.precision import check_finite, model_forward, parse_precision
 from ..core.region import InputRegion, input_region
 from ..core.state import preserved
-from ..errors import CamkitError, InputError
-from ..layers import KINDS, Layout, LayerSpec, choose_layers, patch_size, read_layer
+from ..errors import CamkitError, InputError, UnsupportedModelError
+from ..core.hooks import Hooks
+from ..layers import (
+    Layout, LayerSpec, choose_layers, first_conv_channels, kind_of, model_grid_dims, patch_size, quantized_layers,
+    read_layer, strip_prefixes, unwrap,
+)
 from ..targets import TargetSpec, resolve_targets
+from ..layers.attention import transformer_blocks
 from .explanation import Context, Explanation, Maps, Reshape
 from .smoothing import Augment, aug_explain, augmentations, channel_contributions, eigen_compute
 
@@ -50,10 +56,74 @@ def size_hint(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
         ) from e
 
 
+#: messages of PyTorch's convolutions and poolings given an input smaller than their kernel
+_TOO_SMALL = ("Kernel size can't be greater than actual input size", "Output size is too small",
+              "smaller than kernel", "Padding size should be less than the corresponding input dimension")
+
+
+def _dims_of(shape: Any) -> str:
+    return "×".join(str(int(s)) for s in shape)
+
+
+@contextmanager
+def too_small(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
+    """A model that failed because ``x`` is smaller than one of its kernels (a clip shorter than a 3-D
+    network's temporal kernel, an image smaller than its pooling): an `InputError` naming the
+    module, its kernel and the size it got. The module is found by running the failing forward again
+    with hooks (on the error path only)."""
+    try:
+        yield
+    except RuntimeError as e:
+        if isinstance(e, CamkitError) or not any(m in str(e) for m in _TOO_SMALL):
+            raise
+        seen: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+
+        def pre(name: str) -> Callable[..., None]:
+            def hook(m: nn.Module, args: Any) -> None:
+                if args and isinstance(args[0], torch.Tensor) and hasattr(m, "kernel_size"):
+                    seen.append((name, m, tuple(args[0].shape)))
+            return hook
+
+        try:
+            with Hooks() as hooks, torch.no_grad():
+                for n, m in model.named_modules():
+                    hooks.before_forward(m, pre(n))
+                model(x[:1])
+        except Exception:
+            pass
+        where = ""
+        if seen:
+            name, m, shape = seen[-1]
+            k = getattr(m, "kernel_size")
+            where = (f" at {name!r} ({type(m).__name__}, kernel {k}), which got an input of "
+                     f"{_dims_of(shape[2:])}")
+        what = "clip or volume of T×H×W" if x.dim() == 5 else "image of H×W"
+        raise InputError(
+            f"{type(model).__name__} cannot run on this {what} = {_dims_of(x.shape[2:])}: the input is smaller than "
+            f"a kernel of the model{where} ({e}). Pass a larger input"
+            + (" (a clip needs enough frames, a volume enough slices, for the kernels of every stage: torchvision's "
+               "video models take 16 frames)" if x.dim() == 5 else "")
+        ) from e
+
+
+def per_pass(batch_size: int, x: torch.Tensor) -> int:
+    """Inputs per pass for a ``batch_size`` counted in 2-D frames: a clip or volume of ``T`` frames
+    (depth slices) counts ``T``, so batched methods keep bounded memory on clips (at least one per pass)."""
+    frames = 1 if x.dim() <= 4 else int(torch.tensor(x.shape[2:-2]).prod())
+    return max(1, batch_size // frames)
+
+
 def chunks(n: int, size: int) -> Iterator[slice]:
     """Slices of ``range(n)`` of at most ``size`` elements: the passes of a batched method."""
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
+
+
+#: what each ``requires`` entry of a method means: a test on the model and the phrase an error shows
+REQUIREMENTS: dict[str, tuple[Callable[[nn.Module], bool], str]] = {
+    "attention": (lambda model: bool(transformer_blocks(model)),
+                  "transformer blocks with attention camkit can read (nn.MultiheadAttention, timm or Hugging Face)"),
+}
 
 
 class BaseCAM:
@@ -99,10 +169,22 @@ class BaseCAM:
     #: fast mode may then give the method activations cropped from a larger image
     from_layer: ClassVar[bool] = False
     #: what the model must have beyond being an ``nn.Module`` (() = nothing): LeGrad ("attention",) needs
-    #: transformer blocks with attention it can read; elsewhere it raises a clear error
+    #: transformer blocks with attention it can read; elsewhere it raises a clear error. Each entry is a
+    #: key of ``REQUIREMENTS``; ``unmet_requirements(model)`` says which the model lacks
     requires: ClassVar[tuple[str, ...]] = ()
+    #: the grids the method is defined on: 2 -- images ``(B, C, H, W)``, maps ``(B, H, W)``; 3 -- clips and
+    #: volumes ``(B, C, T, H, W)``, maps ``(B, T, H, W)`` upsampled trilinearly. A method without 3 refuses
+    #: 5-D inputs with ``grid_note`` as the reason
+    grid_dims: ClassVar[tuple[int, ...]] = (2, 3)
+    grid_note: ClassVar[str] = ""
     #: how the maps of several layers are fused (`camkit.core.postprocess.finalize`): "max" or "product"
     fusion: str = "max"
+
+    @classmethod
+    def unmet_requirements(cls, model: nn.Module) -> list[str]:
+        """What of ``requires`` ``model`` lacks, one phrase each (e.g. "transformer blocks with attention
+        camkit can read (a ViT)"); [] when the method can run on it."""
+        return [REQUIREMENTS[r][1] for r in cls.requires if not REQUIREMENTS[r][0](model)]
 
     def __init__(
         self,
@@ -119,8 +201,17 @@ class BaseCAM:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if layout is not None and layout not in KINDS:
-            raise InputError(f"layout must be None (read from evidence) or one of {KINDS}, got {layout!r}")
+        model, prefixes = unwrap(model)  # torch.compile / (Distributed)DataParallel: the wrapped module
+        layer = strip_prefixes(layer, prefixes)
+        quantized = quantized_layers(model)
+        if quantized and (self.uses_gradients or (layer == "auto" and getattr(model, "default_layer", None) is None)):
+            need = "its gradients" if self.uses_gradients else "gradients to choose layer='auto'"
+            raise UnsupportedModelError(
+                f"{type(self).__name__} needs {need}, and the model's quantised layers {quantized[:4]} have none "
+                "in PyTorch (quantize_dynamic / quantize); explain the float model before quantising it, or use "
+                "a gradient-free method ('scorecam', 'ablationcam', 'eigencam') with layer='NAME'"
+            )
+        layout = kind_of(layout)
         if layout is not None and reshape is not None:
             raise InputError("pass either layout= or reshape=, not both")
         self.model = model
@@ -135,7 +226,8 @@ class BaseCAM:
             raise InputError(f"channels_last must be True or False, got {channels_last!r}")
         self.channels_last = channels_last
         self._patch = patch_size(model)
-        self._in_channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        self._in_channels = first_conv_channels(model)
+        self._model_dims = model_grid_dims(model)
 
     # -- context manager: hooks only live during a call, so there is nothing to hold open -------
     def __enter__(self) -> "BaseCAM":
@@ -149,16 +241,21 @@ class BaseCAM:
 
     # -- public API --------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, targets: TargetSpec = None) -> torch.Tensor:
-        """Maps ``(B, H, W)`` (``(B, K, H, W)`` for TopK/BottomK) in [0, 1] on ``x``'s device."""
+        """Maps ``(B, H, W)`` (``(B, K, H, W)`` for TopK/BottomK) in [0, 1] on ``x``'s device; for a clip or
+        volume ``(B, C, T, H, W)``: ``(B, T, H, W)`` (``(B, K, T, H, W)``), normalised per clip."""
         return self.explain(x, targets).maps
 
     def explain(self, x: torch.Tensor, targets: TargetSpec = None) -> Explanation:
         """Compute the maps and everything behind them; see `Explanation`."""
         if self.aug_smooth is not None:
+            if isinstance(x, torch.Tensor) and x.dim() == 5:
+                raise InputError("aug_smooth flips and rescales images (B, C, H, W); it is not defined on clips and "
+                                 "volumes (B, C, T, H, W): explain them without aug_smooth")
             return aug_explain(self, x, targets)
         x = self._check_input(x)
         # autograd on for target scores even under a caller's no_grad; the engine turns it off before the target
-        with preserved(self.model, self.eval_mode), torch.enable_grad(), self._forward_mode(x), size_hint(self.model, x):
+        with preserved(self.model, self.eval_mode), torch.enable_grad(), self._forward_mode(x), size_hint(self.model, x), \
+                too_small(self.model, x):
             names, modules, p, region_of = self._run(x)
             t = resolve_targets(targets, p.logits, x.shape[0], p.logits_error, output=p.output)
             scores = t.scores(p.output, p.logits)
@@ -169,7 +266,7 @@ class BaseCAM:
             raw, weights = eigen_compute(self, ctx) if self.eigen_smooth else self.compute(ctx)
         check_finite(self.precision, scores, raw)
         raw = [torch.relu(r) for r in raw]
-        maps = finalize(raw, (x.shape[-2], x.shape[-1]), ctx.region, self.fusion)
+        maps = finalize(raw, tuple(x.shape[2:]), ctx.region, self.fusion)
         squeeze = (lambda v: v[:, 0] if v is not None else None) if not t.keep_k else (lambda v: v)
         return Explanation(
             maps=squeeze(maps),
@@ -187,7 +284,8 @@ class BaseCAM:
 
     # -- what subclasses implement -------------------------------------------------------------------
     def compute(self, ctx: Context) -> Maps:
-        """Per layer: raw map ``(B, K, h, w)`` before ReLU, and weights ``(B, K, C)`` or None."""
+        """Per layer: raw map ``(B, K, *grid)`` (``grid`` ``(h, w)`` or ``(t, h, w)``) before ReLU, and
+        weights ``(B, K, C)`` or None."""
         raise NotImplementedError
 
     def contributions(self, ctx: Context) -> Maps:
@@ -224,10 +322,30 @@ class BaseCAM:
 
     def _check_input(self, x: Any) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
-            raise InputError(f"input must be a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
-        if x.dim() != 4:
-            hint = " (add a batch dimension: x.unsqueeze(0))" if x.dim() == 3 else ""
-            raise InputError(f"input must have shape (B, C, H, W), got {tuple(x.shape)}{hint}")
+            raise InputError(f"input must be a torch.Tensor of shape (B, C, H, W) (a clip or volume: "
+                             f"(B, C, T, H, W)), got {type(x).__name__}")
+        want = {2: "(B, C, H, W)", 3: "(B, C, T, H, W)"}
+        if x.dim() not in (4, 5):
+            hint = " (add a batch dimension: x.unsqueeze(0))" if x.dim() in (3, 4) else ""
+            raise InputError(f"input must have shape (B, C, H, W) (images) or (B, C, T, H, W) (clips, volumes), "
+                             f"got {tuple(x.shape)}{hint}")
+        d = x.dim() - 2
+        if self._model_dims is not None and d != self._model_dims:
+            kind = "clips / volumes" if self._model_dims == 3 else "images"
+            hint = (" (a batch of one clip? add the batch dimension: x.unsqueeze(0))" if self._model_dims == 3 else
+                    " (explain the frames one by one as images, e.g. x[:, :, t], or use a video / volume model)")
+            raise InputError(
+                f"{type(self.model).__name__} takes {kind} {want[self._model_dims]} (its structure is "
+                f"{self._model_dims}-D: {'3-D convolutions' if self._model_dims == 3 else '2-D convolutions'}), "
+                f"got a {x.dim()}-D input {tuple(x.shape)}{hint}"
+            )
+        if d not in self.grid_dims:
+            note = f": {self.grid_note}" if self.grid_note else ""
+            raise InputError(
+                f"{type(self).__name__} is defined on {' and '.join(want[g] for g in self.grid_dims)} inputs only "
+                f"(its grid_dims are {self.grid_dims}){note}; got {tuple(x.shape)}. Methods with 3 in grid_dims "
+                "(e.g. GradCAM) explain clips and volumes"
+            )
         if not x.is_floating_point():
             raise InputError(f"input must be a floating-point tensor, got {x.dtype} (try x.float() / 255)")
         if self._in_channels is not None and x.shape[1] != self._in_channels:
@@ -237,6 +355,15 @@ class BaseCAM:
             )
         if x.shape[0] == 0:
             raise InputError("input batch is empty")
+        x = self._match_dtype(x)
+        if not torch.isfinite(x).all():
+            nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+            bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
+            raise InputError(
+                f"input holds {nan} NaN and {inf} infinite value(s) (image(s) {bad[:8]} of the batch): the model's "
+                "scores and every map would be meaningless; fix the preprocessing (a division by a zero std?) "
+                "or replace them, e.g. torch.nan_to_num(x)"
+            )
         if torch.is_inference_mode_enabled() and self.uses_gradients:
             raise CamkitError(
                 f"{type(self).__name__} needs autograd, which torch.inference_mode() disables; call it "
@@ -245,6 +372,19 @@ class BaseCAM:
         if x.is_inference():
             x = x.clone()  # outside inference mode a clone is a normal tensor
         return x.detach()
+
+    def _match_dtype(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` cast, with a warning, to the floating dtype of the model's parameters when they all share
+        one that differs (a float64 or float16 image for a float32 model is otherwise a raw RuntimeError)."""
+        dtypes = {t.dtype for t in self.model.parameters() if t.is_floating_point()}
+        if len(dtypes) != 1 or x.dtype in dtypes:
+            return x
+        (dtype,) = dtypes
+        warnings.warn(
+            f"input is {x.dtype} but the model's parameters are {dtype}: the input was cast to {dtype} (pass "
+            f"x.to({dtype}) to silence this, or convert the model, model.to({x.dtype}), to explain in {x.dtype})",
+            stacklevel=4)
+        return x.to(dtype)
 
     def _read(self, a: torch.Tensor, name: str, module: nn.Module, x: torch.Tensor,
               region: Optional[InputRegion] = None) -> Layout:

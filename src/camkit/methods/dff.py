@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -102,6 +103,26 @@ def nmf(x: torch.Tensor, w: torch.Tensor, h: torch.Tensor, max_iter: int = 200,
     return (w[0], h[0], it) if one else (w, h, it)
 
 
+def _nmf_sklearn(x: torch.Tensor, w: torch.Tensor, h: torch.Tensor, max_iter: int,
+                 tol: float) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """The same factorisation as `nmf` by scikit-learn's compiled solver itself, one problem at a
+    time (on a CPU its Cython loop beats the torch ops' per-call cost several times); None when
+    scikit-learn is not installed (then `nmf` runs)."""
+    try:
+        from sklearn.decomposition import non_negative_factorization
+    except ImportError:
+        return None
+    ws, hs = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter: the same stop as nmf's
+        for xi, wi, hi in zip(x.numpy(), w.numpy(), h.numpy()):
+            wo, ho, _ = non_negative_factorization(xi, W=wi.copy(), H=hi.copy(), n_components=wi.shape[1],
+                                                   init="custom", solver="cd", tol=tol, max_iter=max_iter)
+            ws.append(torch.from_numpy(wo))
+            hs.append(torch.from_numpy(ho))
+    return torch.stack(ws), torch.stack(hs)
+
+
 @register("dff")
 class DFF(BaseCAM):
     """Deep Feature Factorization (Collins, Achanta & Süsstrunk, ECCV 2018, arXiv 1806.10206): an
@@ -183,7 +204,7 @@ class DFF(BaseCAM):
             concept_scores = self._label(a, offset[:, None, :] + w, p.logits)  # at each concept's peak
         raw = raw.float()
         return Explanation(
-            maps=finalize([raw], (x.shape[-2], x.shape[-1]), region),
+            maps=finalize([raw], tuple(x.shape[2:]), region),
             raw=raw,
             weights=w.float(),
             scores=raw.flatten(2).mean(-1),
@@ -212,7 +233,9 @@ class DFF(BaseCAM):
         offset = x.amin(dim=2)
         x = x - offset[..., None]
         starts = [nmf_init(xi, self.k, init, self.seed) for xi in x]
-        w, h, _ = nmf(x, torch.stack([s for s, _ in starts]), torch.stack([s for _, s in starts]), self.max_iter, self.tol)
+        w0, h0 = torch.stack([s for s, _ in starts]), torch.stack([s for _, s in starts])
+        solved = _nmf_sklearn(x, w0, h0, self.max_iter, self.tol) if x.device.type == "cpu" else None
+        w, h = solved if solved is not None else nmf(x, w0, h0, self.max_iter, self.tol)[:2]
         peak = h.amax(dim=2, keepdim=True)  # (N, k, 1)
         peak = torch.where(peak > 0, peak, torch.ones_like(peak))
         w, h = (w * peak.transpose(1, 2)).transpose(1, 2), h / peak  # (N, k, C), (N, k, n)

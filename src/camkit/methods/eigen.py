@@ -34,13 +34,13 @@ class EigenCAM(BaseCAM):
     def contributions(self, ctx: Context) -> Maps:
         """``A_c`` itself: ``eigen_smooth`` then gives the centred EigenCAM map."""
         k = ctx.scores.shape[1]
-        return [a.unsqueeze(1).expand(-1, k, -1, -1, -1) for a in ctx.acts], None
+        return [a.unsqueeze(1).expand(-1, k, *a.shape[1:]) for a in ctx.acts], None
 
     def compute(self, ctx: Context) -> Maps:
         k = ctx.scores.shape[1]
         raw, weights = [], []
         for a in ctx.acts:
             proj, v = principal_projection(a, self.center)
-            raw.append(proj.unsqueeze(1).expand(-1, k, -1, -1))
+            raw.append(proj.unsqueeze(1).expand(-1, k, *proj.shape[1:]))
             weights.append(v.unsqueeze(1).expand(-1, k, -1))
         return raw, weights

@@ -40,16 +40,16 @@ from .registry import register
 def has_bias(m: nn.Module) -> bool:
     """Whether ``m`` adds a bias to a 2-D feature map: a biased ``Conv2d`` or a ``BatchNorm2d`` with
     running statistics."""
-    if isinstance(m, nn.Conv2d):
+    if isinstance(m, (nn.Conv2d, nn.Conv3d)):
         return m.bias is not None
-    return isinstance(m, nn.BatchNorm2d) and m.running_mean is not None
+    return isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)) and m.running_mean is not None
 
 
 def effective_bias(m: nn.Module) -> torch.Tensor:
     """The bias ``(C,)`` that layer ``m`` adds to each position (BatchNorm: ``beta - mu * gamma / sigma``)."""
-    if isinstance(m, nn.Conv2d):
+    if isinstance(m, (nn.Conv2d, nn.Conv3d)):
         return m.bias.detach()  # type: ignore[union-attr]
-    assert isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None
+    assert isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)) and m.running_mean is not None and m.running_var is not None
     if m.training:
         raise UnsupportedModelError(
             "FullGrad needs BatchNorm layers in eval mode (batch statistics are not a bias); keep eval_mode=True"
@@ -62,13 +62,14 @@ def effective_bias(m: nn.Module) -> torch.Tensor:
 
 
 def psi(t: torch.Tensor) -> torch.Tensor:
-    """``|t|`` min-max rescaled over channels and positions, summed over channels: ``(B, K, C, h, w)`` ->
-    ``(B, K, h, w)``, as ``(sum_c |t_c| - C min|t|) / (max|t| - min|t|)`` (0 where ``|t|`` is constant),
+    """``|t|`` min-max rescaled over channels and positions, summed over channels: ``(B, K, C, *grid)`` ->
+    ``(B, K, *grid)``, as ``(sum_c |t_c| - C min|t|) / (max|t| - min|t|)`` (0 where ``|t|`` is constant),
     without materialising the rescaled tensor."""
     a = t.abs()
     lo, hi = torch.aminmax(a.flatten(2), dim=-1)  # (B, K)
-    span = (hi - lo)[..., None, None]
-    total = a.sum(dim=2) - t.shape[2] * lo[..., None, None]
+    lift = (...,) + (None,) * (t.dim() - 3)  # (B, K) -> (B, K, 1, 1[, 1]): any grid
+    span = (hi - lo)[lift]
+    total = a.sum(dim=2) - t.shape[2] * lo[lift]
     return torch.where(span > 0, total / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(total))
 
 
@@ -114,8 +115,8 @@ class FullGrad(BaseCAM):
               region: Optional[InputRegion] = None) -> Layout:
         """A biased ``Conv2d`` / ``BatchNorm2d`` outputs ``(B, C, h, w)``: its bias term is read on that
         grid, any size (a squeeze-excitation gate's 1×1 included), not only on a feature map of the input."""
-        if a.dim() == 4 and self.layout is None and self.reshape is None:
-            return Layout("nchw", int(a.shape[2]), int(a.shape[3]))
+        if a.dim() == x.dim() and self.layout is None and self.reshape is None:
+            return Layout("nchw", int(a.shape[-2]), int(a.shape[-1]), t=int(a.shape[2]) if a.dim() == 5 else None)
         return super()._read(a, name, module, x, region)
 
     def _forward(self, x: torch.Tensor, modules: list[nn.Module], names: list[str]) -> engine.Pass:
@@ -129,9 +130,9 @@ class FullGrad(BaseCAM):
         with_input = engine.Pass(p.output, p.logits, [p.input] + p.acts, ["input"] + p.names)
         grads = [g.transpose(0, 1) for g in engine.gradients(with_input, ctx.scores)]  # (B, K, ...)
         x = ctx.x
-        size = (x.shape[-2], x.shape[-1])
+        size = tuple(x.shape[2:])
         total = psi(grads[0] * x.unsqueeze(1)).float()
         for g, m in zip(grads[1:], ctx.modules):
-            b = effective_bias(m).to(g.dtype).view(1, 1, -1, 1, 1)
+            b = effective_bias(m).to(g.dtype).view(1, 1, -1, *([1] * (g.dim() - 3)))
             total = total + upsample(psi(g * b).float(), size)
         return [total], None

@@ -1,5 +1,6 @@
 """The gradient CAM family. Notation: ``A`` activations ``(B, C, h, w)`` at the target layer,
-``G = dS/dA`` gradients ``(B, K, C, h, w)`` of the class score ``S`` (a logit) for K targets.
+``G = dS/dA`` gradients ``(B, K, C, h, w)`` of the class score ``S`` (a logit) for K targets. On clips
+and volumes the grid is ``(t, h, w)`` and every sum or mean "over ij" runs over all its positions.
 
 Each method is one formula over ``A`` and ``G``: channel weights ``w`` with map
 ``relu(sum_c w_c A_c)``, or a per-pixel weighting.
@@ -19,8 +20,13 @@ from .explanation import Context, Maps
 from .registry import register
 
 def weighted_sum(w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """``sum_c w[b, k, c] * a[b, c, i, j]`` -> ``(B, K, h, w)``."""
-    return torch.einsum("bkc,bchw->bkhw", w, a)
+    """``sum_c w[b, k, c] * a[b, c, *p]`` -> ``(B, K, *grid)``."""
+    return torch.einsum("bkc,bc...->bk...", w, a)
+
+
+def per_channel(w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``w[b, k, c] * a[b, c, *p]`` -> ``(B, K, C, *grid)``: the terms whose channel sum is `weighted_sum`."""
+    return w.view(*w.shape, *([1] * (a.dim() - 2))) * a.unsqueeze(1)
 
 
 def grid_grads(ctx: Context) -> list[torch.Tensor]:
@@ -56,7 +62,7 @@ class GradientCAM(BaseCAM):
     def contribution(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Per-channel terms ``(B, K, C, h, w)`` whose channel sum is `combine`'s map, and the weights."""
         w = self.channel_weights(a, g)
-        return w[..., None, None] * a.unsqueeze(1), w
+        return per_channel(w, a), w
 
     def channel_weights(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -77,7 +83,7 @@ class GradCAM(GradientCAM):
     """Grad-CAM (Selvaraju et al. 2017): ``w_c = 1/(hw) sum_ij dS/dA_cij``."""
 
     def channel_weights(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return g.mean(dim=(-2, -1))
+        return g.flatten(3).mean(-1)
 
 
 def gradcampp_weights(a: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, d3: torch.Tensor) -> torch.Tensor:
@@ -88,10 +94,10 @@ def gradcampp_weights(a: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, d3: t
     derivatives of Y are ``exp(S) g^n``; the common factor ``exp(S)`` cancels in alpha and only scales
     ``w`` by a positive constant per target, so ``D_n = g^n`` is used.
     """
-    sum_a = a.sum(dim=(-2, -1), keepdim=True).unsqueeze(1)  # (B, 1, C, 1, 1)
+    sum_a = a.flatten(2).sum(-1).view(*a.shape[:2], *([1] * (a.dim() - 2))).unsqueeze(1)  # (B, 1, C, 1, 1[, 1])
     denom = 2 * d2 + sum_a * d3
     alpha = torch.where(denom != 0, d2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))
-    return (alpha * torch.relu(d1)).sum(dim=(-2, -1))
+    return (alpha * torch.relu(d1)).flatten(3).sum(-1)
 
 
 @register("gradcam++")
@@ -136,7 +142,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
             gen.manual_seed(self.seed)
         else:
             gen.seed()
-        span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(b, 1, 1, 1)
+        span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(b, *([1] * (x.dim() - 1)))
         # one draw of n noise images, copy j of every image gets the j-th: an image's map does not
         # depend on the other images of the batch nor on batch_size
         noise_n = torch.randn((self.n,) + tuple(x.shape[1:]), generator=gen, device=x.device, dtype=x.dtype)
@@ -145,7 +151,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         done = 0
         while done < self.n:
             m = min(per_batch, self.n - done)
-            noise = noise_n[done:done + m].repeat(b, 1, 1, 1)  # (b * m, ...), image-major like repeat_interleave
+            noise = noise_n[done:done + m].repeat(b, *([1] * (x.dim() - 1)))  # (b * m, ...), image-major like repeat_interleave
             xn = x.repeat_interleave(m, dim=0) + noise * self.noise * span.repeat_interleave(m, dim=0)
             with unchecked():  # noisy pixels leave [0, 1] on purpose
                 p = engine.forward(self.model, xn, ctx.modules, ctx.pass_.names, record=True)
@@ -174,10 +180,10 @@ class XGradCAM(GradientCAM):
     """
 
     def channel_weights(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        s = a.sum(dim=(-2, -1))  # (B, C)
-        ok = s.abs() > 1e-6 * a.abs().sum(dim=(-2, -1))
+        s = a.flatten(2).sum(-1)  # (B, C)
+        ok = s.abs() > 1e-6 * a.abs().flatten(2).sum(-1)
         safe = torch.where(ok, s, torch.ones_like(s))
-        w = (a.unsqueeze(1) * g).sum(dim=(-2, -1)) / safe.unsqueeze(1)
+        w = (a.unsqueeze(1) * g).flatten(3).sum(-1) / safe.unsqueeze(1)
         return torch.where(ok.unsqueeze(1), w, torch.zeros_like(w))
 
 

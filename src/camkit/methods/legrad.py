@@ -54,6 +54,9 @@ class LeGrad(BaseCAM):
 
     uses_gradients = True
     requires = ("attention",)
+    grid_dims = (2,)
+    grid_note = ("LeGrad reads a vision transformer's attention over a 2-D token grid (its blocks, head and "
+                 "attention probabilities found for image models)")
     cost = "one forward (eager attention in the explained blocks), a backward per block through that block and the head"
 
     def __init__(self, model: nn.Module, layer: Any = "auto", *,

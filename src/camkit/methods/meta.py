@@ -42,6 +42,7 @@ class MetaCAM(BaseCAM):
         super().__init_subclass__(**kw)
         base = cls.bound_base or cls.default_base
         cls.uses_gradients, cls.cost, cls.expensive = base.uses_gradients, cls.describe_cost(base), cls.is_expensive(base)
+        cls.grid_dims, cls.grid_note = cls.shared_grids(base)
 
     def __init__(self, model: nn.Module, layer: Any = "auto", *, base: Base = None, **options: Any) -> None:
         super().__init__(model, layer)
@@ -50,6 +51,7 @@ class MetaCAM(BaseCAM):
         self.uses_gradients = base_cls.uses_gradients  # type: ignore[misc]
         self.cost = self.describe_cost(base_cls)  # type: ignore[misc]
         self.expensive = self.is_expensive(base_cls)  # type: ignore[misc]
+        self.grid_dims, self.grid_note = self.shared_grids(base_cls)  # type: ignore[misc]
 
     @classmethod
     def _base_class(cls, base: Base) -> type:
@@ -69,6 +71,13 @@ class MetaCAM(BaseCAM):
     def describe_cost(cls, base: type) -> str:
         """The cost of this method around ``base``."""
         return str(base.cost)
+
+    @classmethod
+    def shared_grids(cls, base: type) -> tuple[tuple[int, ...], str]:
+        """The grids both this meta-method and ``base`` are defined on, and the note of the one that limits them."""
+        dims = tuple(d for d in cls.grid_dims if d in base.grid_dims)
+        note = cls.grid_note if len(dims) == len(cls.grid_dims) or not base.grid_note else base.grid_note
+        return dims, note
 
     @classmethod
     def is_expensive(cls, base: type) -> bool:

@@ -14,7 +14,7 @@ from ..core.outputs import to_logits
 from ..core.postprocess import normalize, to_input
 from ..errors import InputError
 from ..targets import Targets
-from .base import BaseCAM, chunks, positive_int
+from .base import BaseCAM, chunks, per_pass, positive_int
 from .explanation import Context, Maps
 from .gradient import weighted_sum
 from .registry import register
@@ -31,7 +31,7 @@ class ScoreCAM(BaseCAM):
     cancels in the softmax. A target callable's output is used as the score as is.
 
     Masked inputs run in chunks of at most ``batch_size`` images (across channels, samples and
-    images), under ``no_grad`` with no camkit hooks; masks are built per chunk, never all at once. A
+    images; a clip or volume of T frames counts as T images), under ``no_grad`` with no camkit hooks; masks are built per chunk, never all at once. A
     channel that is constant over the grid has an all-zero mask, so its masked input is all zeros
     whatever the channel or image: that input runs once and its score is shared.
 
@@ -108,13 +108,13 @@ class ScoreCAM(BaseCAM):
                 bs, ks = constant.nonzero(as_tuple=True)
                 total[bs, ks] = n * s0[bs].to(total.dtype)
             bi, ki = (~constant).nonzero(as_tuple=True)
-            for sl in chunks(bi.numel() * n, self.batch_size):  # (image, channel) pairs x samples, sample-minor
+            for sl in chunks(bi.numel() * n, per_pass(self.batch_size, x)):  # (image, channel) pairs x samples, sample-minor
                 idx = torch.arange(sl.start, sl.stop, device=bi.device)
                 pair, j = idx // n, idx % n
                 first, inverse = pair.unique(return_inverse=True)
                 b, k = bi[first], ki[first]
                 region = None if ctx.region is None else ctx.region.select(b)
-                m = normalize(to_input(a[b, k], size, region))[inverse]  # (n, *size), in the input's frame
+                m = normalize(to_input(a[b, k], size, region), dims=len(size))[inverse]  # (n, *size), input's frame
                 masks = self.masks(m, k[inverse], j, state)
                 output = self.model(x[b[inverse]] * masks.unsqueeze(1).to(x.dtype))
                 rows = b[inverse]

@@ -141,6 +141,10 @@ class SESS(MetaCAM):
     replaying with those poisoned); bases that are not ``from_layer`` (Score-CAM, ...) run exact mode.
     """
 
+    grid_dims = (2,)
+    grid_note = ("SESS crops square windows of rescaled images (2-D patch extraction, Gaussian blur of 2-D maps); "
+                 "windows of clips and volumes are not defined")
+
     def __init__(
         self,
         model: nn.Module,
@@ -223,7 +227,7 @@ class SESS(MetaCAM):
     # -- the call -----------------------------------------------------------------------------------------
     def explain(self, x: torch.Tensor, targets: TargetSpec = None) -> Explanation:
         base = self.base
-        x = base._check_input(x)
+        x = self._check_input(base._check_input(x))
         window, scales = self._geometry(x)
         with preserved(self.model, base.eval_mode), base._forward_mode(x):
             p = engine.forward(self.model, x, [], [], record=False)

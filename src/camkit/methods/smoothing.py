@@ -130,7 +130,7 @@ def principal_projection(
     ~0, its largest-magnitude entry is made positive. The default references are unchanged when ``A``
     is negated, so a layer whose output differs only in sign gives the same map.
     """
-    b, c, h, w = a.shape
+    b, c, grid = a.shape[0], a.shape[1], a.shape[2:]  # grid: (h, w), or (t, h, w) on clips and volumes
     m = a.detach().double().flatten(2).transpose(1, 2)  # (B, hw, C)
     if center:
         m = m - m.mean(dim=1, keepdim=True)
@@ -145,16 +145,16 @@ def principal_projection(
     peak = proj.gather(1, proj.abs().argmax(dim=1, keepdim=True)).squeeze(1)
     sign = torch.where(tie, torch.sign(peak), torch.sign(corr))
     sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    return (proj * sign[:, None]).view(b, h, w).to(a.dtype), (v * sign[:, None]).to(a.dtype)
+    return (proj * sign[:, None]).view(b, *grid).to(a.dtype), (v * sign[:, None]).to(a.dtype)
 
 
 def eigen_map(z: torch.Tensor) -> torch.Tensor:
     """First principal component of contributions ``z`` ``(B, K, C, h, w)`` -> ``(B, K, h, w)``, its sign
     agreeing with ``z.sum(2)`` (see the module docstring)."""
-    b, k, c, h, w = z.shape
-    flat = z.reshape(b * k, c, h, w)
+    b, k, c, grid = z.shape[0], z.shape[1], z.shape[2], z.shape[3:]
+    flat = z.reshape(b * k, c, *grid)
     proj, _ = principal_projection(flat, center=True, reference=flat.sum(1))
-    return proj.view(b, k, h, w)
+    return proj.view(b, k, *grid)
 
 
 def eigen_compute(method: "BaseCAM", ctx: Context) -> Maps:
@@ -168,7 +168,7 @@ def channel_contributions(raw_weights: Maps, acts: list[torch.Tensor], name: str
     _, weights = raw_weights
     if weights is None:
         raise UnsupportedModelError(f"{name} has no per-channel contributions, so eigen_smooth cannot apply")
-    return [w[..., None, None].to(a.dtype) * a.unsqueeze(1) for w, a in zip(weights, acts)], weights
+    return [w.view(*w.shape, *([1] * (a.dim() - 2))).to(a.dtype) * a.unsqueeze(1) for w, a in zip(weights, acts)], weights
 
 
 def peak_positive(proj: torch.Tensor) -> torch.Tensor:

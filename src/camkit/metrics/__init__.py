@@ -2,6 +2,8 @@
 
 * `.localization` — box from a map, IoU, MaxBoxAcc, Pointing Game, Energy-based Pointing Game
 * `.faithfulness` — Average Drop %, Increase in Confidence %, Deletion / Insertion AUC
+* `.remove_debias` — ROAD (Remove And Debias): noisy linear imputation, MoRF / LeRF curves, ROAD combined
+* `.arcc` — ARCC: complexity, coherency (re-runs the method) and ROAD, harmonic mean
 * `.sanity` — cascading model-parameter randomisation (Spearman ρ, SSIM)
 * `.baselines` — uniform, centre-Gaussian and random maps for every table
 * `.protocol` — the ``Protocol`` records whose ``describe()`` a report prints with each number
@@ -9,6 +11,7 @@
 * `._checks`, `._forward` — input validation and model plumbing shared by the above
 """
 from ._checks import BoxClippedWarning
+from .arcc import ARCC_PERCENTILES, ARCCProtocol, ARCCResult, arcc, coherency, complexity, harmonic_arcc
 from .baselines import BASELINES, baseline_maps, center_gaussian_map, random_map, uniform_map
 from .faithfulness import (
     ConfidenceChange,
@@ -40,6 +43,7 @@ from .localization import (
     threshold_ious,
 )
 from .protocol import Protocol
+from .remove_debias import ROAD_PERCENTILES, ROADProtocol, ROADResult, check_percentiles, noisy_linear_imputation, road
 from .sanity import (
     RandomizationProtocol,
     RandomizationResult,
@@ -50,8 +54,17 @@ from .sanity import (
 from .similarity import spearman_correlation, ssim
 
 __all__ = [
+    "ARCC_PERCENTILES",
+    "ARCCProtocol",
+    "ARCCResult",
+    "arcc",
+    "coherency",
+    "complexity",
     "BASELINES",
     "DEFAULT_THRESHOLDS",
+    "ROAD_PERCENTILES",
+    "ROADProtocol",
+    "ROADResult",
     "BoxClippedWarning",
     "ConfidenceChange",
     "ConfidenceProtocol",
@@ -68,23 +81,27 @@ __all__ = [
     "box_from_map",
     "box_iou",
     "center_gaussian_map",
+    "check_percentiles",
     "confidence_change",
     "default_randomization_layers",
     "deletion_auc",
     "energy_pointing_game",
     "gaussian_blur",
+    "harmonic_arcc",
     "increase_in_confidence",
     "increase_in_confidence_from_scores",
     "insertion_auc",
     "localization_iou",
     "mask_energy",
     "mask_pointing_game",
+    "noisy_linear_imputation",
     "max_box_acc",
     "max_box_acc_from_ious",
     "pointing_game",
     "random_map",
     "randomization_test",
     "reinitialize_",
+    "road",
     "spearman_correlation",
     "ssim",
     "threshold_ious",

@@ -34,7 +34,7 @@ class PixelModel(nn.Module):
     ``forward_preprocessed``; by default it is the next ``forward`` in the MRO.
     """
 
-    input_size: tuple[int, int]
+    input_size: tuple[int, ...]
     default_layer: str | None  # None: none chosen at load time, layer="auto" chooses per call
     categories: list[str] | None
     task: str = "classification"  # or "segmentation", "detection" (models loaded by name)
@@ -49,7 +49,7 @@ class PixelModel(nn.Module):
         *,
         mean: Sequence[float],
         std: Sequence[float],
-        input_size: tuple[int, int],
+        input_size: tuple[int, ...],
         default_layer: str,
         categories: list[str] | None,
     ) -> None:
@@ -61,13 +61,15 @@ class PixelModel(nn.Module):
         device = next((p.device for p in self.parameters()), torch.device("cpu"))
         self.register_buffer("pixel_mean", torch.tensor(mean, device=device).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std, device=device).view(1, 3, 1, 1), persistent=False)
-        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.input_size = tuple(int(s) for s in input_size)  # (H, W); video models (T, H, W)
         self.default_layer = default_layer
         self.categories = list(categories) if categories is not None else None
 
     def preprocess(self, x: Tensor) -> Tensor:
-        """``(x - mean) / std`` with per-channel mean and std; ``x`` is ``(B, 3, H, W)`` in [0, 1]."""
-        return (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
+        """``(x - mean) / std`` with per-channel mean and std; ``x`` is ``(B, 3, H, W)`` (a clip:
+        ``(B, 3, T, H, W)``) in [0, 1]."""
+        lift = (1, 3) + (1,) * (x.dim() - 2)
+        return (x - self.pixel_mean.to(x.dtype).view(lift)) / self.pixel_std.to(x.dtype).view(lift)
 
     def forward_preprocessed(self, t: Tensor) -> Tensor:
         """The network proper on a preprocessed tensor (with ``resize_keyword=True`` at another size)."""
@@ -86,7 +88,7 @@ def as_pixel_model(
     *,
     mean: Sequence[float],
     std: Sequence[float],
-    input_size: tuple[int, int],
+    input_size: tuple[int, ...],
     default_layer: str,
     categories: list[str] | None,
 ) -> PixelModel:
@@ -117,7 +119,7 @@ class WrappedModel(PixelModel):
         module: nn.Module,
         preprocess: Callable[[Tensor], Tensor] | None,
         *,
-        input_size: tuple[int, int],
+        input_size: tuple[int, ...],
         default_layer: str,
         categories: list[str] | None,
     ) -> None:

@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import inspect
 import json
+import pickle
 import re
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+from torch import nn
+
 from camkit.errors import UnsupportedModelError
 from camkit.models.base import PixelModel
 from camkit.models.loaded import adopt, require
-from camkit.models.state import Weights
+from camkit.models.state import Weights, pickle_refusal
 
 PROCESSOR_FILE = "preprocessor_config.json"
 #: PIL resampling codes as image processors store them
@@ -175,6 +179,9 @@ def load_hf(path: str, weights: Weights = "default", **kwargs: Any) -> PixelMode
         try:
             net, info = auto_cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
                                                  **kwargs)
+        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused a pickle: not run
+            files = sorted(f.name for f in folder.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt")) or ["?"]
+            raise UnsupportedModelError(f"{source}: " + pickle_refusal(str(folder / files[0]), exc)) from None
         except (OSError, RuntimeError, ValueError) as exc:  # no weights file, shape mismatch, bad option
             raise UnsupportedModelError(f"{source}: transformers could not load the model: {exc}") from exc
         _check_loading(info, source)
@@ -188,3 +195,23 @@ def load_hf(path: str, weights: Weights = "default", **kwargs: Any) -> PixelMode
                  categories=categories(config), task=task,
                  interpolation=_RESAMPLE.get(proc.get("resample", 2), "bilinear"),
                  crop_pct=float(crop) if crop is not None else None)
+
+
+class HFVideo(nn.Module):
+    """A Hugging Face video classifier (VideoMAE, TimeSformer, ViViT: ``pixel_values`` ``(B, T, C, H, W)``)
+    taking camkit's clips ``(B, C, T, H, W)`` and returning its logits ``(B, N)``; ``grid_dims`` 3.
+
+    ``model`` stays a submodule named ``model``, so its layers read ``model.videomae.encoder.layer.11``.
+    """
+
+    grid_dims = 3
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.config = getattr(model, "config", None)
+        labels = getattr(self.config, "id2label", None) or {}
+        self.categories = [labels[i] for i in sorted(labels)] if labels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x.transpose(1, 2)).logits  # type: ignore[no-any-return]

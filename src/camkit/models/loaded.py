@@ -62,16 +62,18 @@ def adopt(
     *,
     mean: Sequence[float],
     std: Sequence[float],
-    input_size: tuple[int, int],
+    input_size: tuple[int, ...],
     categories: Optional[list[str]],
     task: str,
     interpolation: str = "bilinear",
     crop_pct: Optional[float] = None,
+    probe_size: Optional[tuple[int, ...]] = None,
 ) -> PixelModel:
     """Make ``net`` (built by camkit just now, weights loaded) a pixel model in eval mode.
 
     ``forward(x) = net.forward((x - mean) / std)`` for RGB ``x`` in [0, 1]. ``categories`` longer or
-    shorter than the model's classes are the caller's to check.
+    shorter than the model's classes are the caller's to check. ``probe_size``: the input size at which
+    the default layer is chosen (default ``input_size``; a video model's smallest clip is cheaper).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -82,21 +84,21 @@ def adopt(
     net.interpolation = interpolation
     net.crop_pct = crop_pct
     net.eval()
-    net.default_layer = _default_layer(net)  # type: ignore[assignment]
+    net.default_layer = _default_layer(net, probe_size or net.input_size)  # type: ignore[assignment]
     return net
 
 
-def _default_layer(model: PixelModel) -> Optional[str]:
+def _default_layer(model: PixelModel, size: tuple[int, ...]) -> Optional[str]:
     """The layer CAM methods explain when given ``layer="auto"``, computed once at load time:
     `camkit.layers.task_layer` for detectors and segmenters with a known trunk, else
-    `camkit.layers.auto_layer` on one random image at ``input_size``. None, with a
+    `camkit.layers.auto_layer` on one random image (clip) of ``size``. None, with a
     warning, when no layer can be chosen here; ``layer="auto"`` then chooses on the user's images.
     """
     from camkit.layers import auto_layer, task_layer
 
     g = torch.Generator().manual_seed(_PROBE_SEED)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = torch.rand(1, 3, *model.input_size, generator=g).to(device)
+    x = torch.rand(1, 3, *size, generator=g).to(device)
     try:
         return task_layer(model) or auto_layer(model, x)
     except CamkitError as exc:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,11 +37,24 @@ def _read_file(path: Path) -> Any:
             raise UnsupportedModelError(f"{str(path)!r} is not a readable .safetensors file ({exc})") from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, non-tensor objects, truncated files
+    except pickle.UnpicklingError as exc:  # objects other than tensors: refused, never run
+        raise UnsupportedModelError(pickle_refusal(str(path), exc)) from None
+    except Exception as exc:  # non-tensor objects, truncated files
         raise UnsupportedModelError(
             f"{str(path)!r} is not a weights file torch.load(weights_only=True) can read ({exc}); "
             "save one with torch.save(model.state_dict(), path)"
         ) from exc
+
+
+def pickle_refusal(file: str, exc: BaseException) -> str:
+    """The message for a pickled weights file that `torch.load(weights_only=True)` refused: it names the
+    file and what it tried to import (code that would run on loading), and points to safetensors."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    what = f"it imports {found.group(1)}, " if found else ""
+    return (f"{file!r} is a pickle holding more than tensors ({what}code that would run on loading); camkit reads "
+            "weights with torch.load(weights_only=True) and did not run it. Use a .safetensors file of the model "
+            "instead (model.save_pretrained(DIR) writes model.safetensors; safetensors.torch.save_file(state_dict, "
+            "PATH) for a state dict), made from a source you trust")
 
 
 def _strip_wrappers(state: dict[str, Tensor]) -> dict[str, Tensor]:

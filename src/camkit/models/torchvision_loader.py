@@ -1,5 +1,10 @@
-"""``torchvision:NAME``: any classification, segmentation or detection builder of
-``torchvision.models.get_model``, weights from a local file only (never downloaded).
+"""``torchvision:NAME``: any classification, segmentation, detection or video classification builder
+of ``torchvision.models.get_model``, weights from a local file only (never downloaded).
+
+Video classifiers (``r3d_18``, ``mc3_18``, ``r2plus1d_18``, ``s3d``, ``mvit_v1_b``, ``mvit_v2_s``,
+``swin3d_t``) take clips ``(B, 3, T, H, W)`` of RGB pixels in [0, 1]; their ``input_size`` is
+``(T, H, W)`` (16 frames, or the weights' ``min_temporal_size`` if more, at the weights' crop size) and
+``grid_dims`` 3; the weights' Kinetics-400 names are their categories.
 
 Categories come from the weights enum's metadata (shipped with torchvision, offline): ImageNet,
 Pascal VOC or COCO names. Classifiers and segmenters get their weights' normalisation (ImageNet
@@ -21,8 +26,10 @@ from camkit.models.loaded import adopt
 from camkit.models.state import Weights, load_file_weights
 
 #: torchvision.models sub-package -> camkit task (classifiers live at the top level and in quantization)
-_TASKS = {"segmentation": "segmentation", "detection": "detection", "quantization": "classification"}
-_REFUSED = {"video": "takes video clips (B, 3, T, H, W)", "optical_flow": "predicts optical flow from image pairs"}
+_TASKS = {"segmentation": "segmentation", "detection": "detection", "quantization": "classification",
+          "video": "classification"}
+_REFUSED = {"optical_flow": "predicts optical flow from image pairs"}
+FRAMES = 16  # clip length of torchvision's video weights (Kinetics-400, 16 frames)
 
 
 def _task(name: str, builder: Any) -> str:
@@ -93,6 +100,14 @@ def load_torchvision(name: str, weights: Weights = "default", **kwargs: Any) -> 
     preset = meta_weights.transforms()
     crop = getattr(preset, "crop_size", None) or preset.resize_size
     resize = preset.resize_size
+    if builder.__module__.split(".")[2] == "video":
+        least = int(meta_weights.meta.get("min_temporal_size") or 1)
+        side = int(max(meta_weights.meta.get("min_size") or (1, 1)))
+        small = (max(4, least), max(64, side), max(64, side))  # the cheapest clip that shows every stage
+        model = adopt(net, mean=preset.mean, std=preset.std, input_size=(max(FRAMES, least), int(crop[0]), int(crop[1])),
+                      categories=categories, task=task, interpolation=preset.interpolation.value, probe_size=small)
+        model.grid_dims = 3
+        return model
     return adopt(net, mean=getattr(preset, "mean", IMAGENET_MEAN), std=getattr(preset, "std", IMAGENET_STD),
                  input_size=(int(crop[0]), int(crop[0])), categories=categories, task=task,
                  interpolation=preset.interpolation.value,

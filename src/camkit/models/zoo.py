@@ -15,7 +15,8 @@ A path must hold a state dict of the exact architecture (strict keys, ``weights_
 
 Names with a prefix load from other libraries (see `PREFIXES`): ``timm:NAME``
 (`camkit.models.timm_loader`), ``hf:DIR`` (`camkit.models.hf_loader`) and
-``torchvision:NAME`` (`camkit.models.torchvision_loader`); keyword options go to their builders.
+``torchvision:NAME`` (`camkit.models.torchvision_loader`), ``monai:NAME``
+(`camkit.models.monai_loader`); keyword options go to their builders.
 """
 from __future__ import annotations
 
@@ -59,14 +60,18 @@ def list_models() -> list[str]:
 
 
 #: name prefix -> (module, loader function, what the prefixed names mean)
-#: model-name prefixes -> (loader module, loader function, one line of help): `timm:`, `hf:`, `torchvision:`
+#: model-name prefixes -> (loader module, loader function, one line of help): `timm:`, `hf:`, `torchvision:`, `monai:`
 PREFIXES: dict[str, tuple[str, str, str]] = {
     "timm": ("camkit.models.timm_loader", "load_timm",
              "timm:NAME[.TAG]  any timm architecture, weights=PATH to a checkpoint (pip install 'camkit[timm]')"),
     "hf": ("camkit.models.hf_loader", "load_hf",
            "hf:DIR  a transformers image classifier or segmenter saved in DIR (pip install 'camkit[hf]')"),
     "torchvision": ("camkit.models.torchvision_loader", "load_torchvision",
-                    "torchvision:NAME  any torchvision classifier, segmenter or detector, weights=PATH"),
+                    "torchvision:NAME  any torchvision classifier, segmenter, detector or video classifier "
+                    "(r3d_18, mvit_v2_s, ...), weights=PATH"),
+    "monai": ("camkit.models.monai_loader", "load_monai",
+              "monai:NAME  a monai.networks.nets network (densenet121, resnet18, seresnet50...), spatial_dims=3, "
+              "in_channels=, out_channels=, weights=PATH (pip install 'camkit[medical]')"),
 }
 
 
@@ -116,7 +121,7 @@ def load(name: str, weights: Weights = "default", **kwargs: Any) -> PixelModel:
     if name not in _REGISTRY:
         raise UnsupportedModelError(_unknown(name))
     if kwargs:
-        raise UnsupportedModelError(f"{name}: options {sorted(kwargs)} are only for timm:, hf: and torchvision: names")
+        raise UnsupportedModelError(f"{name}: options {sorted(kwargs)} are only for timm:, hf:, torchvision: and monai: names")
     entry = _REGISTRY[name]
     model = entry.build()
     if weights == "default":

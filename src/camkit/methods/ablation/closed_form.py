@@ -69,7 +69,7 @@ class ClosedForm:
                     self._grads = grid_grads(self.ctx)
                 except NoGradientError as e:
                     raise _Rejected(str(e)) from None
-            d = (self._grads[i].double() * grid.double().unsqueeze(1)).sum((-2, -1))  # (B, K, C): y - y_k
+            d = (self._grads[i].double() * grid.double().unsqueeze(1)).flatten(3).sum(-1)  # (B, K, C): y - y_k
             for b, (ks, s) in enumerate(probes):
                 self._compare(b, d[b], ks, s, plain, raw)
         except _Rejected as e:

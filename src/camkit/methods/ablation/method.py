@@ -18,7 +18,7 @@ from ...core.outputs import to_logits
 from ...core.precision import autocast_dtype, score_tolerance
 from ...errors import InputError, UnsupportedModelError
 from ...targets import Targets
-from ..base import BaseCAM, chunks, positive_int
+from ..base import BaseCAM, chunks, per_pass, positive_int
 from ..explanation import Context, Maps
 from ..gradient import weighted_sum
 from ..registry import register
@@ -78,7 +78,7 @@ class _Ablator:
         """For a raw layer output of ``shape``: the flat position in it of every element of its
         ``(n, C, h, w)`` grid view (found by passing an index tensor through the grid function)."""
         idx = self.to_grid(torch.arange(shape.numel()).view(shape))
-        if idx.dtype != torch.long or idx.dim() != 4:
+        if idx.dtype != torch.long or idx.dim() < 4:
             raise UnsupportedModelError(
                 f"Ablation-CAM zeroes channels of layer {self.name!r} through its reshape function, which must "
                 f"only move elements (view/permute/reshape/index); it turned an index tensor into {idx.dtype} "
@@ -152,7 +152,7 @@ class AblationCAM(BaseCAM):
         tracer = getattr(ctx.pass_, "tracer", None)
         assert tracer is not None, "AblationCAM.compute needs the traced pass of AblationCAM._forward"
         raw, weights = [], []
-        closed = ClosedForm(ctx, self.batch_size, autocast_dtype(self.precision)) if ctx.scores.requires_grad else None
+        closed = ClosedForm(ctx, per_pass(self.batch_size, ctx.x), autocast_dtype(self.precision)) if ctx.scores.requires_grad else None
         for i, name in enumerate(ctx.pass_.names):
             w = None
             if self.recompute == "tail":
@@ -195,7 +195,7 @@ class AblationCAM(BaseCAM):
             alive = live[b].nonzero().flatten().to(act.device)
             channels = torch.cat([alive.new_full((1,), -1), alive])  # -1: the unablated copy
             scores = []
-            for sl in chunks(channels.numel(), self.batch_size):
+            for sl in chunks(channels.numel(), per_pass(self.batch_size, x)):
                 ks = channels[sl]
                 n = ks.numel()
                 scores.append(self._replay(ctx, plan, b, ablate(b, batch, ks), n, verify).detach().clone())
