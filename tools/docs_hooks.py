@@ -175,8 +175,8 @@ def protocols() -> str:
     from camkit import metrics
 
     out: list[str] = []
-    for cls in (metrics.LocalizationProtocol, metrics.ConfidenceProtocol, metrics.PerturbationProtocol,
-                metrics.RandomizationProtocol):
+    families = [getattr(metrics, n) for n in metrics.__all__ if n.endswith("Protocol") and n != "Protocol"]
+    for cls in families:
         record = cls()
         out += [f"### {cls.NAME}\n", f"`camkit.metrics.{cls.__name__}`; references: {cls.REFERENCE}\n",
                 "| convention | default |", "|---|---|"]

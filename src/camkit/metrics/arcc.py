@@ -48,7 +48,8 @@ Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class ARCCProtocol(Protocol):
-    """Conventions of ARCC."""
+    """Conventions of ARCC (`arcc`): the harmonic mean of coherency, `1 - complexity` and ROAD,
+    each field one convention the number depends on (printed with it by `describe()`)."""
 
     NAME: ClassVar[str] = "ARCC"
     REFERENCE: ClassVar[str] = "arXiv 2605.14641; complexity and coherency: Poppi et al. 2021 (arXiv 2104.10252)"

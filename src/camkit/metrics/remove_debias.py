@@ -68,7 +68,9 @@ _MAX_UNKNOWNS = 400_000  # removed pixels per factorisation (bounds SuperLU's me
 
 @dataclass(frozen=True)
 class ROADProtocol(Protocol):
-    """Conventions of ROAD."""
+    """Conventions of ROAD (`road`): remove p % of the pixels in the map's order (MoRF / LeRF), fill
+    them by noisy linear imputation, score the explained class; each field one convention the number
+    depends on (printed with it by `describe()`)."""
 
     NAME: ClassVar[str] = "ROAD"
     REFERENCE: ClassVar[str] = "Rong et al. 2022, A Consistent and Efficient Evaluation Strategy for Attribution Methods (ICML)"
