@@ -1,7 +1,7 @@
 """The peers' call signatures over camkit, for the common cases: code written for pytorch-grad-cam or
 torchcam runs by changing its imports, and gives the same maps.
 
-pytorch-grad-cam (``from camkit.compat import GradCAM, ClassifierOutputTarget, show_cam_on_image``)::
+pytorch-grad-cam (``from camkit.compat import GradCAM, ClassifierOutputTarget, show_cam_on_image``):
 
     with GradCAM(model=model, target_layers=[model.layer4], reshape_transform=None) as cam:
         grayscale = cam(input_tensor=x, targets=[ClassifierOutputTarget(281)])   # numpy (B, H, W)
@@ -14,7 +14,7 @@ averaged and scaled again. ``targets``: None (top-1), a list of
 
 torchcam (``from camkit.compat import torchcam``, then ``torchcam.GradCAM``, ``GradCAMpp``,
 ``SmoothGradCAMpp``, ``XGradCAM``, ``LayerCAM``, ``ScoreCAM``; also importable as ``TCGradCAM``,
-``GradCAMpp``, ``SmoothGradCAMpp``, ``TCXGradCAM``, ``TCLayerCAM``, ``TCScoreCAM``)::
+``GradCAMpp``, ``SmoothGradCAMpp``, ``TCXGradCAM``, ``TCLayerCAM``, ``TCScoreCAM``):
 
     with torchcam.SmoothGradCAMpp(model, target_layer="layer4") as cam_extractor:
         out = model(x)
