@@ -60,6 +60,15 @@ def _public_names(module_name: str) -> list[str]:
     return [f"{module_name}.{n}" for n in module.__all__ if n != "torchcam"]
 
 
+def _documented(name: str, anchors: set[str]) -> bool:
+    """``pkg.name`` has an entry as itself, or at its home module ``pkg.module.name`` (a name imported
+    on first use, or shadowed by the module of the same name that holds it)."""
+    package, short = name.rsplit(".", 1)
+    return name in anchors or any(
+        a.startswith(package + ".") and a.endswith("." + short)
+        and re.fullmatch(r"[a-z_][a-z0-9_]*", a[len(package) + 1:-len(short) - 1] or "-") for a in anchors)
+
+
 @pytest.mark.slow
 def test_site_builds_strict_offline_with_every_public_name(tmp_path):
     pytest.importorskip("mkdocs")
@@ -83,7 +92,7 @@ def test_site_builds_strict_offline_with_every_public_name(tmp_path):
     # a reference entry (an anchor) for every public name
     html = "".join(p.read_text() for p in (site / "reference").rglob("index.html"))
     anchors = set(re.findall(r'id="(camkit[\w.]*)"', html))
-    missing = [n for m in PUBLIC for n in _public_names(m) if n not in anchors]
+    missing = [n for m in PUBLIC for n in _public_names(m) if not _documented(n, anchors)]
     assert missing == [], missing
     # offline: no web fonts, no script, stylesheet or image from another host
     for page in site.rglob("*.html"):
