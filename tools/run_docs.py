@@ -1,6 +1,6 @@
 """Run the code blocks of Markdown files as a reader would, offline, and say which failed.
 
-    python3 tools/run_docs.py README.md [docs/*.md ...] [--list]
+    python3 tools/run_docs.py README.md [docs/*.md ...] [--list] [--work DIR]
 
 Per file, in a fresh temporary directory:
 
@@ -18,7 +18,10 @@ a cat, scikit-image's ``chelsea``). ``camkit`` and ``python3`` on the blocks' ``
 camkit this script imports (this checkout's ``src`` first), so the docs are checked against the
 code beside them; Hugging Face is set offline and matplotlib to a non-interactive backend.
 
-Exit status 1 when a block failed. :func:`run_file` returns one :class:`Block` per code block.
+With ``--work DIR`` (one file) the blocks run in DIR and what they write stays there: the docs build
+(``tools/docs_hooks.py``) publishes the pictures a page's blocks save beside that page.
+
+Exit status 1 when a block failed. `run_file` returns one `Block` per code block.
 """
 from __future__ import annotations
 
@@ -67,8 +70,13 @@ class Block:
 
 def blocks(path: Path) -> list[Block]:
     """The fenced code blocks of Markdown file ``path``, each with the skip reason written before it."""
+    return blocks_of_text(Path(path).read_text(encoding="utf-8"), Path(path))
+
+
+def blocks_of_text(text: str, path: Path = Path("<text>")) -> list[Block]:
+    """The fenced code blocks of Markdown ``text`` (read from ``path``), as `blocks` finds them."""
     out: list[Block] = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    lines = text.splitlines()
     i = 0
     while i < len(lines):
         m = _FENCE.match(lines[i])
@@ -190,11 +198,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--list", action="store_true", help="list the blocks and their skip reasons, run nothing")
     parser.add_argument("--kind", choices=("python", "shell"), default=None, help="run only the blocks of this kind")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="run in this directory and keep what the blocks write (one file only)")
     args = parser.parse_args(argv)
+    if args.work is not None and len(args.files) != 1:
+        parser.error("--work takes one file: each file's blocks run in a directory of their own")
     kinds = (args.kind,) if args.kind else ("python", "shell")
     results = []
     for path in args.files:
-        results += blocks(path) if args.list else run_file(path, kinds=kinds)
+        results += blocks(path) if args.list else run_file(path, work=args.work, kinds=kinds)
     print("\nsummary:")
     for b in results:
         if b.kind != "other":

@@ -25,7 +25,7 @@ from .methods import (
 
 __version__ = "0.2.0"
 
-_LAZY = {"models", "data", "metrics", "bench", "viz", "targets"}
+_LAZY = {"models", "data", "metrics", "bench", "viz", "targets", "compat"}
 
 
 def __getattr__(name: str) -> Any:  # heavy submodules load on first use

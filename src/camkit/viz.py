@@ -155,7 +155,7 @@ def overlay(image: ImageLike, m: ArrayLike, alpha: float = 0.5, cmap: str = "jet
     ``(1 - alpha) * image + alpha * colour(map)``, at the image's size.
 
     ``image``: PIL, uint8 or float in [0, 1], HWC or CHW (see the module docstring). A map computed
-    on a letterboxed or cropped input needs :func:`to_original` first; a plain resize is undone here."""
+    on a letterboxed or cropped input needs `to_original` first; a plain resize is undone here."""
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha must be in [0, 1], got {alpha}")
     img = _hwc(image)
@@ -216,9 +216,9 @@ def to_original(maps: torch.Tensor, image: Union[tuple[int, int], ImageLike, "Fr
                 fill: float = 0.0) -> torch.Tensor:
     """Maps ``(..., h, w)`` computed on a model input back on the original image: ``(..., H, W)``.
 
-    ``image``: the original ``(H, W)``, the image itself, or the :class:`~camkit.data.geometry.Frame`
+    ``image``: the original ``(H, W)``, the image itself, or the `camkit.data.geometry.Frame`
     of its preprocessing; ``fit`` how the image was fitted to the ``(h, w)`` input (``stretch``,
-    ``letterbox`` or ``crop``, see :mod:`camkit.data.geometry`): the map goes back through the same
+    ``letterbox`` or ``crop``, see `camkit.data.geometry`): the map goes back through the same
     geometry (a plain bilinear resize for ``stretch``; pixels a crop cut off get ``fill``).
     """
     from .data.geometry import Frame
@@ -316,7 +316,7 @@ def show(
     ``model.categories`` of camkit's zoo and loaded models), else ``class N``. Titles: class name
     and probability (softmax of the logits; the raw score for a callable target). ``boxes``: per image, ``(N, 4)`` boxes
     ``x0, y0, x1, y1`` in that image's pixels, drawn on every cell of its row. Guided Backprop
-    attributions are drawn with :func:`attribution`. Returns a PIL image (shown inline by Jupyter).
+    attributions are drawn with `attribution`. Returns a PIL image (shown inline by Jupyter).
     """
     groups = dict(explanation) if isinstance(explanation, Mapping) else {"": explanation}
     if not groups:
@@ -370,7 +370,7 @@ def _map_frames(m: ArrayLike, t: int) -> torch.Tensor:
 
 def clip_overlays(frames: Union[torch.Tensor, Sequence[ImageLike]], m: ArrayLike, alpha: float = 0.5,
                   cmap: str = "jet") -> list[Image.Image]:
-    """Frame t of ``frames`` with map frame t over it (:func:`overlay`), for every frame.
+    """Frame t of ``frames`` with map frame t over it (`overlay`), for every frame.
 
     ``frames``: T images (a ``(T, 3, H, W)`` tensor such as ``VideoClip.frames``, or a list; for a
     model input ``x`` of shape ``(B, 3, T, H, W)`` pass ``x[i].transpose(0, 1)``); ``m``: a ``(T, h, w)``
@@ -382,7 +382,7 @@ def clip_overlays(frames: Union[torch.Tensor, Sequence[ImageLike]], m: ArrayLike
 def frame_strip(frames: Union[torch.Tensor, Sequence[ImageLike]], m: ArrayLike, *, cols: Optional[int] = None,
                 cell: int = 160, titles: Optional[Sequence[str]] = None, alpha: float = 0.5,
                 cmap: str = "jet") -> Image.Image:
-    """The clip's overlays (:func:`clip_overlays`) side by side (``cols`` per row, default all), each
+    """The clip's overlays (`clip_overlays`) side by side (``cols`` per row, default all), each
     titled (default ``frame t``)."""
     pics = clip_overlays(frames, m, alpha=alpha, cmap=cmap)
     return _strip(pics, titles or [f"frame {t}" for t in range(len(pics))], cols, cell)
@@ -467,7 +467,7 @@ def show_clip(e: "Explanation", clip: torch.Tensor, i: int = 0, k: int = 0, *, c
     """Clip ``i``'s map ``k`` as a frame strip, titled with the class and its probability.
 
     ``clip``: the explained input ``(B, 3, T, H, W)``. A method whose ``output`` is ``"attribution"``
-    (signed, ``(C, T, H, W)``) is drawn with :func:`attribution` per frame, a map over the frames."""
+    (signed, ``(C, T, H, W)``) is drawn with `attribution` per frame, a map over the frames."""
     x, m, signed, caption = _explained(e, clip, i, k)
     frames = x.transpose(0, 1)
     titles = [f"{caption} · frame {t}" if t == 0 else f"frame {t}" for t in range(frames.shape[0])]
@@ -479,7 +479,7 @@ def show_clip(e: "Explanation", clip: torch.Tensor, i: int = 0, k: int = 0, *, c
 def show_volume(e: "Explanation", volume: torch.Tensor, i: int = 0, k: int = 0, *,
                 spacing: Sequence[float] = (1.0, 1.0, 1.0), cell: int = 224, alpha: float = 0.5,
                 cmap: str = "jet") -> Image.Image:
-    """Volume ``i``'s map ``k`` as three orthogonal slices through its maximum (:func:`volume_slices`),
+    """Volume ``i``'s map ``k`` as three orthogonal slices through its maximum (`volume_slices`),
     with the class and its probability as a caption. ``volume``: the explained input ``(B, C, D, H, W)``;
     an ``"attribution"`` output is drawn as its absolute value summed over channels, scaled to [0, 1]."""
     x, m, signed, caption = _explained(e, volume, i, k)

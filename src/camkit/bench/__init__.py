@@ -1,12 +1,12 @@
 """The benchmark: methods x models x data -> records (resumable) -> tables, figures, HTML report.
 
-Modules, one idea each: :mod:`.config` (what and how), :mod:`.sources` (models and data by name),
-:mod:`.plan` (shards with stable keys), :mod:`.runner` (one shard -> records, pure),
-:mod:`.store` (append-only JSONL), :mod:`.lock` (one writer per run directory),
-:mod:`.engines` (where shards run; :mod:`.ray_engine` on a Ray cluster), :mod:`.report` (tables from records), :mod:`.stats` (bootstrap intervals and paired
-tests), :mod:`.evidence` (how sure each number is: intervals, tests against the baselines),
-:mod:`.verdict` (which map to trust: the rule applied to the tables' tests),
-:mod:`.figures`, :mod:`.html`, :mod:`.session` (all of it end to end), :mod:`.demo`.
+Modules, one idea each: `.config` (what and how), `.sources` (models and data by name),
+`.plan` (shards with stable keys), `.runner` (one shard -> records, pure),
+`.store` (append-only JSONL), `.lock` (one writer per run directory),
+`.engines` (where shards run; `.ray_engine` on a Ray cluster), `.report` (tables from records), `.stats` (bootstrap intervals and paired
+tests), `.evidence` (how sure each number is: intervals, tests against the baselines),
+`.verdict` (which map to trust: the rule applied to the tables' tests),
+`.figures`, `.html`, `.session` (all of it end to end), `.demo`.
 """
 from .config import BASELINES, TARGET_KINDS, BenchConfig, Protocol
 from .engines import LocalEngine, get_engine, list_engines, register_engine

@@ -1,7 +1,7 @@
-"""What a benchmark run measures and how: :class:`BenchConfig` and its :class:`Protocol`.
+"""What a benchmark run measures and how: `BenchConfig` and its `Protocol`.
 
-Everything here is plain data (JSON round trip via :meth:`BenchConfig.to_dict` /
-:meth:`BenchConfig.from_dict`), so a run directory's ``run.json`` says exactly how its numbers
+Everything here is plain data (JSON round trip via `BenchConfig.to_dict` /
+`BenchConfig.from_dict`), so a run directory's ``run.json`` says exactly how its numbers
 were made and a remote worker can rebuild the configuration.
 """
 from __future__ import annotations
@@ -18,8 +18,11 @@ from ..metrics import check_percentiles
 #: target kinds of the records: the predicted class, the least predicted class, the true class
 #: (only when it differs from the predicted one, i.e. for misclassified images).
 TARGET_KINDS: tuple[str, ...] = ("top1", "least", "true")
+"""What a bench explains per image: the predicted class, the least predicted one and, when the
+prediction is wrong, the true class."""
 BASELINE_PREFIX = "baseline:"
 BASELINES: tuple[str, ...] = ("uniform", "center_gaussian", "random")
+"""The baseline maps in every table, as `baseline:NAME` rows (`camkit.metrics.BASELINES`)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class Protocol:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Models x methods x data, batch size, device and the :class:`Protocol`.
+    """Models x methods x data, batch size, device and the `Protocol`.
 
     ``models``: zoo names, optionally ``name=weights`` (a named weights set, ``random``, or a path).
     ``methods``: registry names (guided methods are not maps; they appear in the Guided Grad-CAM

@@ -57,7 +57,7 @@ def demo_parts(digits_images: int = 48, include_expensive: bool = False) -> list
 
 @dataclass(frozen=True)
 class DemoResult:
-    """``index.html`` and each part's :class:`BenchResult`."""
+    """``index.html`` and each part's `BenchResult`."""
 
     index: Path
     results: list[BenchResult]

@@ -1,8 +1,8 @@
 """Engines run shards and stream their records back: ``get_engine(name).run(shards, config)``.
 
-An engine only decides *where* :func:`~camkit.bench.runner.run_shard` runs. The local engine calls
+An engine only decides *where* `camkit.bench.runner.run_shard` runs. The local engine calls
 it in this process, shard after shard. Another engine (e.g. Ray: one task per shard, records
-gathered as tasks finish) registers itself with :func:`register_engine` and needs no change to the
+gathered as tasks finish) registers itself with `register_engine` and needs no change to the
 runner, the store or the report -- records carry their artifacts inline and are written by the
 caller, so workers never touch the run directory.
 """
@@ -49,6 +49,7 @@ def register_engine(name: str, factory: Callable[..., Engine]) -> None:
 
 
 def list_engines() -> list[str]:
+    """The names of the registered engines: `local`, `ray` (needs the ray extra) and any added by `register_engine`."""
     return list(_ENGINES)
 
 

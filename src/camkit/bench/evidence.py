@@ -1,8 +1,8 @@
 """How sure each table number is, from per-image values: intervals per cell, each method against the
 baseline maps, method against method, and the sentences and CSV that say it.
 
-A :class:`Family` is one model x metric: per method (baselines included), the per-image values on
-the same images (NaN where a method has none). Every statistic comes from :mod:`.stats`: 95%
+A `Family` is one model x metric: per method (baselines included), the per-image values on
+the same images (NaN where a method has none). Every statistic comes from `.stats`: 95%
 percentile bootstrap over images, the same resampled images for every method (paired), two-sided
 bootstrap p-values, Holm's correction over the methods of one model x metric.
 """

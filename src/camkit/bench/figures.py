@@ -1,10 +1,10 @@
 """The survey's figures, drawn with matplotlib's Agg backend (no display needed).
 
-- :func:`iou_strip` -- Figures 1-6: per model, the IoU of the top and of the least predicted class
+- `iou_strip` -- Figures 1-6: per model, the IoU of the top and of the least predicted class
   per method, one point per correctly classified image (from records only);
-- :func:`layer_figure` -- Figures 7-10: Grad-CAM at several layers of a model, a few images;
-- :func:`guided_figure` -- Figure 11: image, Grad-CAM, Guided Backprop and Guided Grad-CAM;
-- :func:`randomization_curve` -- the cascading parameter-randomisation sanity check: per method, the
+- `layer_figure` -- Figures 7-10: Grad-CAM at several layers of a model, a few images;
+- `guided_figure` -- Figure 11: image, Grad-CAM, Guided Backprop and Guided Grad-CAM;
+- `randomization_curve` -- the cascading parameter-randomisation sanity check: per method, the
   mean Spearman correlation with the intact model's map against the number of randomised blocks.
 
 Figure functions return ``(png_bytes, caption)``.
@@ -134,7 +134,7 @@ def _still(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def layer_figure(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, ids: Sequence[str],
                  count: int = 4) -> Optional[Figure]:
-    """Grad-CAM of ``targets`` at :func:`figure_layers` for each image (rows) and layer (columns)."""
+    """Grad-CAM of ``targets`` at `figure_layers` for each image (rows) and layer (columns)."""
     from .. import viz
     from ..methods import GradCAM
 

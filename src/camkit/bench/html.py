@@ -2,7 +2,7 @@
 tables, the figures and the galleries of the survey (Tables 2-7).
 
 Every string that comes from data -- image ids and file names, class names, model specs, paths,
-error messages -- goes through :func:`html.escape`, so a file named ``<script>...</script>.png``
+error messages -- goes through `html.escape`, so a file named ``<script>...</script>.png``
 shows as text.
 """
 from __future__ import annotations

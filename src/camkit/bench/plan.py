@@ -1,8 +1,8 @@
 """What to run: models x methods x images, cut into shards of work with stable keys.
 
-A :class:`Shard` is one model on a contiguous range of image indices (``kind="images"``), or one
+A `Shard` is one model on a contiguous range of image indices (``kind="images"``), or one
 model's figures (``kind="figures"``). Inside a shard the unit of work -- what is written, fsynced and
-marked done together -- is ``(model, method, image range)``; its key is :func:`unit_key`. Keys
+marked done together -- is ``(model, method, image range)``; its key is `unit_key`. Keys
 depend only on the model spec, the method and the image indices, so a resumed run (or a remote
 worker) computes exactly the same units the same way.
 """
@@ -96,7 +96,7 @@ def leave_out_reason(name: str, task: str = "classification", include_expensive:
 def select_methods(spec: Iterable[str] | str, include_expensive: bool = False,
                    task: str = "classification") -> tuple[tuple[str, ...], list[str]]:
     """(methods to run, one line per registered method left out and why). ``"all"``: every registered
-    method whose :func:`leave_out_reason` is None; named methods run even when expensive, and a named
+    method whose `leave_out_reason` is None; named methods run even when expensive, and a named
     method the tables cannot hold is an error saying why."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if names == ["all"]:
@@ -115,7 +115,7 @@ def select_methods(spec: Iterable[str] | str, include_expensive: bool = False,
 
 def resolve_methods(spec: Iterable[str] | str, include_expensive: bool = False) -> tuple[str, ...]:
     """``"all"`` -> every registered method the classification tables hold (expensive ones only with
-    ``include_expensive``); else the names, canonicalised by the registry. See :func:`select_methods`."""
+    ``include_expensive``); else the names, canonicalised by the registry. See `select_methods`."""
     return select_methods(spec, include_expensive)[0]
 
 

@@ -1,8 +1,8 @@
 """Run benchmark shards on a Ray cluster (``camkit bench --engine ray``; needs ``camkit[ray]``).
 
-Each shard becomes one Ray task that calls :func:`~camkit.bench.runner.run_shard` and returns the
+Each shard becomes one Ray task that calls `camkit.bench.runner.run_shard` and returns the
 shard's records. Ray reuses worker processes, and models and datasets are cached per process
-(:mod:`.sources`), so a worker loads each model once. Records come back to the driver as tasks
+(`.sources`), so a worker loads each model once. Records come back to the driver as tasks
 finish and are written there, into the same ``results.jsonl`` as the local engine, so resume works
 the same way: a finished shard is not redone, a shard that was in flight is redone from scratch
 (its units were never written, so nothing is duplicated). A worker that dies mid-shard costs a

@@ -8,9 +8,9 @@ Deletion / Insertion AUC and the IoU of the least predicted class. Then accuracy
 protocol. Timings are not in these tables (they differ between two runs of the same thing); they
 are in the HTML report and the summary.
 
-Every cell is an aggregate of per-image values (:class:`Column`): the tables carry its 95% bootstrap
+Every cell is an aggregate of per-image values (`Column`): the tables carry its 95% bootstrap
 interval and n, ``significance.csv`` each method against the best baseline map, and the HTML report
-the method-vs-method differences -- all from :mod:`.evidence` / :mod:`.stats` on those values.
+the method-vs-method differences -- all from `.evidence` / `.stats` on those values.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def _hits(iou: float) -> PerImage:
 class Column:
     """One metric column group: label, which direction is better, decimals, and each image's value
     (records of target ``kind``); the cell is the mean of the values, or for list values (MaxBoxAcc)
-    the maximum over positions of the per-position means (:func:`.stats.aggregate`)."""
+    the maximum over positions of the per-position means (`.stats.aggregate`)."""
 
     key: str
     label: str
@@ -173,7 +173,7 @@ class Summary:
         return next(c for c in self.table8 + self.more if c.key == key)
 
     def findings(self, model: str) -> str:
-        """A paragraph: which methods beat the baselines and which can be told apart (see :mod:`.evidence`)."""
+        """A paragraph: which methods beat the baselines and which can be told apart (see `.evidence`)."""
         groups = {k: g for (k, m), g in self.groups.items() if m == model}
         return findings(model, self.tests, groups, lambda k: self.column(k).label)
 
@@ -190,7 +190,7 @@ _SAME_FIELDS = ("iou", "pointing", "energy", "y", "o", "deletion", "insertion", 
 def identical_rows(groups: dict[tuple[str, str], list[Record]], models: Sequence[str],
                    methods: Sequence[str]) -> dict[str, list[list[str]]]:
     """Per model, the groups (of 2 or more, in table order) of methods whose records hold equal values
-    (within :data:`SAME_TOL`) for every image, target kind and metric: identical maps."""
+    (within `SAME_TOL`) for every image, target kind and metric: identical maps."""
     out: dict[str, list[list[str]]] = {}
     for model in models:
         rows = {}

@@ -1,9 +1,9 @@
 """Run one shard: a model on a range of images with every method, or that model's figures.
 
-:func:`run_shard` is a pure function of ``(shard, config)`` -- it reads the model and the images,
+`run_shard` is a pure function of ``(shard, config)`` -- it reads the model and the images,
 computes, and yields JSON-ready records; it writes nothing -- so any engine (this process, a pool, a
 Ray worker) can call it, and a unit computed twice gives identical records. Models and datasets are
-loaded once per process (:mod:`.sources`).
+loaded once per process (`.sources`).
 
 Per batch: one no-grad forward gives the predictions; each method then explains the predicted
 class, the least predicted class and (for misclassified images) the true class in ONE call with a
@@ -18,7 +18,7 @@ and energy read the union of the boxes (a clip's tube of per-frame boxes), the I
 3-D box with the box enclosing them (one object per item); pictures show the middle slice of the object.
 
 Times (``time_map_s``) cover the map computation only, after each method has run once untimed on one
-image of the model in this process (:func:`_warm_up`), so no method is charged with the warm-up.
+image of the model in this process (`_warm_up`), so no method is charged with the warm-up.
 """
 from __future__ import annotations
 
@@ -302,7 +302,7 @@ def _metrics(model: nn.Module, b: Batch, maps: torch.Tensor, config: BenchConfig
 def _arcc(model: nn.Module, method: str, b: Batch, maps: torch.Tensor, road: list[Optional[float]],
           config: BenchConfig) -> dict[str, list[Any]]:
     """Per image of the top-1 maps ``maps`` (B, H, W): complexity, coherency (the method re-run on the
-    image x its map) and ARCC from the run's ROAD combined (:mod:`camkit.metrics.arcc`)."""
+    image x its map) and ARCC from the run's ROAD combined (`camkit.metrics.arcc`)."""
     n = len(b.indices)
     if not (config.protocol.arcc and config.protocol.road) or any(r is None for r in road):
         return {"complexity": [None] * n, "coherency": [None] * n, "arcc": [None] * n}

@@ -2,7 +2,7 @@
 
 Model specs: ``name`` (the zoo's default weights) or ``name=weights`` where weights is a named set
 (``imagenet``, ``bundled``), ``random`` (no weights) or a state-dict path; names may carry a prefix
-(``timm:NAME=ckpt.pth``, ``torchvision:NAME=file.pth``, ``hf:DIR``; see :func:`parse_model_spec`). Data specs: ``samples``
+(``timm:NAME=ckpt.pth``, ``torchvision:NAME=file.pth``, ``hf:DIR``; see `parse_model_spec`). Data specs: ``samples``
 (the bundled photos), ``digits`` / ``digits:N`` (N generated images, default 100, test split,
 seed 1), ``moving_digits[:N]`` / ``digit_volumes[:N]`` (generated clips / volumes, the same defaults), ``imagenet:PATH`` (ILSVRC validation images + VOC XML) and ``folder:PATH`` (a folder with
 ``boxes.json`` or ``boxes.csv``, or the path of that file). Both are loaded once per process.
@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import CamkitError
 
+#: the `--data` forms a bench takes -> what each is
 DATASETS = {
     "samples": "the bundled real photos (scikit-image, matplotlib, scikit-learn) with ImageNet labels and boxes",
     "digits[:N]": "N generated 64x64 digits images with exact boxes (default 100; test split, seed 1)",
@@ -76,7 +77,7 @@ def random_weights(spec: str) -> bool:
 
 
 def random_weights_warning(spec: str) -> str:
-    """The warning for a model that runs with random weights (see :func:`random_weights`), with advice
+    """The warning for a model that runs with random weights (see `random_weights`), with advice
     that works here: ``imagenet`` only where torchvision's file is in the cache, else a state-dict file
     or a zoo model that ships real weights."""
     name, weights = parse_model_spec(spec)

@@ -11,7 +11,7 @@ its statistic is the same aggregate over the drawn images, with their multiplici
 The draws depend only on ``(n, seed)`` (row b = the (b+1)-th call ``rng.integers(0, n, n)`` of
 ``numpy.random.default_rng(seed)``), so every method, metric and model with n images is resampled
 on the same images and differences are paired. Intervals are percentile intervals; the test of a
-paired difference inverts them (two-sided bootstrap p-value); :func:`holm` corrects a family.
+paired difference inverts them (two-sided bootstrap p-value); `holm` corrects a family.
 """
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ class Comparison:
 def compare(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED,
             level: float = LEVEL) -> Comparison:
     """Paired bootstrap of ``aggregate(a) - aggregate(b)`` over the images where both are known (the
-    others are dropped, so n = those images and the draws are those of :func:`resample_indices` (n))."""
+    others are dropped, so n = those images and the draws are those of `resample_indices` (n))."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     both = known(a) & known(b)
     a, b = a[both], b[both]
@@ -163,8 +163,8 @@ def compare(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int 
 
 
 def difference(a: np.ndarray, b: np.ndarray, dist_a: np.ndarray, dist_b: np.ndarray, level: float = LEVEL) -> Comparison:
-    """The :class:`Comparison` of per-image values ``a``, ``b`` (the same images, all known) from their
-    bootstrap distributions on the same resamples. Values equal within :data:`TIE` on every image are
+    """The `Comparison` of per-image values ``a``, ``b`` (the same images, all known) from their
+    bootstrap distributions on the same resamples. Values equal within `TIE` on every image are
     equal (0 [0, 0], p = 1): float noise between identical maps (CAM and Grad-CAM on a GAP head) is no
     evidence."""
     if np.all(np.abs(a - b) <= TIE):

@@ -96,7 +96,7 @@ def _repair_tail(path: Path) -> None:
 
 
 class ResultStore:
-    """The records of one run directory: ``keys`` written so far, ``done_units``, :meth:`append`."""
+    """The records of one run directory: ``keys`` written so far, ``done_units``, `append`."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.dir = Path(directory)

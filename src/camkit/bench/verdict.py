@@ -5,7 +5,7 @@ The rule (printed with every verdict):
 1. A method qualifies only if (a) its maps change under parameter randomisation: the mean Spearman
    rank correlation of its top-1 maps with the maps of the same class on the model with every
    parameter re-initialised (the end of the cascade, column "sanity") is below
-   :data:`SANITY_THRESHOLD`; and (b) it beats every baseline map significantly on ROAD combined
+   `SANITY_THRESHOLD`; and (b) it beats every baseline map significantly on ROAD combined
    (paired bootstrap over images, Holm-corrected over the methods, p < 0.05, in the better direction;
    the baselines: uniform, centre Gaussian and random maps, and methods declaring ``baseline = True``
    such as RandomCAM).
@@ -55,7 +55,7 @@ class Verdict:
         return self.ranking[0] if self.ranking else []
 
     def headline(self) -> str:
-        """One line: the method(s) to trust, or :data:`NONE_QUALIFIES`."""
+        """One line: the method(s) to trust, or `NONE_QUALIFIES`."""
         top = self.trusted
         if not top:
             return f"{model_label(self.model)}: {NONE_QUALIFIES}"
@@ -131,7 +131,7 @@ def verdict(s: Summary, model: str, threshold: float = SANITY_THRESHOLD) -> Verd
 
 
 def verdicts(s: Summary, threshold: float = SANITY_THRESHOLD) -> list[Verdict]:
-    """One :class:`Verdict` per model of the summary."""
+    """One `Verdict` per model of the summary."""
     return [verdict(s, m, threshold) for m in s.models]
 
 
@@ -141,8 +141,8 @@ def verdict_notes(s: Summary) -> list[str]:
 
 
 def verdict_lines(s: Summary) -> list[str]:
-    """Per model the headline and the ranking, then :data:`RULE`: what the report and the terminal show
-    (why each other method does not qualify: :meth:`Verdict.lines`)."""
+    """Per model the headline and the ranking, then `RULE`: what the report and the terminal show
+    (why each other method does not qualify: `Verdict.lines`)."""
     out = []
     for v in verdicts(s):
         out.append(v.headline())

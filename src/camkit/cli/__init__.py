@@ -10,16 +10,17 @@
     camkit list
     camkit train-digits [names...]
     camkit serve --models efficientnet_lite0,digits_resnet [--port 8000]
+    camkit docs [--port 8000] [--build DIR]
 
 Exit status: 0 on success, 1 on an error (a one-line message in the command's flags, no traceback
 unless ``--debug``), 130 when interrupted (a bench can be resumed by running the same command again),
 141 when the reader of its output went away (``camkit list | head``).
 
 Modules, one subcommand (or a close pair) each, every one owning its parser and its ``cmd_*``:
-:mod:`.explain` (``explain``, ``--task classify|detect|segment``), :mod:`.explain3d` (``explain`` on
-videos and NIfTI volumes), :mod:`.bench` (``bench``, ``report``),
-:mod:`.recommend` (``recommend``: a small bench and its verdict), :mod:`.demo`, :mod:`.serve`, :mod:`.catalog` (``list``, ``train-digits``), :mod:`.layers` (``layers``),
-:mod:`.common` (helpers and option groups they share), :mod:`.phrasing` (the library's messages in the
+`.explain` (``explain``, ``--task classify|detect|segment``), `.explain3d` (``explain`` on
+videos and NIfTI volumes), `.bench` (``bench``, ``report``),
+`.recommend` (``recommend``: a small bench and its verdict), `.demo`, `.serve`, `.docs` (``docs``: build and serve this site), `.catalog` (``list``, ``train-digits``), `.layers` (``layers``),
+`.common` (helpers and option groups they share), `.phrasing` (the library's messages in the
 command's flags). This module only assembles them and runs one.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Optional
 from camkit import __version__
 from camkit.errors import CamkitError
 
-from . import bench, catalog, demo, explain, layers, recommend, serve
+from . import bench, catalog, demo, docs, explain, layers, recommend, serve
 from .common import set_threads
 from .phrasing import cli_warnings, to_cli
 
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.add_list_parser(sub)
     serve.add_parser(sub)
     catalog.add_train_digits_parser(sub)
+    docs.add_parser(sub)
     return p
 
 

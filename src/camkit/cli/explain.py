@@ -17,7 +17,7 @@ Every task warns on stderr when the model runs with random weights, and runs the
 A method whose ``output`` is ``"attribution"`` (signed, pixel space: Guided Backprop) is drawn as a
 picture of its own; a ``"cam"`` map as an overlay on its image.
 
-Video files and NIfTI volumes (a video or volume model) go to :mod:`.explain3d`: a frame strip and
+Video files and NIfTI volumes (a video or volume model) go to `.explain3d`: a frame strip and
 an animated GIF per map for a video, a NIfTI map aligned with the scan and three orthogonal slices
 for a volume.
 """
@@ -256,7 +256,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _explain_3d(args: argparse.Namespace, model: nn.Module, kinds: set[str]) -> int:
-    """Videos and NIfTI volumes (:mod:`.explain3d`)."""
+    """Videos and NIfTI volumes (`.explain3d`)."""
     if "image" in kinds:
         raise InputError("images and videos / volumes go to different models: explain them in separate calls")
     if args.fit is not None or args.size != "original":

@@ -1,19 +1,19 @@
 """``camkit explain`` on video files and NIfTI volumes (models taking ``(B, C, T, H, W)`` / ``(B, C, D, H, W)``).
 
 A video (``.mp4``, ``.avi``, ``.mov``, ``.mkv``, ``.webm``, ...; PyAV) is decoded and sampled to the
-model's ``input_size`` ``(T, H, W)`` (:func:`camkit.data.video.read_video`; corrupt frames are skipped
+model's ``input_size`` ``(T, H, W)`` (`camkit.data.video.read_video`; corrupt frames are skipped
 and reported). Per method and target: ``STEM_METHOD[_kK]_strip.png`` (every sampled frame with the map
 over it), ``STEM_METHOD[_kK].gif`` (the same, animated; frames at the video's own size, at most 480 px
 on the longer side) and ``.npy`` (the map ``(T, H, W)`` on the model's grid).
 
 A NIfTI volume (``.nii``, ``.nii.gz``; nibabel) is read on the model's ``input_size`` ``(D, H, W)``
 (the file's own grid when the model names none) with the channels the model's first 3-D convolution
-takes (:func:`camkit.data.volume.read_volume`). Per method and target: ``STEM_METHOD[_kK].nii.gz``
+takes (`camkit.data.volume.read_volume`). Per method and target: ``STEM_METHOD[_kK].nii.gz``
 (the map on the scan's original shape and affine: it opens aligned with the scan in 3D Slicer /
 ITK-SNAP), ``STEM_METHOD[_kK]_slices.png`` (three orthogonal slices through the map's maximum) and
 ``.npy`` (the map on the model's grid).
 
-A method whose ``output`` is ``"attribution"`` is drawn per frame with :func:`camkit.viz.attribution`
+A method whose ``output`` is ``"attribution"`` is drawn per frame with `camkit.viz.attribution`
 (clips) or as its absolute value (volumes); ``"cam"`` and ``"concepts"`` maps as overlays.
 """
 from __future__ import annotations
@@ -95,7 +95,7 @@ def explain_files(model: nn.Module, paths: Sequence[str], methods: Sequence[str]
                   predictions: Optional[Callable[[nn.Module, torch.Tensor, Sequence[str], Any], None]] = None
                   ) -> list[Path]:
     """Write the pictures, maps and files of videos and NIfTI volumes (module docstring); returns the
-    paths written. ``targets`` as for :meth:`BaseCAM.explain`; ``predictions(model, x, [path], cats)``
+    paths written. ``targets`` as for `BaseCAM.explain`; ``predictions(model, x, [path], cats)``
     prints each input's classes."""
     out.mkdir(parents=True, exist_ok=True)
     cats = getattr(model, "categories", None)

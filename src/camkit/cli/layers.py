@@ -2,10 +2,10 @@
 map (or why it does not), and the layer ``layer="auto"`` explains, with the reason.
 
 One traced forward of a random image at ``--size`` (default: the model's input size;
-:func:`camkit.layers.trace.trace`) gives each module call's output shape. Each output is read from
-its shape (:func:`camkit.layers.readings`) and that forward's evidence (:mod:`camkit.layers.probe`:
+`camkit.layers.trace.trace`) gives each module call's output shape. Each output is read from
+its shape (`camkit.layers.readings`) and that forward's evidence (`camkit.layers.probe`:
 attention internals, MLP hidden widths, modules called more than once), the same evidence
-``layer="auto"`` uses. The auto layer is then read in full (:func:`camkit.layers.read_layer`: a
+``layer="auto"`` uses. The auto layer is then read in full (`camkit.layers.read_layer`: a
 reading that shape leaves open is settled at a second input size, token grids are checked to be in
 raster order), as ``camkit explain`` reads any layer it is given.
 """
@@ -66,7 +66,7 @@ def reading(call: ModuleCall, p: Probe) -> str:
 
 
 def _why(model: nn.Module) -> str:
-    """Why ``layer="auto"`` picks what it picks on ``model`` (see :func:`camkit.layers.choose_layers`)."""
+    """Why ``layer="auto"`` picks what it picks on ``model`` (see `camkit.layers.choose_layers`)."""
     preset = getattr(model, "default_layer", None)
     try:
         task = task_layer(model)

@@ -1,6 +1,6 @@
 """The library's messages speak Python (``layer='name'``, ``weights=None``, ``min_score``); the command
-speaks flags. :func:`to_cli` rewrites the phrasings that messages reachable from a command use into
-that command's flags (``--layer NAME``, ``--weights random``, ``--min-score``); :func:`cli_warnings`
+speaks flags. `to_cli` rewrites the phrasings that messages reachable from a command use into
+that command's flags (``--layer NAME``, ``--weights random``, ``--min-score``); `cli_warnings`
 prints the library's warnings as one ``camkit COMMAND: warning:`` line each, rewritten the same way.
 
 Each rule names a phrasing the library really uses (``tests/test_cli_messages.py`` drives the

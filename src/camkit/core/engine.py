@@ -22,7 +22,7 @@ from .outputs import to_logits
 
 @dataclass
 class Pass:
-    """The result of :func:`forward`: model output, its logits (if any) and the captured layer outputs."""
+    """The result of `forward`: model output, its logits (if any) and the captured layer outputs."""
 
     output: Any
     logits: Optional[torch.Tensor]

@@ -2,18 +2,18 @@
 
 A model shared by several threads runs every thread's forward through the same modules, so a hook
 that one explanation registers would also fire in -- and corrupt -- another's forward. Each camkit
-call therefore runs in a *call scope* (:func:`scope`): a token held in a :mod:`contextvars`
+call therefore runs in a *call scope* (`scope`): a token held in a `contextvars`
 variable, so it belongs to one thread (or one asyncio task). A hook registered through
-:class:`Hooks` runs its function only when the module is called inside the scope that registered
+`Hooks` runs its function only when the module is called inside the scope that registered
 it; any other caller passes through as if the hook were not there. A forward replaced through
-:meth:`Hooks.replace_forward` likewise sends only this scope's calls to the replacement; every other
+`Hooks.replace_forward` likewise sends only this scope's calls to the replacement; every other
 caller reaches the module's own forward.
 
 Nested camkit code (a method's forward inside its ``explain``) shares the enclosing call's scope.
 Limitation: a model whose forward runs its layers in threads of its own leaves the scope there, so
 camkit's hooks do not fire in those threads. ``DataParallel`` (replicas in threads) and
 ``DistributedDataParallel`` are therefore explained through the module they wrap
-(:mod:`camkit.layers.wrappers`), in the caller's thread.
+(`camkit.layers.wrappers`), in the caller's thread.
 """
 from __future__ import annotations
 

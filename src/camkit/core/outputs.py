@@ -82,7 +82,7 @@ def _maxima(output: Any) -> list[torch.Tensor]:
 
 def probe_score(output: Any) -> torch.Tensor:
     """A scalar that depends on every floating-point tensor of a model output (the sum of their
-    maxima), for probing which layers the output depends on: unlike :func:`to_logits` it never has
+    maxima), for probing which layers the output depends on: unlike `to_logits` it never has
     to choose between several candidate score tensors."""
     maxima = _maxima(output)
     if not maxima:

@@ -4,7 +4,7 @@ Such a model given 0..255 floats, or an already normalised tensor, runs without 
 the wrong thing (EfficientNet-Lite0 calls the 0..255 espresso photo a loudspeaker). The first
 forward whose input leaves ``[-TOLERANCE, 1 + TOLERANCE]`` warns once per model, with the fix.
 camkit's own perturbations that may leave the range (Smooth Grad-CAM++'s Gaussian noise) run
-inside :func:`unchecked`.
+inside `unchecked`.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _compiling() -> bool:
 
 
 def check_range(x: torch.Tensor, owner: object) -> None:
-    """Warn once per ``owner`` when ``x`` leaves [0, 1] by more than :data:`TOLERANCE`.
+    """Warn once per ``owner`` when ``x`` leaves [0, 1] by more than `TOLERANCE`.
 
     Costs one min/max over the input per forward until the warning has been given."""
     if getattr(owner, "_camkit_range_warned", False) or not _CHECK.get() or not x.is_floating_point() \

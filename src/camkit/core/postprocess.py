@@ -58,7 +58,7 @@ FUSIONS = ("max", "product")
 
 def finalize(raw: list[torch.Tensor], size: tuple[int, ...], region: Optional[InputRegion] = None,
              fuse: str = "max") -> torch.Tensor:
-    """Bring per-layer raw maps ``(B, K, *grid_l)`` to the input's ``size`` (:func:`to_input`),
+    """Bring per-layer raw maps ``(B, K, *grid_l)`` to the input's ``size`` (`to_input`),
     normalise each to [0, 1] over its grid and fuse them: element-wise ``"max"``, or ``"product"``
     (RefineCAM), normalised again."""
     d = len(size)

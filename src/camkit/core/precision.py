@@ -47,7 +47,7 @@ def score_tolerance(precision: str) -> float:
 
 
 def check_available(precision: str, device: torch.device) -> None:
-    """:class:`CamkitError` if ``precision`` cannot run (usefully) on ``device``."""
+    """`CamkitError` if ``precision`` cannot run (usefully) on ``device``."""
     if precision == "fp32":
         return
     available = getattr(torch.amp, "is_autocast_available", lambda kind: kind in ("cpu", "cuda"))  # torch < 2.4

@@ -4,7 +4,7 @@ A torchvision detector (Faster/Mask R-CNN, RetinaNet, FCOS, SSD) passes its inpu
 ``GeneralizedRCNNTransform``: each image is resized to ``(h', w')`` and the batch is padded at the
 bottom and right to ``(Hp, Wp)``. Every layer after it sees the padded image, so its grid covers
 ``[0, Hp) x [0, Wp)`` and the input image is the sub-rectangle ``[0, h'/Hp] x [0, w'/Wp]`` of it (in
-fractions of the grid's extent). An :class:`InputRegion` holds that rectangle per image and samples a
+fractions of the grid's extent). An `InputRegion` holds that rectangle per image and samples a
 grid map inside it at the input's pixel centres: pixel ``(i, j)`` of an ``(H, W)`` input reads the
 grid at ``y = y0 + (i + 0.5) / H * (y1 - y0)`` (same for ``x``), bilinearly -- i.e. upsampling to the
 padded size, cropping the padding and resizing to the input, in one interpolation. With the whole

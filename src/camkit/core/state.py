@@ -101,7 +101,7 @@ def preserved(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
 
     Restored even when the block raises: every module's ``training`` flag, every parameter's
     ``requires_grad`` and ``.grad`` (the same tensor object), and no camkit hook survives its call
-    (hooks registered through :mod:`camkit.core.hooks` come off when their call ends; any left over
+    (hooks registered through `camkit.core.hooks` come off when their call ends; any left over
     are removed here). Hooks registered by anything else are left alone.
 
     Overlapping calls (threads) share the state: the first call on a module or parameter records

@@ -198,5 +198,5 @@ def source_digits(split: Split) -> tuple[np.ndarray, list[np.ndarray]]:
 
 def digits(n: int = 1000, seed: int = 0, size: int = 64, split: Split = "test",
            two_share: float = 0.2) -> DigitsDataset:
-    """``n`` generated digit images of ``size x size`` pixels (see :mod:`camkit.data.digits`)."""
+    """``n`` generated digit images of ``size x size`` pixels (see `camkit.data.digits`)."""
     return DigitsDataset(n, seed=seed, size=size, split=split, two_share=two_share)

@@ -1,20 +1,20 @@
 """Generated clips and volumes with exact ground truth, from scikit-learn's 8x8 digits.
 
-:class:`MovingDigits`: clips ``(3, T, S, S)`` (default 8 frames of 32x32): one digit (a glyph of
-:func:`camkit.data.digits.glyph`, 11-16 px) moving in a straight line at constant velocity from a
+`MovingDigits`: clips ``(3, T, S, S)`` (default 8 frames of 32x32): one digit (a glyph of
+`camkit.data.digits.glyph`, 11-16 px) moving in a straight line at constant velocity from a
 random start to a random end (at least half the free range away along one axis) (integer positions ``round(start + (end - start) · t / (T - 1))``) over
 a dark, noisy background (static smooth blotches, fresh pixel noise every frame) with two static
 grey distractor squares. The label is the digit. ``Sample.boxes`` are ``(T, 6)``: frame t's tight ink
 box as ``(x0, y0, t, x1, y1, t + 1)``, so the union of the boxes is the digit's tube (the
 ``spatial_dims=3`` metrics read it directly); ``Sample.mask`` is the ink alpha ``(T, S, S)``.
 
-:class:`DigitVolumes`: volumes ``(1, S, S, S)`` (default 32³, one channel like a scan): one glyph
+`DigitVolumes`: volumes ``(1, S, S, S)`` (default 32³, one channel like a scan): one glyph
 (13-19 px) extruded along D through ``U{6..14}`` slices at a random place, in noise (smooth
 blotches + voxel noise) with two bright distractor spheres (radius 2) elsewhere. The label is the
 digit; ``Sample.boxes`` is the exact 3-D box ``(x0, y0, z0, x1, y1, z1)``; ``Sample.mask`` the
 extruded ink alpha ``(S, S, S)``.
 
-Like :mod:`camkit.data.digits`: outside the ink every voxel equals the background (the digit is
+Like `camkit.data.digits`: outside the ink every voxel equals the background (the digit is
 pasted last), splits use disjoint source digits (``"train"`` even, ``"test"`` odd ``load_digits``
 indices), and item ``i`` depends only on ``(seed, i, sizes, split)``.
 """
@@ -163,10 +163,10 @@ class DigitVolumes(_Generated):
 
 
 def moving_digits(n: int = 200, seed: int = 0, size: int = 32, frames: int = 8, split: Split = "test") -> MovingDigits:
-    """``n`` generated clips of a moving digit (see :mod:`camkit.data.digits3d`)."""
+    """``n`` generated clips of a moving digit (see `camkit.data.digits3d`)."""
     return MovingDigits(n, seed=seed, size=size, frames=frames, split=split)
 
 
 def digit_volumes(n: int = 200, seed: int = 0, size: int = 32, split: Split = "test") -> DigitVolumes:
-    """``n`` generated volumes of an extruded digit (see :mod:`camkit.data.digits3d`)."""
+    """``n`` generated volumes of an extruded digit (see `camkit.data.digits3d`)."""
     return DigitVolumes(n, seed=seed, size=size, split=split)

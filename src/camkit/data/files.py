@@ -1,4 +1,4 @@
-"""A dataset of image files with boxes: the common base of :mod:`imagenet` and :mod:`folder`.
+"""A dataset of image files with boxes: the common base of `imagenet` and `folder`.
 
 Images are decoded lazily. Iterating skips (and counts) images that cannot be read; indexing one
 raises ``OSError`` naming the file. Boxes are clipped to the decoded image (counted as
@@ -33,7 +33,7 @@ class Record:
 
 
 class AnnotatedFiles(Sequence[Sample]):
-    """Samples decoded on demand from :class:`Record` objects."""
+    """Samples decoded on demand from `Record` objects."""
 
     def __init__(self, records: list[Record], problems: Counter[str], categories: list[str] | None) -> None:
         self.records = records

@@ -1,6 +1,6 @@
 """How an image becomes a model input, and how a map computed on that input goes back to the image.
 
-A :class:`Frame` records the geometry of one fit of an ``(H, W)`` image to a model's ``(h, w)``
+A `Frame` records the geometry of one fit of an ``(H, W)`` image to a model's ``(h, w)``
 input. In continuous pixel coordinates (pixel ``i`` spans ``[i, i + 1)``) an image point ``X``
 lands on the input at ``u = scale * X + offset``, per axis:
 
@@ -8,7 +8,7 @@ lands on the input at ``u = scale * X + offset``, per axis:
 - ``letterbox``: resize by ``s = min(h / H, w / W)`` and pad the rest with ``fill`` (centred);
 - ``crop``: resize by ``s = max(h / H, w / W)`` and keep the centre ``(h, w)``.
 
-:meth:`Frame.to_original` samples a map at ``u(X)`` for the centre of every image pixel
+`Frame.to_original` samples a map at ``u(X)`` for the centre of every image pixel
 (bilinear), which for ``stretch`` is exactly a bilinear resize. Image points the input never saw
 (outside a centre crop) get ``fill`` (default 0: no evidence).
 """

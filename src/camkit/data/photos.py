@@ -41,7 +41,7 @@ def sample_files() -> dict[str, Path]:
 
 
 def samples(ids: list[str] | None = None) -> list[Sample]:
-    """The bundled photos (all, or those named in ``ids``) as :class:`Sample` objects."""
+    """The bundled photos (all, or those named in ``ids``) as `Sample` objects."""
     spec = json.loads((ASSETS / "samples.json").read_text(encoding="utf-8"))["photos"]
     if ids is not None:
         known = {p["id"] for p in spec}

@@ -1,4 +1,4 @@
-"""One annotated image (:class:`Sample`), resizing image and boxes together, and batching."""
+"""One annotated image (`Sample`), resizing image and boxes together, and batching."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -22,9 +22,9 @@ class Sample:
     - ``mask``: optional float ``(H, W)`` in [0, 1], the object's exact pixels where known
       (the digit ink of the generated set).
 
-    The generated 3-D sets (:mod:`camkit.data.digits3d`) use the same record one axis up: ``image``
+    The generated 3-D sets (`camkit.data.digits3d`) use the same record one axis up: ``image``
     ``(C, D, H, W)`` (a clip's D is its frames), ``boxes`` ``(N, 6)`` as ``x0, y0, z0, x1, y1, z1``,
-    ``mask`` ``(D, H, W)``; they are generated at their nets' size, so :meth:`resized` is for images only.
+    ``mask`` ``(D, H, W)``; they are generated at their nets' size, so `resized` is for images only.
     """
 
     image: Tensor
@@ -45,7 +45,7 @@ class Sample:
         return list(self.label) if isinstance(self.label, list) else [int(self.label)]
 
     def resized(self, size: tuple[int, int], interpolation: str = "bilinear") -> "Sample":
-        """A copy at ``size = (H, W)``: antialiased image (see :func:`resize_image`), boxes scaled by
+        """A copy at ``size = (H, W)``: antialiased image (see `resize_image`), boxes scaled by
         ``W'/W, H'/H``. The aspect ratio is not kept (no crop), so every box stays inside the image.
         """
         h, w = self.size

@@ -1,16 +1,16 @@
 """Video files: decode with PyAV, sample the frames a model takes, write animations.
 
-:func:`read_video` decodes every frame of a file's first video stream (PyAV, ``pip install
+`read_video` decodes every frame of a file's first video stream (PyAV, ``pip install
 'camkit[video]'``), picks ``frames`` of them evenly over the whole video (frame ``floor((i + 0.5) ·
 n / T)`` for ``i = 0 .. T-1`` of ``n`` decoded frames: the centre of each of T equal segments; a video
 shorter than T repeats frames), and returns them at their own size and resized to the model's
 ``(H, W)`` as a ``(1, 3, T, H, W)`` clip of pixels in [0, 1]. A packet that does not decode (a
 corrupt frame) is skipped and counted in ``VideoClip.skipped``, never an error; a file that cannot
-be opened, has no video stream or no decodable frame is an :class:`~camkit.errors.InputError`
+be opened, has no video stream or no decodable frame is an `camkit.errors.InputError`
 naming the file. Frames are decoded twice (once to count them, once to keep the chosen ones), so
 memory holds only T frames however long the video.
 
-:func:`save_animation` writes frames as an animated GIF (Pillow) or an MP4 (PyAV, H.264).
+`save_animation` writes frames as an animated GIF (Pillow) or an MP4 (PyAV, H.264).
 """
 from __future__ import annotations
 

@@ -1,17 +1,17 @@
 """NIfTI volumes: read one for a 3-D model, write a map back aligned with the scan.
 
-:func:`read_volume` loads a ``.nii`` / ``.nii.gz`` with nibabel (``pip install 'camkit[medical]'``),
+`read_volume` loads a ``.nii`` / ``.nii.gz`` with nibabel (``pip install 'camkit[medical]'``),
 keeps the file's shape, affine and header, scales intensities to [0, 1] (``intensity``) and resamples
 the voxel grid to the model's ``(D, H, W)`` trilinearly (``align_corners=False``: voxel centres
 scale about the grid's edges). The array axes stay the file's own, ``(i, j, k) -> (D, H, W)``,
 so no reorientation happens anywhere. A 4-D file's last axis is its channels.
 
-:func:`write_map` resamples a map computed on the model's grid back to the file's original shape
+`write_map` resamples a map computed on the model's grid back to the file's original shape
 with the inverse of that resampling and saves it with the original affine: model voxel ``j`` of
 ``m`` along an axis of ``n`` original voxels lands at original voxel ``(j + 0.5) · n / m − 0.5``, so
 the map opens aligned with the scan in 3D Slicer / ITK-SNAP / FSLeyes.
 
-:func:`slices_through` gives the three orthogonal slices of a volume through a voxel (the map's
+`slices_through` gives the three orthogonal slices of a volume through a voxel (the map's
 maximum by default) with their physical aspect (from the voxel sizes), for pictures.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Volume:
     - ``data``: ``(C, D0, H0, W0)`` float32, the scaled intensities on the file's own grid;
     - ``shape``: ``(D0, H0, W0)`` the file's grid; ``affine``: its 4x4 voxel-to-world matrix;
     - ``spacing``: voxel sizes along ``(D0, H0, W0)`` in the file's units (mm);
-    - ``header``: the nibabel header (copied into every map written with :func:`write_map`).
+    - ``header``: the nibabel header (copied into every map written with `write_map`).
     """
 
     tensor: Tensor

@@ -1,14 +1,14 @@
 """Which layer to explain and how to read its output: below methods and models, above core.
 
-Modules, one idea each: :mod:`.names` (a layer by dotted name, module or list; ``name[key]``
-addresses one tensor of a container output), :mod:`.layout` (reading an output's shape as a
-feature grid: NCHW, channels-last, tokens with prefixes), :mod:`.trace` (one traced forward: every
-module call, attention blocks marked), :mod:`.probe` (what that trace says, cached per model and
-input size), :mod:`.reading` (one layer's output read from shape and evidence, or a clear
-refusal), :mod:`.auto` (``layer="auto"``: the layer an expert explains), :mod:`.presets` (the task
-of a model and the layer of detectors' and segmenters' backbones), :mod:`.stages` (the last feature
-map at each finer grid before a layer: RefineCAM's layers), :mod:`.attention` (a vision transformer's
-blocks, their attention probabilities for one call, its head on tokens: LeGrad's), :mod:`.wrappers`
+Modules, one idea each: `.names` (a layer by dotted name, module or list; ``name[key]``
+addresses one tensor of a container output), `.layout` (reading an output's shape as a
+feature grid: NCHW, channels-last, tokens with prefixes), `.trace` (one traced forward: every
+module call, attention blocks marked), `.probe` (what that trace says, cached per model and
+input size), `.reading` (one layer's output read from shape and evidence, or a clear
+refusal), `.auto` (``layer="auto"``: the layer an expert explains), `.presets` (the task
+of a model and the layer of detectors' and segmenters' backbones), `.stages` (the last feature
+map at each finer grid before a layer: RefineCAM's layers), `.attention` (a vision transformer's
+blocks, their attention probabilities for one call, its head on tokens: LeGrad's), `.wrappers`
 (`torch.compile` / DataParallel / DDP explained through the wrapped module; quantised layers).
 """
 from .auto import auto_layer, choose_layers

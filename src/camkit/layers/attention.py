@@ -1,12 +1,12 @@
 """A vision transformer's blocks, their attention probabilities for one call, and its head on tokens.
 
 Fused attention (timm's ``fused_attn``, Hugging Face's ``sdpa``, ``nn.MultiheadAttention`` called
-with ``need_weights=False``) never builds the attention probabilities. :class:`EagerAttention` makes
+with ``need_weights=False``) never builds the attention probabilities. `EagerAttention` makes
 each supported attention module run an eager path that keeps them, for one call only: the module's
-forward is replaced through :mod:`camkit.core.hooks` (call-scoped), so other threads keep the
+forward is replaced through `camkit.core.hooks` (call-scoped), so other threads keep the
 module's own (fused) forward, and no attribute of the model changes -- no global flag is flipped.
 
-Supported attention modules (:func:`attention_kind`):
+Supported attention modules (`attention_kind`):
 
 - ``"mha"``: ``nn.MultiheadAttention`` doing self-attention without masks (torchvision ViT,
   ``nn.TransformerEncoderLayer``): recomputed from its own weights, ``P = softmax(q k^T / sqrt(d))``,

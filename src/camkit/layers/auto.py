@@ -9,7 +9,7 @@ top-1 score reading only its own: VOLO's ``aux_head``, SqueezeNet's conv classif
 residual branch before its add (the stream after the add is the map; a branch's last module is
 not); when another such output feeds the score without passing through it (parallel branches) the
 rule cannot decide and the error lists them. Models that carry a ``default_layer`` (camkit's zoo)
-and detectors / segmenters (:mod:`.presets`) answer first.
+and detectors / segmenters (`.presets`) answer first.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def auto_layer(model: nn.Module, x: torch.Tensor) -> str:
 
 def choose_layers(model: nn.Module, spec: LayerSpec, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` pairs of a layer spec; ``"auto"``: the model's ``default_layer`` (zoo
-    models), a detector's or segmenter's preset (:func:`~.presets.task_layer`), else :func:`auto_layer`."""
+    models), a detector's or segmenter's preset (`.presets.task_layer`), else `auto_layer`."""
     if isinstance(spec, str) and spec == "auto":
         preset = getattr(model, "default_layer", None) or task_layer(model)
         spec = preset if isinstance(preset, str) and preset else auto_layer(model, x)

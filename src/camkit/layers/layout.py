@@ -19,7 +19,7 @@ Three layouts are read:
 
 Which of the readings that fit a shape is meant, and whether a tensor is an attention internal or
 an MLP hidden width rather than a map, needs evidence from the model's structure:
-:mod:`camkit.layers.probe` supplies it.
+`camkit.layers.probe` supplies it.
 """
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ class Layout:
 
 def stride_mismatch(h: int, w: int, input_hw: tuple[int, int]) -> Optional[float]:
     """How far ``(h, w)`` is from ``(H/s, W/s)`` for the best single stride ``s``, in cells; None when
-    no stride brings both axes within :data:`SLACK` cells (then it is not a grid of this input)."""
+    no stride brings both axes within `SLACK` cells (then it is not a grid of this input)."""
     hh, ww = input_hw
     if h < 1 or w < 1:
         return None
@@ -123,7 +123,7 @@ def stride_mismatch(h: int, w: int, input_hw: tuple[int, int]) -> Optional[float
 
 
 def grid_mismatch(grid: Size, size: Size) -> Optional[float]:
-    """:func:`stride_mismatch` of a grid's ``(h, w)`` against the input's ``(H, W)``; on clips and
+    """`stride_mismatch` of a grid's ``(h, w)`` against the input's ``(H, W)``; on clips and
     volumes also ``1 <= t <= T + SLACK`` (time has a stride of its own). None: no grid of this input."""
     if len(grid) != len(size):
         return None

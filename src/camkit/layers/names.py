@@ -1,7 +1,7 @@
 """Resolve the layer(s) to explain: a dotted name, a module, a list of them, or ``"auto"``.
 
 A name may end in keys that pick one tensor of a container output (``"backbone[0]"``, see
-:mod:`camkit.core.keys`); the keys are checked when the layer's output is seen.
+`camkit.core.keys`); the keys are checked when the layer's output is seen.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ detector or segmenter, the layer an expert explains: the backbone's last feature
   returns as ``"out"`` (``"high"`` for LR-ASPP) is the one the classifier reads.
 - Other detectors (SSD, whose backbone returns six maps): the error lists the backbone's parts to
   choose from. Other segmenters (Hugging Face Segformer, DPT, UperNet...): the general
-  ``layer="auto"`` rule, searching only inside the backbone (:func:`search_scope`: the base model,
+  ``layer="auto"`` rule, searching only inside the backbone (`search_scope`: the base model,
   e.g. ``segformer``), not the decoder.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _last_returned(trunk: nn.Module, task: str) -> Optional[str]:
 
 def task_layer(model: nn.Module) -> Optional[str]:
     """The layer ``layer="auto"`` explains on a detector or segmenter; None for other models (the
-    general rule applies). Raises :class:`LayerNotFoundError` listing the choices when the model is a
+    general rule applies). Raises `LayerNotFoundError` listing the choices when the model is a
     detector without a known trunk."""
     task = model_task(model)
     if task is None:

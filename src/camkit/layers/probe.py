@@ -1,6 +1,6 @@
 """What one traced forward of one image says about every module of a model at one input size.
 
-:func:`probe` records (:mod:`.trace`) each module call -- output shape, how often the module ran,
+`probe` records (`.trace`) each module call -- output shape, how often the module ran,
 whether it runs inside a token mixer -- and the widths of the residual stream (the outputs of
 mixers and of the modules around them, tensors inside a tuple they return included), so that MLP
 hidden widths (token tensors whose width is not a stream width at that grid) can be told from
@@ -52,7 +52,7 @@ def grid_key(shape: torch.Size, layout: Layout) -> tuple[int, ...]:
 
 
 def summarise(model: nn.Module, calls: list[ModuleCall], input_hw: tuple[int, ...]) -> Probe:
-    """A :class:`Probe` from the calls of one traced forward at input size ``input_hw``."""
+    """A `Probe` from the calls of one traced forward at input size ``input_hw``."""
     counts: dict[int, int] = {}
     for c in calls:
         counts[id(c.module)] = counts.get(id(c.module), 0) + 1
@@ -113,7 +113,7 @@ def remember(model: nn.Module, p: Probe) -> Probe:
 
 
 def forget(model: nn.Module) -> None:
-    """Drop every cached probe of ``model`` (done by :func:`cached` when its modules changed)."""
+    """Drop every cached probe of ``model`` (done by `cached` when its modules changed)."""
     _CACHE.pop(model, None)
 
 

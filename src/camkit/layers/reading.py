@@ -1,7 +1,7 @@
-"""Reading one layer's output as a feature grid: the shape's readings (:mod:`.layout`), settled by
-the model's evidence (:mod:`.probe`) where shape alone is not proof.
+"""Reading one layer's output as a feature grid: the shape's readings (`.layout`), settled by
+the model's evidence (`.probe`) where shape alone is not proof.
 
-- attention internals and MLP hidden widths are refused (see :mod:`.probe`);
+- attention internals and MLP hidden widths are refused (see `.probe`);
 - a reading that shape alone leaves open (nchw or nhwc, how many prefix tokens) is settled by the
   shapes at a second input size when the model accepts one;
 - token grids are checked to be raster grids: changing the image inside cell (i, j) must change the
@@ -35,7 +35,7 @@ def read_layer(model: nn.Module, module: nn.Module, name: str, a: torch.Tensor, 
     volume ``x``): forced by ``reshape`` / ``kind``
     (``"nchw"``, ``"nhwc"``, ``"tokens"``), else from the shape and, where shape alone is not proof,
     the model's evidence. ``region``: the model resizes and pads inside, its layers see an image of
-    size ``region.padded``. A shape with no reading is an :class:`InputError` saying what would work."""
+    size ``region.padded``. A shape with no reading is an `InputError` saying what would work."""
     if reshape is not None:
         return custom(reshape, a, name, x.dim() - 2)
     hw = tuple(int(s) for s in x.shape[2:]) if region is None else region.padded
@@ -194,7 +194,7 @@ def _time_order(model: nn.Module, p: Probe, t: torch.Tensor, x: torch.Tensor, la
     """Whether a clip's tokens run time slowest (``"thw"``: MViT, VideoMAE) or fastest (``"hwt"``:
     TimeSformer), from the model's evidence: the first module output of the same shape that is not
     computed inside attention -- the patch embedding, before any token mixing -- is read both ways with
-    :func:`_is_raster`; ``"hwt"`` only when it alone passes. The order holds for the later layers
+    `_is_raster`; ``"hwt"`` only when it alone passes. The order holds for the later layers
     of that token count (blocks keep their tokens in place)."""
     def same(shape: Optional[torch.Size]) -> bool:  # the probe traced one clip: compare all but the batch axis
         keep = [d for d in range(t.dim()) if d != (1 if layout.seq_first else 0)]

@@ -1,7 +1,7 @@
 """The stages before a layer: the last feature map at each finer grid, for methods that combine the
 maps of several resolutions (RefineCAM).
 
-From the traced probe (:mod:`.probe`): among the modules with the same parent as the anchor layer
+From the traced probe (`.probe`): among the modules with the same parent as the anchor layer
 that run (once) before it, the output of the last one at each grid finer than the anchor's -- for
 ResNet's ``layer4`` that is ``layer3``, ``layer2``, ...; for VGG-16's ``features.29`` the last ReLU
 before each max-pool.

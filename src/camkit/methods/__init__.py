@@ -1,20 +1,20 @@
 """CAM methods: one base class, one small class per method family, a name registry.
 
-Modules: :mod:`.base` (:class:`BaseCAM`: input checks, layers, targets, the model left as found,
+Modules: `.base` (`BaseCAM`: input checks, layers, targets, the model left as found,
 post-processing; each method declares ``output``, ``cost`` and ``expensive``),
-:mod:`.explanation` (what a method returns and computes from), :mod:`.registry` (name -> class,
-``create``, ``list_methods``), :mod:`.smoothing` (``aug_smooth`` and ``eigen_smooth``, options of
-every CAM), :mod:`.gradient` (CAM, Grad-CAM, Grad-CAM++, Smooth Grad-CAM++, XGrad-CAM, Layer-CAM,
-HiResCAM, Grad-CAM element-wise), :mod:`.shapley` (ShapleyCAM: gradient and Hessian-vector product),
-:mod:`.eigen` (EigenCAM), :mod:`.eigengrad` (EigenGrad-CAM, Seg-Eigen-CAM), :mod:`.kpca` (KPCA-CAM:
-kernel PCA), :mod:`.fem` (FEM: k-sigma channel weights), :mod:`.randomcam` (RandomCAM: a random
-baseline), :mod:`.dff` (Deep Feature Factorization: NMF concepts), :mod:`.fullgrad`
-(FullGrad), :mod:`.scorecam` (Score-CAM, SS-CAM, IS-CAM: one loop of masked forwards),
-:mod:`.ablation` (Ablation-CAM and its tail replay), :mod:`.guided` (Guided Backprop, Guided
-Grad-CAM: pixel-space attributions), :mod:`.meta` (meta-methods around a ``base`` method:
-FinerCAM, RefineCAM; ``"meta:base"`` names), :mod:`.sess` (SESS: windows at several scales, fused),
-:mod:`.legrad` (LeGrad: gradients with respect to a vision transformer's attention),
-:mod:`.perturbation` (deprecated path of Ablation-CAM and Score-CAM, removed in 0.3.0).
+`.explanation` (what a method returns and computes from), `.registry` (name -> class,
+``create``, ``list_methods``), `.smoothing` (``aug_smooth`` and ``eigen_smooth``, options of
+every CAM), `.gradient` (CAM, Grad-CAM, Grad-CAM++, Smooth Grad-CAM++, XGrad-CAM, Layer-CAM,
+HiResCAM, Grad-CAM element-wise), `.shapley` (ShapleyCAM: gradient and Hessian-vector product),
+`.eigen` (EigenCAM), `.eigengrad` (EigenGrad-CAM, Seg-Eigen-CAM), `.kpca` (KPCA-CAM:
+kernel PCA), `.fem` (FEM: k-sigma channel weights), `.randomcam` (RandomCAM: a random
+baseline), `.dff` (Deep Feature Factorization: NMF concepts), `.fullgrad`
+(FullGrad), `.scorecam` (Score-CAM, SS-CAM, IS-CAM: one loop of masked forwards),
+`.ablation` (Ablation-CAM and its tail replay), `.guided` (Guided Backprop, Guided
+Grad-CAM: pixel-space attributions), `.meta` (meta-methods around a ``base`` method:
+FinerCAM, RefineCAM; ``"meta:base"`` names), `.sess` (SESS: windows at several scales, fused),
+`.legrad` (LeGrad: gradients with respect to a vision transformer's attention),
+`.perturbation` (deprecated path of Ablation-CAM and Score-CAM, removed in 0.3.0).
 """
 from .base import BaseCAM
 from .explanation import Explanation

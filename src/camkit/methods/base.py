@@ -32,7 +32,7 @@ from .smoothing import Augment, aug_explain, augmentations, channel_contribution
 
 
 def positive_int(name: str, value: Any, meaning: str) -> int:
-    """``value`` if it is a positive int, else an :class:`InputError` saying what ``name`` means."""
+    """``value`` if it is a positive int, else an `InputError` saying what ``name`` means."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"{name} must be a positive int ({meaning}), got {value!r}")
     return value
@@ -42,7 +42,7 @@ def positive_int(name: str, value: Any, meaning: str) -> int:
 def size_hint(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
     """A model that refused ``x`` (a ``ValueError`` from its own code) while its forward takes
     ``interpolate_pos_encoding`` (Hugging Face ViT, DeiT, BEiT...) was built for another input size:
-    an :class:`InputError` says how to run it at this one."""
+    an `InputError` says how to run it at this one."""
     try:
         yield
     except ValueError as e:
@@ -68,7 +68,7 @@ def _dims_of(shape: Any) -> str:
 @contextmanager
 def too_small(model: nn.Module, x: torch.Tensor) -> Iterator[None]:
     """A model that failed because ``x`` is smaller than one of its kernels (a clip shorter than a 3-D
-    network's temporal kernel, an image smaller than its pooling): an :class:`InputError` naming the
+    network's temporal kernel, an image smaller than its pooling): an `InputError` naming the
     module, its kernel and the size it got. The module is found by running the failing forward again
     with hooks (on the error path only)."""
     try:
@@ -127,22 +127,22 @@ REQUIREMENTS: dict[str, tuple[Callable[[nn.Module], bool], str]] = {
 
 
 class BaseCAM:
-    """Shared machinery. Subclasses set ``uses_gradients`` and implement :meth:`compute`.
+    """Shared machinery. Subclasses set ``uses_gradients`` and implement `compute`.
 
     Parameters: ``model`` any ``nn.Module``; ``layer`` ``"auto"`` (the model's ``default_layer``
-    attribute if it has one, as camkit zoo models do, else :func:`camkit.layers.auto_layer`), a dotted name, a module or a list
+    attribute if it has one, as camkit zoo models do, else `camkit.layers.auto_layer`), a dotted name, a module or a list
     of them (maps of several layers are fused by element-wise max); ``eval_mode`` explain the model
     in eval mode (dropout off, BatchNorm running statistics; the flags are restored afterwards);
     ``layout`` forces how a layer output is read: ``"nchw"`` ``(B, C, h, w)``, ``"nhwc"``
     channels-last ``(B, h, w, C)`` or ``"tokens"`` ``(B | N, prefix + h*w, C)``; by default camkit reads
-    it from evidence (:mod:`camkit.layers`) and refuses outputs that
+    it from evidence (`camkit.layers`) and refuses outputs that
     are not feature maps (attention internals, MLP hidden widths, unrolled tokens). ``reshape`` a
     callable turning the layer output into ``(B, C, h, w)`` for anything else. ``aug_smooth`` (True or an
-    :class:`~camkit.methods.smoothing.Augment`) averages the maps of flipped and rescaled views in the
+    `camkit.methods.smoothing.Augment`) averages the maps of flipped and rescaled views in the
     input frame; ``eigen_smooth`` keeps the first principal component of the per-channel
-    contributions (see :mod:`camkit.methods.smoothing`). ``precision`` ``"fp32"``, ``"bf16"`` or
+    contributions (see `camkit.methods.smoothing`). ``precision`` ``"fp32"``, ``"bf16"`` or
     ``"fp16"``: the model's forward runs under autocast while weights and maps stay float32, and
-    ``channels_last`` runs it in channels-last memory format (see :mod:`camkit.core.precision`).
+    ``channels_last`` runs it in channels-last memory format (see `camkit.core.precision`).
     """
 
     name: ClassVar[str] = ""
@@ -177,7 +177,7 @@ class BaseCAM:
     #: 5-D inputs with ``grid_note`` as the reason
     grid_dims: ClassVar[tuple[int, ...]] = (2, 3)
     grid_note: ClassVar[str] = ""
-    #: how the maps of several layers are fused (:func:`camkit.core.postprocess.finalize`): "max" or "product"
+    #: how the maps of several layers are fused (`camkit.core.postprocess.finalize`): "max" or "product"
     fusion: str = "max"
 
     @classmethod
@@ -246,7 +246,7 @@ class BaseCAM:
         return self.explain(x, targets).maps
 
     def explain(self, x: torch.Tensor, targets: TargetSpec = None) -> Explanation:
-        """Compute the maps and everything behind them; see :class:`Explanation`."""
+        """Compute the maps and everything behind them; see `Explanation`."""
         if self.aug_smooth is not None:
             if isinstance(x, torch.Tensor) and x.dim() == 5:
                 raise InputError("aug_smooth flips and rescales images (B, C, H, W); it is not defined on clips and "
@@ -290,7 +290,7 @@ class BaseCAM:
 
     def contributions(self, ctx: Context) -> Maps:
         """Per layer: the per-channel terms ``(B, K, C, h, w)`` whose channel sum is the raw map (what
-        ``eigen_smooth`` projects), and the weights. Default: ``w_c A_c`` from :meth:`compute`'s weights."""
+        ``eigen_smooth`` projects), and the weights. Default: ``w_c A_c`` from `compute`'s weights."""
         return channel_contributions(self.compute(ctx), ctx.acts, type(self).__name__)
 
     def _forward(self, x: torch.Tensor, modules: list[nn.Module], names: list[str]) -> engine.Pass:
@@ -388,7 +388,7 @@ class BaseCAM:
 
     def _read(self, a: torch.Tensor, name: str, module: nn.Module, x: torch.Tensor,
               region: Optional[InputRegion] = None) -> Layout:
-        """How to read layer ``name``'s output ``a`` as ``(B, C, h, w)`` (see :func:`camkit.layers.read_layer`)."""
+        """How to read layer ``name``'s output ``a`` as ``(B, C, h, w)`` (see `camkit.layers.read_layer`)."""
         return read_layer(self.model, module, name, a, x, self._patch, self.layout, self.reshape, region)
 
     def _layers(self, x: torch.Tensor) -> tuple[list[str], list[nn.Module]]:

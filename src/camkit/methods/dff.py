@@ -105,9 +105,9 @@ def nmf(x: torch.Tensor, w: torch.Tensor, h: torch.Tensor, max_iter: int = 200,
 
 def _nmf_sklearn(x: torch.Tensor, w: torch.Tensor, h: torch.Tensor, max_iter: int,
                  tol: float) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-    """The same factorisation as :func:`nmf` by scikit-learn's compiled solver itself, one problem at a
+    """The same factorisation as `nmf` by scikit-learn's compiled solver itself, one problem at a
     time (on a CPU its Cython loop beats the torch ops' per-call cost several times); None when
-    scikit-learn is not installed (then :func:`nmf` runs)."""
+    scikit-learn is not installed (then `nmf` runs)."""
     try:
         from sklearn.decomposition import non_negative_factorization
     except ImportError:
@@ -128,12 +128,12 @@ class DFF(BaseCAM):
     """Deep Feature Factorization (Collins, Achanta & Süsstrunk, ECCV 2018, arXiv 1806.10206): an
     image's activations, ``X`` the ``(C, grid)`` matrix shifted per channel by its minimum (``X - min``,
     as pytorch-grad-cam; ReLU layers are unchanged), factorised as ``X ~ W H`` with ``W (C, k) >= 0``
-    the concepts and ``H (k, grid) >= 0`` where each concept is (:func:`nmf`, scikit-learn's
+    the concepts and ``H (k, grid) >= 0`` where each concept is (`nmf`, scikit-learn's
     coordinate-descent NMF). ``joint=True`` factorises the images of a call together, ``X (C, B * grid)``
     (the paper's concepts shared by a set of images, and pytorch-grad-cam's): an image's maps then
     depend on the batch; by default each image gets its own ``k`` concepts, whatever its batch.
 
-    It explains no class and takes no targets (``output = "concepts"``). The :class:`Explanation`:
+    It explains no class and takes no targets (``output = "concepts"``). The `Explanation`:
     ``maps`` ``(B, k, H, W)``, concept ``j``'s map per image (``H_j`` upsampled, normalised per map);
     ``raw`` ``(B, k, h, w)`` the ``H`` rows, each scaled to maximum 1 (``W`` scaled inversely, so
     ``W H`` is unchanged); ``weights`` ``(B, k, C)`` the concepts ``W_j``; ``scores`` ``(B, k)`` how

@@ -15,7 +15,7 @@ from .smoothing import principal_projection
 @register("eigencam")
 class EigenCAM(BaseCAM):
     """EigenCAM (Muhammad & Yeasin 2020): ``L = relu(M v_1)``, the activations projected on their first
-    principal component (see :func:`principal_projection`).
+    principal component (see `principal_projection`).
 
     ``center=True`` (default) subtracts each channel's spatial mean before the SVD, as
     pytorch-grad-cam does (principal component analysis proper); ``center=False`` is the paper's plain

@@ -35,7 +35,7 @@ class SegEigenCAM(GradientCAM):
     ``Z`` centred per channel, ``v_1`` its first right singular vector, ``L = relu(s M v_1)`` with the sign
     ``s`` making the largest-magnitude entry of ``M v_1`` positive (Eq. 13: flip when ``|min| > |max|``).
 
-    Built for :class:`camkit.targets.Segmentation` scores (``tasks = ("segmentation",)``); it runs on
+    Built for `camkit.targets.Segmentation` scores (``tasks = ("segmentation",)``); it runs on
     every target kind. The map is already a principal component, so ``eigen_smooth`` does not apply.
     Same formula and sign rule as pytorch-grad-cam's ``SegEigenCAM``; ``weights`` None.
     """

@@ -1,4 +1,4 @@
-"""What a method returns (:class:`Explanation`) and what it computes from (:class:`Context`)."""
+"""What a method returns (`Explanation`) and what it computes from (`Context`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,7 +12,7 @@ from ..core.region import InputRegion
 from ..targets import Targets
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
-#: what :meth:`BaseCAM.compute` returns: per layer, raw maps ``(B, K, h, w)`` and weights ``(B, K, C)`` or None
+#: what `BaseCAM.compute` returns: per layer, raw maps ``(B, K, h, w)`` and weights ``(B, K, C)`` or None
 Maps = tuple[list[torch.Tensor], Optional[list[torch.Tensor]]]
 
 
@@ -32,7 +32,7 @@ class Explanation:
     (``viz.show``) name the classes without being told.
     ``output`` ``"concepts"`` (DFF): ``maps`` are ``(B, k, H, W)``, one per concept found in the
     activations, ``targets`` ``(B, k)`` each concept's label and ``concept_scores`` ``(B, k, N)`` the
-    head's class scores of each concept (None without a head); see :class:`camkit.methods.DFF`.
+    head's class scores of each concept (None without a head); see `camkit.methods.DFF`.
     """
 
     maps: torch.Tensor

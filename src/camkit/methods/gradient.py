@@ -26,7 +26,7 @@ def weighted_sum(w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 
 
 def per_channel(w: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """``w[b, k, c] * a[b, c, *p]`` -> ``(B, K, C, *grid)``: the terms whose channel sum is :func:`weighted_sum`."""
+    """``w[b, k, c] * a[b, c, *p]`` -> ``(B, K, C, *grid)``: the terms whose channel sum is `weighted_sum`."""
     return w.view(*w.shape, *([1] * (a.dim() - 2))) * a.unsqueeze(1)
 
 
@@ -54,7 +54,7 @@ def warn_zero_gradient(name: str, grad: torch.Tensor) -> None:
 
 
 class GradientCAM(BaseCAM):
-    """A method computed from ``A`` and ``G`` of each layer by :meth:`combine`."""
+    """A method computed from ``A`` and ``G`` of each layer by `combine`."""
 
     uses_gradients = True
     from_layer = True
@@ -76,7 +76,7 @@ class GradientCAM(BaseCAM):
         return weighted_sum(w, a), w
 
     def contribution(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Per-channel terms ``(B, K, C, h, w)`` whose channel sum is :meth:`combine`'s map, and the weights."""
+        """Per-channel terms ``(B, K, C, h, w)`` whose channel sum is `combine`'s map, and the weights."""
         w = self.channel_weights(a, g)
         return per_channel(w, a), w
 
@@ -85,7 +85,7 @@ class GradientCAM(BaseCAM):
 
 
 class ElementwiseCAM(GradientCAM):
-    """A method whose map is a per-pixel weighting of the activations: ``sum_c`` of :meth:`contribution`."""
+    """A method whose map is a per-pixel weighting of the activations: ``sum_c`` of `contribution`."""
 
     def combine(self, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         return self.contribution(a, g)[0].sum(dim=2), None
@@ -119,7 +119,7 @@ def gradcampp_weights(a: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, d3: t
 @register("gradcam++")
 class GradCAMPlusPlus(GradientCAM):
     """Grad-CAM++ (Chattopadhyay et al. 2018), closed form with the exponential score; see
-    :func:`gradcampp_weights`."""
+    `gradcampp_weights`."""
 
     def channel_weights(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return gradcampp_weights(a, g, g * g, g * g * g)

@@ -5,8 +5,8 @@ input, except that every ReLU passes gradient only where its input was positive 
 gradient is positive. Guided Grad-CAM (Selvaraju et al. 2017) multiplies it by the upsampled
 Grad-CAM map.
 
-These are not ``[0, 1]`` maps: :class:`~camkit.methods.base.Explanation` ``maps`` holds the signed
-attribution ``(B, 3, H, W)`` (``(B, K, 3, H, W)`` for TopK/BottomK); :func:`to_image` turns it into
+These are not ``[0, 1]`` maps: `camkit.methods.base.Explanation` ``maps`` holds the signed
+attribution ``(B, 3, H, W)`` (``(B, K, 3, H, W)`` for TopK/BottomK); `to_image` turns it into
 a displayable image in ``[0, 1]``.
 """
 from __future__ import annotations
@@ -91,10 +91,10 @@ def to_image(attr: torch.Tensor, spread: float = 0.1) -> torch.Tensor:
 
 @register("guided-backprop")
 class GuidedBackprop(BaseCAM):
-    """Guided Backprop: ``d y / d x`` with the guided rule at every ReLU (see :class:`GuidedReLUMode`).
+    """Guided Backprop: ``d y / d x`` with the guided rule at every ReLU (see `GuidedReLUMode`).
 
-    ``maps`` of the :class:`Explanation` is the attribution ``(B, [K,] 3, H, W)`` (not normalised;
-    :func:`to_image` makes it displayable), ``raw`` the same tensor, ``weights`` None, ``layers`` [].
+    ``maps`` of the `Explanation` is the attribution ``(B, [K,] 3, H, W)`` (not normalised;
+    `to_image` makes it displayable), ``raw`` the same tensor, ``weights`` None, ``layers`` [].
     Every image of the batch gets its own attribution; several targets share one forward. ``layer``
     is accepted for a uniform constructor and ignored: the attribution is on the input.
     """
@@ -124,7 +124,7 @@ class GuidedBackprop(BaseCAM):
         self, x: torch.Tensor, targets: "TargetSpec | Targets"
     ) -> tuple[torch.Tensor, Targets, torch.Tensor, Optional[torch.Tensor]]:
         """Attribution ``(B, K, 3, H, W)``, the resolved targets, scores ``(B, K)`` and logits.
-        Call inside :func:`preserved` (parameters are frozen here so no parameter graph is built)."""
+        Call inside `preserved` (parameters are frozen here so no parameter graph is built)."""
         for p in self.model.parameters():
             p.requires_grad_(False)
         xin = x.clone().requires_grad_(True)
@@ -155,7 +155,7 @@ class GuidedBackprop(BaseCAM):
 class GuidedGradCAM(GuidedBackprop):
     """Guided Grad-CAM: ``GuidedBackprop(x) * upsample(GradCAM(x))`` per image and target.
 
-    The Grad-CAM map (in [0, 1], at the input size) comes from :class:`~camkit.methods.gradient.GradCAM`
+    The Grad-CAM map (in [0, 1], at the input size) comes from `camkit.methods.gradient.GradCAM`
     on ``layer``; both use the same resolved targets. ``maps`` is the product ``(B, [K,] 3, H, W)``,
     ``raw`` and ``weights`` are Grad-CAM's, ``layers`` Grad-CAM's layer.
     """

@@ -56,7 +56,7 @@ def kernel_pca(a: torch.Tensor, kernel: str = "sigmoid", gamma: Optional[float] 
 class KPCACAM(BaseCAM):
     """KPCA-CAM (Karmani et al. 2024, "KPCA-CAM: Visual explainability of deep computer vision models using
     kernel PCA", arXiv 2410.00267): ``L = relu(phi_1)``, the activations' first kernel principal component
-    (:func:`kernel_pca`) -- EigenCAM with the linear PCA replaced by a kernel PCA.
+    (`kernel_pca`) -- EigenCAM with the linear PCA replaced by a kernel PCA.
 
     ``kernel``: one of ``sigmoid`` (default, as pytorch-grad-cam), ``rbf``, ``poly``, ``linear``, ``cosine``;
     ``gamma``: the kernel's scale, default ``1 / C``. Class-agnostic: every target gets the same map (TopK

@@ -46,7 +46,7 @@ class LeGrad(BaseCAM):
     last four. ``head``: a callable ``tokens (B, N, D) -> logits`` for
     models whose head camkit does not know (it knows torchvision's, timm's and Hugging Face's ViT
     classifiers and camkit's digits ViT). Fused attention is switched to an eager path for the call
-    only (:mod:`camkit.layers.attention`: call-scoped replaced forwards, no flag of the model is
+    only (`camkit.layers.attention`: call-scoped replaced forwards, no flag of the model is
     changed, other threads keep the fused path). torchcam's ``LeGrad`` reads torchvision ViTs only;
     camkit's maps equal it there (torchcam needs the blocks listed; it multiplies nothing either).
     ``weights`` is None; ``eigen_smooth`` does not apply (no channels).

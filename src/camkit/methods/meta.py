@@ -1,8 +1,8 @@
 """Meta-methods: a method built around another one, its ``base`` (a registry name or class).
 
-:class:`MetaCAM` holds the base and binds classes for registry names ``"meta:base"``;
-:class:`FinerCAM` explains a contrastive target with the base; :class:`RefineCAM` multiplies the
-base's normalised maps of several layers. (SESS, the third, is in :mod:`.sess`.)
+`MetaCAM` holds the base and binds classes for registry names ``"meta:base"``;
+`FinerCAM` explains a contrastive target with the base; `RefineCAM` multiplies the
+base's normalised maps of several layers. (SESS, the third, is in `.sess`.)
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ class MetaCAM(BaseCAM):
 class FinerCAM(MetaCAM):
     """Finer-CAM (Zhang et al., CVPR 2025, arXiv 2501.11309): the base method explains the contrast
     ``S = y_c - alpha * (1/T) sum_{t<=T} y_{d_t}`` instead of ``y_c``, ``d_t`` the ``T`` classes whose
-    logits are closest to ``y_c`` (see :class:`camkit.targets.Contrast`), so features shared with
+    logits are closest to ``y_c`` (see `camkit.targets.Contrast`), so features shared with
     similar classes cancel.
 
     Defaults: ``base="gradcam"``, ``alpha=0.6``, ``references=3``, ``weighting="mean"`` -- the paper's
@@ -142,7 +142,7 @@ class RefineCAM(MetaCAM):
 
     ``layer``: a list of two or more layers is used as given; one layer (or ``"auto"``: the model's
     explained layer) is combined with the last outputs of the ``levels - 1`` finer-grid stages before
-    it (:func:`camkit.layers.stage_layers`: ``layer2``, ``layer3``, ``layer4`` on ResNet). Default base:
+    it (`camkit.layers.stage_layers`: ``layer2``, ``layer3``, ``layer4`` on ResNet). Default base:
     Grad-CAM++ (as pytorch-grad-cam and torchcam). Each layer's map is normalised before the
     product, as the paper says and torchcam does. pytorch-grad-cam's loop meant to do it
     (``for cam in cam_per_layer: cam = cam / max``) only rebinds its loop variable and normalises

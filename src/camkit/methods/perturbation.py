@@ -1,5 +1,5 @@
-"""Deprecated module path (removed in camkit 0.3.0): Ablation-CAM moved to :mod:`camkit.methods.ablation`
-and Score-CAM to :mod:`camkit.methods.scorecam`; ``camkit.AblationCAM`` and ``camkit.ScoreCAM`` are unchanged."""
+"""Deprecated module path (removed in camkit 0.3.0): Ablation-CAM moved to `camkit.methods.ablation`
+and Score-CAM to `camkit.methods.scorecam`; ``camkit.AblationCAM`` and ``camkit.ScoreCAM`` are unchanged."""
 import warnings
 
 from .ablation import AblationCAM

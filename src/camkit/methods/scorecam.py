@@ -1,7 +1,7 @@
 """The Score-CAM family: channel weights from the class score of the input masked by each upsampled,
 normalised channel. Score-CAM (one mask per channel), SS-CAM (noisy masks, averaged) and IS-CAM
 (scaled masks, averaged) share one batched, bounded-memory loop of masked forwards and differ only
-in the masks of each sample (:meth:`ScoreCAM.masks`). No gradients."""
+in the masks of each sample (`ScoreCAM.masks`). No gradients."""
 from __future__ import annotations
 
 import math
@@ -35,7 +35,7 @@ class ScoreCAM(BaseCAM):
     channel that is constant over the grid has an all-zero mask, so its masked input is all zeros
     whatever the channel or image: that input runs once and its score is shared.
 
-    Subclasses draw ``samples`` masks per channel (:meth:`masks`) and average their scores:
+    Subclasses draw ``samples`` masks per channel (`masks`) and average their scores:
     ``s_k = 1/N sum_j s(x * M_k^(j))``.
     """
 
@@ -137,7 +137,7 @@ class SSCAM(ScoreCAM):
     ``eps_jk`` is drawn from a generator seeded by ``(seed, j, k)`` (``seed=None``: a fresh seed per
     call), so a map does not depend on ``batch_size`` and every image of a batch gets the same noise
     (torchcam draws independent noise per image). Every channel runs, constant ones too (their mask is
-    pure noise). Score as in :class:`ScoreCAM` (default: the class probability; torchcam: the logit
+    pure noise). Score as in `ScoreCAM` (default: the class probability; torchcam: the logit
     minus the clean input's logit, a constant that cancels in the softmax).
     """
 
@@ -174,7 +174,7 @@ class ISCAM(ScoreCAM):
     Score-CAM integrated over scaled masks, ``M_k^(j) = c_j norm(upsample(A_k))`` with
     ``c_j = sum_{i=1}^{j} i/N`` (j = 1..N, torchcam's ``ISCAM``), ``s_k = 1/N sum_j s(x * M_k^(j))``,
     ``w = softmax_k(s_k)``. Default ``samples`` N = 10 as torchcam. Deterministic. Score as in
-    :class:`ScoreCAM` (default: the class probability; torchcam: the logit minus the clean input's).
+    `ScoreCAM` (default: the class probability; torchcam: the logit minus the clean input's).
     """
 
     cost = "`samples` (10) forwards per channel of the layer (scaled masked inputs, batched)"

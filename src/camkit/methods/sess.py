@@ -102,7 +102,7 @@ class SESS(MetaCAM):
     class probability ``p_i / max_j p_j`` (pre-filtered: the ``pre_filter`` share of lowest-scoring
     windows is dropped), placed where the window lies and resized to the input, and the maps are
     fused per pixel by the mean over windows whose weighted map exceeds ``theta`` (``pool="mean"``, the
-    paper's spatial weighted average; by more than float rounding, :data:`ROUNDING`) or their maximum
+    paper's spatial weighted average; by more than float rounding, `ROUNDING`) or their maximum
     (``pool="max"``); the result is smoothed by an 11x11 Gaussian (sigma 5) and min-max normalised.
 
     Defaults are pytorch-grad-cam's (its ``SESS``): base Grad-CAM, ``window`` the input's shorter side,
@@ -122,7 +122,7 @@ class SESS(MetaCAM):
     ``mode="fast"``: for bases whose map depends only on the explained layer and the network after it
     (declared ``from_layer``: the gradient family, CAM, EigenCAM) the network runs once per scale up to
     the layer, and each window's activations are the cells of that run under it; the base then runs
-    only the layers after the target, on call-scoped replays (:mod:`camkit.methods.ablation.replay`).
+    only the layers after the target, on call-scoped replays (`camkit.methods.ablation.replay`).
     It costs one forward of every rescaled image, ``sum_s (s/window)^2`` window-forwards (91 for the
     default 12 scales) whatever the windows, so it pays where windows overlap (``step < window``); with
     the default ``step = window`` the windows tile each rescaled image (122 windows) and both modes cost
@@ -380,7 +380,7 @@ class _Source:
 
 class _FastSource(_Source):
     """Fast mode: the layer's output on each rescaled image, cropped per window, and the network after
-    the layer replayed on the crops (:class:`~camkit.methods.ablation.replay.Plan`)."""
+    the layer replayed on the crops (`camkit.methods.ablation.replay.Plan`)."""
 
     def __init__(self, base: BaseCAM, names: list[str], modules: list[nn.Module], scales: list[_Scale],
                  window: int) -> None:

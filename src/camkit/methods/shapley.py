@@ -28,12 +28,12 @@ class ShapleyCAM(BaseCAM):
     has curvature (GELU/SiLU, attention, softmax) or the score does (``score="rest"``).
 
     ``score``: ``"logit"`` explains the targets as given; ``"rest"`` explains their ReST score
-    ``2 z_c - logsumexp(z)`` (:class:`camkit.targets.ReST`), the target the paper recommends
+    ``2 z_c - logsumexp(z)`` (`camkit.targets.ReST`), the target the paper recommends
     (class targets only: None, ints, TopK, BottomK); ``Explanation.targets`` then holds the classes.
 
     Cost: one forward, then per target one backward with ``create_graph`` and one double backward
     (the Hessian-vector product), both through the layers after the target only
-    (:func:`camkit.core.engine.hessian_vector_products`). pytorch-grad-cam computes the same weights
+    (`camkit.core.engine.hessian_vector_products`). pytorch-grad-cam computes the same weights
     but records autograd from the input and backpropagates through the whole network with
     ``create_graph``; the maps agree.
     """

@@ -9,7 +9,7 @@ EigenGrad-CAM, ``A_c`` for EigenCAM. Per image, target and layer, in the target 
 per channel, ``v`` its first right singular vector, map ``= M v``, its sign chosen so that it
 correlates positively with the un-smoothed map ``sum_c Z_c``.
 
-``aug_smooth=True`` (or an :class:`Augment`) is test-time augmentation: the method runs on every
+``aug_smooth=True`` (or an `Augment`) is test-time augmentation: the method runs on every
 view of the input -- horizontal flips x rescalings, ``Augment().views()`` -- and each view's map
 (ReLU, upsampled to the view, min-max normalised) is brought back to the input frame (flip undone,
 resized bilinearly to ``H x W``); the maps are averaged and min-max normalised again. Classes are
@@ -59,7 +59,7 @@ class Augment:
 
 
 def augmentations(option: Union[bool, Augment, None]) -> Optional[Augment]:
-    """The ``aug_smooth`` option as an :class:`Augment` (None when off)."""
+    """The ``aug_smooth`` option as an `Augment` (None when off)."""
     if option is None or option is False:
         return None
     if option is True:
@@ -158,7 +158,7 @@ def eigen_map(z: torch.Tensor) -> torch.Tensor:
 
 
 def eigen_compute(method: "BaseCAM", ctx: Context) -> Maps:
-    """The method's raw maps with ``eigen_smooth``: :func:`eigen_map` of its contributions per layer."""
+    """The method's raw maps with ``eigen_smooth``: `eigen_map` of its contributions per layer."""
     zs, weights = method.contributions(ctx)
     return [eigen_map(z) for z in zs], weights
 

@@ -1,15 +1,15 @@
 """Evaluation metrics for explanation maps, with every convention an explicit, printable parameter.
 
-* :mod:`.localization` — box from a map, IoU, MaxBoxAcc, Pointing Game, Energy-based Pointing Game, mask IoU
+* `.localization` — box from a map, IoU, MaxBoxAcc, Pointing Game, Energy-based Pointing Game, mask IoU
   (images, and clips / volumes with ``spatial_dims=3``)
-* :mod:`.faithfulness` — Average Drop %, Increase in Confidence %, Deletion / Insertion AUC (pixels or voxels)
-* :mod:`.remove_debias` — ROAD (Remove And Debias): noisy linear imputation, MoRF / LeRF curves, ROAD combined
-* :mod:`.arcc` — ARCC: complexity, coherency (re-runs the method) and ROAD, harmonic mean
-* :mod:`.sanity` — cascading model-parameter randomisation (Spearman ρ, SSIM)
-* :mod:`.baselines` — uniform, centre-Gaussian and random maps for every table
-* :mod:`.protocol` — the ``Protocol`` records whose ``describe()`` a report prints with each number
-* :mod:`.similarity` — Spearman rank correlation and SSIM between maps
-* :mod:`._checks`, :mod:`._forward` — input validation and model plumbing shared by the above
+* `.faithfulness` — Average Drop %, Increase in Confidence %, Deletion / Insertion AUC (pixels or voxels)
+* `.remove_debias` — ROAD (Remove And Debias): noisy linear imputation, MoRF / LeRF curves, ROAD combined
+* `.arcc` — ARCC: complexity, coherency (re-runs the method) and ROAD, harmonic mean
+* `.sanity` — cascading model-parameter randomisation (Spearman ρ, SSIM)
+* `.baselines` — uniform, centre-Gaussian and random maps for every table
+* `.protocol` — the ``Protocol`` records whose ``describe()`` a report prints with each number
+* `.similarity` — Spearman rank correlation and SSIM between maps
+* `._checks`, `._forward` — input validation and model plumbing shared by the above
 """
 from ._checks import BoxClippedWarning
 from .arcc import ARCC_PERCENTILES, ARCCProtocol, ARCCResult, arcc, coherency, complexity, harmonic_arcc

@@ -97,7 +97,7 @@ def as_box_list(gt_boxes: BoxesLike, batch: int, single: bool, size: tuple[int, 
 
     ``gt_boxes`` is an (N, 2d) tensor/list for a single map, and a length-B sequence of such (or a
     (B, N, 2d) tensor) for a batch; d = ``len(size)``, boxes ``(x0, y0, [z0,] x1, y1, [z1])``. Boxes
-    reaching outside the grid are clipped with a :class:`BoxClippedWarning`; boxes left with no
+    reaching outside the grid are clipped with a `BoxClippedWarning`; boxes left with no
     volume are dropped; a map left with none is an error.
     """
     d = len(size)

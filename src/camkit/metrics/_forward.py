@@ -66,7 +66,7 @@ def model_input(x: torch.Tensor, normalize: Normalize) -> torch.Tensor:
 
 
 def logits_of(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits of ``inputs`` in chunks of ``batch_size`` (call inside :func:`evaluating`)."""
+    """Logits of ``inputs`` in chunks of ``batch_size`` (call inside `evaluating`)."""
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     return torch.cat([to_logits(model(chunk)) for chunk in inputs.split(batch_size)])

@@ -5,7 +5,7 @@ Per image, with the map ``m`` in [0, 1] (H × W) of the explained class:
     complexity = ‖m‖₁ / (H·W)                     (Poppi et al. 2021: a small map is simpler; lower is better)
     coherency  = (ρ(m, m') + 1) / 2,  m' = the method's map of the same class on the image × m
                                        (ρ: Pearson over pixels; 1 = the map explains its own evidence)
-    road       = clip(2 · ROAD combined, 0, 1)    (:func:`.remove_debias.road`, softmax scores, default
+    road       = clip(2 · ROAD combined, 0, 1)    (`.remove_debias.road`, softmax scores, default
                                                    percentiles 20, 40, 60, 80 as pytorch-grad-cam)
     ARCC       = 3 / (1/coherency + 1/(1 − complexity) + 1/road)      (harmonic mean; higher is better)
 
@@ -48,7 +48,8 @@ Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class ARCCProtocol(Protocol):
-    """Conventions of ARCC."""
+    """Conventions of ARCC (`arcc`): the harmonic mean of coherency, `1 - complexity` and ROAD,
+    each field one convention the number depends on (printed with it by `describe()`)."""
 
     NAME: ClassVar[str] = "ARCC"
     REFERENCE: ClassVar[str] = "arXiv 2605.14641; complexity and coherency: Poppi et al. 2021 (arXiv 2104.10252)"

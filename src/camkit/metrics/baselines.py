@@ -84,7 +84,7 @@ def baseline_maps(
     generator: Optional[torch.Generator] = None,
     spatial_dims: int = 2,
 ) -> torch.Tensor:
-    """Baseline ``name`` in :data:`BASELINES` ("uniform", "center_gaussian", "random")."""
+    """Baseline ``name`` in `BASELINES` ("uniform", "center_gaussian", "random")."""
     if name not in BASELINES:
         raise InputError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
     if name == "random":

@@ -184,7 +184,7 @@ def average_drop(
     normalize: Normalize = None,
     batch_size: int = 64,
 ) -> float:
-    """Average Drop % = 100 · mean max(0, Y − O)/Y (lower is better); see :func:`confidence_change`."""
+    """Average Drop % = 100 · mean max(0, Y − O)/Y (lower is better); see `confidence_change`."""
     return confidence_change(
         model, images, maps, targets, space=space, score=score, normalize=normalize, batch_size=batch_size
     ).average_drop

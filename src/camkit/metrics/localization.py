@@ -15,11 +15,11 @@ Conventions (all explicit parameters, defaults from the original papers):
   <= 0 (e.g. all zeros) has no box: the empty box ``(0, 0, 0, 0)``, IoU 0 with anything. A uniform
   positive map gives the full-image box.
 * The IoU of a map is the best IoU over the image's ground-truth boxes.
-* Against a region mask (a segmentation, a clip's tube of per-frame boxes), :func:`mask_iou` is the
+* Against a region mask (a segmentation, a clip's tube of per-frame boxes), `mask_iou` is the
   IoU of the voxels ``map >= threshold * max(map)`` with the mask's voxels (``mask >= 0.5``).
 * For a detection, the explained box is the ground truth: ``localization_iou(map, [box])``,
   ``pointing_game(map, [box])``, ``energy_pointing_game(map, [box])``; for a segmentation class,
-  :func:`mask_pointing_game` and :func:`mask_energy` with its mask.
+  `mask_pointing_game` and `mask_energy` with its mask.
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ __all__ = [
 
 #: Choe et al. 2020 sweep: 0.00, 0.01, ..., 0.99 (cam_curve_interval = 0.01).
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(i * 0.01, 2) for i in range(100))
+"""MaxBoxAcc's thresholds, fractions of each map's maximum: 0.00, 0.01, ..., 0.99 (Choe et al. 2020)."""
 
 TIE_TOLERANCE = 1e-6  # relative: pixels this close to the maximum tie in the pointing game
 
@@ -175,8 +176,8 @@ def threshold_ious(
 ) -> torch.Tensor:
     """Best-match IoU of each map's box at each threshold: (B, T) (or (T,) for one map).
 
-    The building block of :func:`localization_iou` and :func:`max_box_acc`; concatenate its rows over
-    batches and call :func:`max_box_acc_from_ious` to get a dataset-level MaxBoxAcc.
+    The building block of `localization_iou` and `max_box_acc`; concatenate its rows over
+    batches and call `max_box_acc_from_ious` to get a dataset-level MaxBoxAcc.
     """
     m, single = as_map_batch(maps, "maps", spatial_dims)
     boxes = as_box_list(gt_boxes, m.shape[0], single, tuple(m.shape[1:]))
@@ -197,7 +198,7 @@ def localization_iou(
     map: torch.Tensor, gt_boxes: BoxesLike, threshold: float = 0.15, *, connectivity: Optional[int] = None,
     spatial_dims: int = 2,
 ) -> torch.Tensor:
-    """IoU between the map's box (:func:`box_from_map`) and the best-matching ground-truth box.
+    """IoU between the map's box (`box_from_map`) and the best-matching ground-truth box.
 
     (H, W) map + (N, 4) boxes -> 0-dim tensor; (B, H, W) maps + B box sets -> (B,); with
     ``spatial_dims=3`` (D, H, W) maps and (N, 6) boxes.
@@ -216,7 +217,7 @@ def threshold_mask_ious(
     """IoU of the region ``map >= τ · max(map)`` with the mask's region (``mask >= 0.5``), per threshold τ:
     (B, T) (or (T,) for one map). A map with max <= 0 covers nothing (IoU 0).
 
-    ``mask`` at the maps' grid, one for all maps or one per map; :func:`max_box_acc_from_ious` turns
+    ``mask`` at the maps' grid, one for all maps or one per map; `max_box_acc_from_ious` turns
     the table into a MaxBoxAcc-style score against masks.
     """
     m, single = as_map_batch(maps, "maps", spatial_dims)
@@ -235,7 +236,7 @@ def threshold_mask_ious(
 
 
 def mask_iou(map: torch.Tensor, mask: torch.Tensor, threshold: float = 0.15, *, spatial_dims: int = 2) -> torch.Tensor:
-    """IoU of ``map >= threshold · max(map)`` with the mask's region (see :func:`threshold_mask_ious`).
+    """IoU of ``map >= threshold · max(map)`` with the mask's region (see `threshold_mask_ious`).
 
     One map -> 0-dim tensor; a batch -> (B,). For a clip, the mask of a moving object is its tube: the
     union of its per-frame boxes (``spatial_dims=3``).
@@ -267,7 +268,7 @@ def max_box_acc_from_ious(
     connectivity: Optional[int] = None,
     spatial_dims: int = 2,
 ) -> MaxBoxAccResult:
-    """MaxBoxAcc from an (N, T) table of :func:`threshold_ious` (N images, T thresholds)."""
+    """MaxBoxAcc from an (N, T) table of `threshold_ious` (N images, T thresholds)."""
     ious = torch.as_tensor(ious)
     thr = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
     if ious.ndim == 1:
@@ -300,8 +301,8 @@ def max_box_acc(
     """MaxBoxAcc (Choe et al. 2020, "Evaluating WSOL right") of a batch of maps; see MaxBoxAccResult.
 
     Thresholds are fractions of each map's max (Choe et al. min-max normalise first; identical for
-    camkit maps, whose min is 0). For datasets larger than a batch use :func:`threshold_ious` per batch
-    and :func:`max_box_acc_from_ious` on the concatenation.
+    camkit maps, whose min is 0). For datasets larger than a batch use `threshold_ious` per batch
+    and `max_box_acc_from_ious` on the concatenation.
     """
     ious = threshold_ious(maps, gt_boxes, thresholds, connectivity=connectivity, spatial_dims=spatial_dims)
     return max_box_acc_from_ious(ious, thresholds, iou, connectivity=connectivity, spatial_dims=spatial_dims)
@@ -359,7 +360,7 @@ def mask_pointing_game(map: torch.Tensor, mask: torch.Tensor, tolerance: float =
                        spatial_dims: int = 2) -> torch.Tensor:
     """Pointing Game against a region mask: 1.0 if the map's maximum lies in the mask (or within
     ``tolerance`` pixels of it, Euclidean distance between pixel centres), ties shared as in
-    :func:`pointing_game`. ``mask``: bool or float (pixels >= 0.5 are inside), at the map's size.
+    `pointing_game`. ``mask``: bool or float (pixels >= 0.5 are inside), at the map's size.
     """
     if tolerance < 0:
         raise InputError(f"tolerance must be >= 0 pixels, got {tolerance}")

@@ -72,7 +72,7 @@ NEIGHBOURS: tuple[tuple[int, int, float], ...] = (
 @functools.lru_cache(maxsize=2)
 def stencil(spatial_dims: int) -> tuple[tuple[tuple[int, ...], float], ...]:
     """Every neighbour offset of a grid cell with weight ``1 / |offset|²``, normalised to sum 1 (2-D: the
-    authors' 1/6 edge, 1/12 diagonal, as :data:`NEIGHBOURS`; 3-D: 26 neighbours)."""
+    authors' 1/6 edge, 1/12 diagonal, as `NEIGHBOURS`; 3-D: 26 neighbours)."""
     import itertools
 
     offsets = [o for o in itertools.product((-1, 0, 1), repeat=spatial_dims) if any(o)]
@@ -169,7 +169,7 @@ def nested_dissection(h: int, w: int, leaf: int = 8) -> np.ndarray:
 def _system(removed: np.ndarray) -> tuple[csc_matrix, np.ndarray, list[tuple[np.ndarray, np.ndarray, float]]]:
     """The imputation matrix of a batch of masks ``removed`` (B, *grid) bool, grid (H, W) or (D, H, W):
     unknowns = removed cells, mask by mask; in 2-D in nested-dissection order within each mask
-    (:func:`nested_dissection`). Returns (A, flat indices of the unknowns, per neighbour direction:
+    (`nested_dissection`). Returns (A, flat indices of the unknowns, per neighbour direction:
     (rows of unknowns with a kept neighbour there, those neighbours' flat indices, weight))."""
     grid = removed.shape[1:]
     cells = int(np.prod(grid))

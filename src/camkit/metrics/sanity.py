@@ -150,7 +150,7 @@ def randomization_test(
     ``method_factory(model) -> explain``, ``explain(images, targets: list[int]) -> (B, H, W) maps`` (clips
     and volumes ``(B, C, D, H, W)``: ``(B, D, H, W)`` maps); it is
     called on a deep copy of ``model`` (in eval mode) once for the intact model and once per step.
-    ``layers``: module names, output side first (default :func:`default_randomization_layers`).
+    ``layers``: module names, output side first (default `default_randomization_layers`).
     Targets: None = top-1 of the intact model; the class is held fixed across steps.
     Returns Spearman ρ and SSIM of each step's maps to the original maps, shape (steps, B).
     """

@@ -4,15 +4,15 @@ Every model takes RGB pixels in [0, 1], ``(B, 3, H, W)``, and has ``input_size``
 and ``categories``. ``load("timm:NAME")``, ``load("hf:DIR")``, ``load("torchvision:NAME")`` (also video
 classifiers, clips ``(B, 3, T, H, W)``) and ``load("monai:NAME", spatial_dims=3, ...)`` (3-D medical
 networks, volumes ``(B, C, D, H, W)``) load other libraries' models. Models never import methods; layer choice comes from
-:mod:`camkit.layers`.
+`camkit.layers`.
 
-Modules: :mod:`.base` (the pixel-model interface, ``wrap``), :mod:`.zoo` (the registry and its
-weights), :mod:`.state` (reading weight files safely and strictly), :mod:`.loaded` (what models
-loaded by name share), :mod:`.timm_loader`, :mod:`.hf_loader`, :mod:`.torchvision_loader`, :mod:`.monai_loader`
-(one loader per library), :mod:`.torchvision_zoo` (ResNet-50, VGG-16, ViT-B/16 as pixel models),
-:mod:`.efficientnet_lite` (the architecture of the bundled real ImageNet weights),
-:mod:`.digits_nets` (the small digits classifiers), :mod:`.train_digits` (how their bundled
-weights were trained), :mod:`.digits3d_nets` (small 3-D nets for the generated clips and volumes;
+Modules: `.base` (the pixel-model interface, ``wrap``), `.zoo` (the registry and its
+weights), `.state` (reading weight files safely and strictly), `.loaded` (what models
+loaded by name share), `.timm_loader`, `.hf_loader`, `.torchvision_loader`, `.monai_loader`
+(one loader per library), `.torchvision_zoo` (ResNet-50, VGG-16, ViT-B/16 as pixel models),
+`.efficientnet_lite` (the architecture of the bundled real ImageNet weights),
+`.digits_nets` (the small digits classifiers), `.train_digits` (how their bundled
+weights were trained), `.digits3d_nets` (small 3-D nets for the generated clips and volumes;
 trained by ``tools/train_digits3d.py``).
 """
 from __future__ import annotations

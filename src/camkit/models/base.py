@@ -10,7 +10,7 @@ Every model camkit returns carries three attributes and two methods:
 
 ``forward(x) == forward_preprocessed(preprocess(x))``. Zoo models are *transparent*: the normaliser is
 a pair of non-persistent buffers, not a child module, so layer names are the architecture's own
-(``"layer4"`` on ResNet-50) and state dicts keep their usual keys. :func:`wrap` (any user module)
+(``"layer4"`` on ResNet-50) and state dicts keep their usual keys. `wrap` (any user module)
 composes instead: the user's module is the child ``net`` and ``get_submodule`` also accepts names
 relative to it.
 """
@@ -30,7 +30,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class PixelModel(nn.Module):
     """Base of camkit models: ``forward(x) = forward_preprocessed((x - mean) / std)`` per channel.
 
-    Subclasses (or mixed-in architectures, see :func:`as_pixel_model`) provide
+    Subclasses (or mixed-in architectures, see `as_pixel_model`) provide
     ``forward_preprocessed``; by default it is the next ``forward`` in the MRO.
     """
 

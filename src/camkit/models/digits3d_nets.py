@@ -1,11 +1,11 @@
-"""Small 3-D conv nets for the generated clips and volumes (:mod:`camkit.data.digits3d`), 10 classes.
+"""Small 3-D conv nets for the generated clips and volumes (`camkit.data.digits3d`), 10 classes.
 
 Both are ``stem -> layer1 -> layer2 -> layer3 -> avgpool -> fc`` with ``Conv3d - BatchNorm3d - ReLU``
 stages (torchvision's ``r3d_18`` naming; ``layer3`` is the last grid, the default CAM layer):
 
-- :class:`MovingDigitsNet`: clips ``(B, 3, 8, 32, 32)`` -> stem 16 @ 8x16x16 (stride 1x2x2) -> 24 @ 4x8x8
+- `MovingDigitsNet`: clips ``(B, 3, 8, 32, 32)`` -> stem 16 @ 8x16x16 (stride 1x2x2) -> 24 @ 4x8x8
   -> 32 @ 4x8x8 -> 48 @ 4x8x8;
-- :class:`DigitVolumesNet`: volumes ``(B, 1, 32, 32, 32)`` -> stem 12 @ 16³ -> 24 @ 8³ -> 32 @ 8³ -> 48 @ 8³.
+- `DigitVolumesNet`: volumes ``(B, 1, 32, 32, 32)`` -> stem 12 @ 16³ -> 24 @ 8³ -> 32 @ 8³ -> 48 @ 8³.
 
 Inputs are pixels (voxels) in [0, 1], normalised inside as ``(x - 0.5) / 0.25``. Each carries the
 attributes camkit reads from a model: ``input_size`` ``(T, H, W)`` / ``(D, H, W)``, ``grid_dims = 3``,
@@ -60,14 +60,14 @@ class Digits3DNet(nn.Module):
 
 
 class MovingDigitsNet(Digits3DNet):
-    """Clips ``(B, 3, 8, 32, 32)`` of :class:`camkit.data.digits3d.MovingDigits`."""
+    """Clips ``(B, 3, 8, 32, 32)`` of `camkit.data.digits3d.MovingDigits`."""
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__(3, (16, 24, 32, 48), ((1, 2, 2), (2, 2, 2), (1, 1, 1), (1, 1, 1)), (8, 32, 32), num_classes)
 
 
 class DigitVolumesNet(Digits3DNet):
-    """Volumes ``(B, 1, 32, 32, 32)`` of :class:`camkit.data.digits3d.DigitVolumes`."""
+    """Volumes ``(B, 1, 32, 32, 32)`` of `camkit.data.digits3d.DigitVolumes`."""
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__(1, (12, 24, 32, 48), ((2, 2, 2), (2, 2, 2), (1, 1, 1), (1, 1, 1)), (32, 32, 32), num_classes)

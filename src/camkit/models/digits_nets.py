@@ -2,11 +2,11 @@
 
 Each mirrors the structure CAM methods expect from its full-size namesake:
 
-- :class:`DigitsResNet`: ``conv1/bn1/relu`` stem, ``layer1..layer4`` basic blocks (``layer4`` is the
+- `DigitsResNet`: ``conv1/bn1/relu`` stem, ``layer1..layer4`` basic blocks (``layer4`` is the
   last spatial block, an 8x8 grid), global average pooling ``avgpool`` and one ``fc`` (plain CAM applies);
-- :class:`DigitsVGG`: a ``features`` Sequential (conv-BN-ReLU, max pools; the last ReLU
+- `DigitsVGG`: a ``features`` Sequential (conv-BN-ReLU, max pools; the last ReLU
   ``features.20`` is 8x8), ``avgpool`` to 4x4 and a ``classifier`` Sequential;
-- :class:`DigitsViT`: a hybrid ViT, a small conv ``stem`` (64 -> 16 px) then ``patch_embed`` (``nn.Conv2d``,
+- `DigitsViT`: a hybrid ViT, a small conv ``stem`` (64 -> 16 px) then ``patch_embed`` (``nn.Conv2d``,
   kernel = stride = 2, an 8x8 token grid, 8 input pixels per token), a class
   token prepended (1 prefix token), ``pos_embed``, pre-norm ``blocks.i`` (``norm1``, ``attn``,
   ``norm2``, ``mlp``) with batch-first ``(B, N, C)`` outputs, final ``norm`` and ``head`` on the class token.

@@ -1,6 +1,6 @@
 """What every model loaded by name from timm, Hugging Face or torchvision shares.
 
-:func:`adopt` turns the freshly built architecture into a :class:`~camkit.models.base.PixelModel`
+`adopt` turns the freshly built architecture into a `camkit.models.base.PixelModel`
 *in place* (its class becomes ``Pixel<Class>``, a subclass of both), so layer names and state-dict
 keys stay the library's own (``blocks.11.norm1`` on a timm ViT) and ``isinstance(model, Class)``
 still holds. It attaches the normaliser, ``input_size``, ``categories``, ``task``,
@@ -48,7 +48,7 @@ def _reduce_ex(self: PixelModel, protocol: Any) -> Any:
 
 @functools.lru_cache(maxsize=None)
 def pixel_class(base: type[nn.Module]) -> type[PixelModel]:
-    """``Pixel<base>``: :class:`PixelModel` mixed into ``base`` (one class per base, made once)."""
+    """``Pixel<base>``: `PixelModel` mixed into ``base`` (one class per base, made once)."""
     if issubclass(base, PixelModel):
         return base
     return type(f"Pixel{base.__name__}", (PixelModel, base), {
@@ -90,8 +90,8 @@ def adopt(
 
 def _default_layer(model: PixelModel, size: tuple[int, ...]) -> Optional[str]:
     """The layer CAM methods explain when given ``layer="auto"``, computed once at load time:
-    :func:`camkit.layers.task_layer` for detectors and segmenters with a known trunk, else
-    :func:`camkit.layers.auto_layer` on one random image (clip) of ``size``. None, with a
+    `camkit.layers.task_layer` for detectors and segmenters with a known trunk, else
+    `camkit.layers.auto_layer` on one random image (clip) of ``size``. None, with a
     warning, when no layer can be chosen here; ``layer="auto"`` then chooses on the user's images.
     """
     from camkit.layers import auto_layer, task_layer

@@ -93,7 +93,7 @@ def read_state_dict(path: str | os.PathLike[str], ema: bool = False) -> dict[str
 
 
 def load_file_weights(model: nn.Module, weights: Weights, label: str, ema: bool = False) -> None:
-    """Strictly load the state-dict file ``weights`` into ``model`` (see :func:`read_state_dict`);
+    """Strictly load the state-dict file ``weights`` into ``model`` (see `read_state_dict`);
     ``label`` names the model in messages. Only files: a name like ``"imagenet"`` is refused.
     None keeps the random initialisation; so does ``"default"`` (no weights asked for), with a warning.
     """

@@ -2,7 +2,7 @@
 
 ``python -m camkit.models.train_digits [names...] [--seed 0] [--out DIR]`` trains each model on
 ``digits(n_train, seed, split="train")`` (AdamW, one-cycle learning rate, cross-entropy with label
-smoothing, optionally distillation from a bundled teacher; see :class:`Recipe`), reports
+smoothing, optionally distillation from a bundled teacher; see `Recipe`), reports
 top-1 accuracy on ``digits(n_test, seed + 1000, split="test")`` (other source digits, other seed)
 and saves a float16 state dict ``DIR/<name>.pt``.
 """
@@ -176,7 +176,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train the models ``args`` names (see :func:`add_arguments`) and save their weights."""
+    """Train the models ``args`` names (see `add_arguments`) and save their weights."""
     unknown = [n for n in args.names if n not in RECIPES]
     if unknown:
         raise UnsupportedModelError(f"unknown digits model(s) {unknown}; choose from {', '.join(sorted(RECIPES))}")

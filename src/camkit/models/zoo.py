@@ -9,15 +9,15 @@
 vit_b_16``                  torchvision's file from the torch hub cache (never downloaded); or a path
 ``digits_resnet/vgg/vit``   ``"default"``/``"bundled"``: the weights shipped in ``camkit/models/weights``;
 ``moving_digits_net``,      ``None``: random; or a path (the 3-D nets take clips ``(B, 3, 8, 32, 32)``
-``digit_volumes_net``       and volumes ``(B, 1, 32, 32, 32)`` of :mod:`camkit.data.digits3d`)
+``digit_volumes_net``       and volumes ``(B, 1, 32, 32, 32)`` of `camkit.data.digits3d`)
 ==========================  ==========================================================================
 
 A path must hold a state dict of the exact architecture (strict keys, ``weights_only=True``).
 
-Names with a prefix load from other libraries (see :data:`PREFIXES`): ``timm:NAME``
-(:mod:`camkit.models.timm_loader`), ``hf:DIR`` (:mod:`camkit.models.hf_loader`) and
-``torchvision:NAME`` (:mod:`camkit.models.torchvision_loader`), ``monai:NAME``
-(:mod:`camkit.models.monai_loader`); keyword options go to their builders.
+Names with a prefix load from other libraries (see `PREFIXES`): ``timm:NAME``
+(`camkit.models.timm_loader`), ``hf:DIR`` (`camkit.models.hf_loader`) and
+``torchvision:NAME`` (`camkit.models.torchvision_loader`), ``monai:NAME``
+(`camkit.models.monai_loader`); keyword options go to their builders.
 """
 from __future__ import annotations
 
@@ -56,11 +56,12 @@ def register(name: str, entry: ModelEntry) -> None:
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`load`, sorted."""
+    """Names accepted by `load`, sorted."""
     return sorted(_REGISTRY)
 
 
 #: name prefix -> (module, loader function, what the prefixed names mean)
+#: model-name prefixes -> (loader module, loader function, one line of help): `timm:`, `hf:`, `torchvision:`, `monai:`
 PREFIXES: dict[str, tuple[str, str, str]] = {
     "timm": ("camkit.models.timm_loader", "load_timm",
              "timm:NAME[.TAG]  any timm architecture, weights=PATH to a checkpoint (pip install 'camkit[timm]')"),
@@ -109,7 +110,7 @@ def load(name: str, weights: Weights = "default", **kwargs: Any) -> PixelModel:
     """Model ``name`` in eval mode, taking RGB pixels in [0, 1] of shape ``(B, 3, H, W)``.
 
     It has ``input_size``, ``default_layer`` and ``categories`` attributes (see
-    :mod:`camkit.models.base`); ``weights`` is described in :mod:`camkit.models.zoo`. Prefixed names
+    `camkit.models.base`); ``weights`` is described in `camkit.models.zoo`. Prefixed names
     (``timm:``, ``hf:``, ``torchvision:``) pass ``kwargs`` to their library's builder.
     """
     prefix, sep, rest = name.partition(":")

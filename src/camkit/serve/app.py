@@ -11,9 +11,9 @@ class or bad target; 503 with ``Retry-After`` when a queue is full, 504 when a r
 its timeout. Uploads are parsed in memory (the body is bounded by the size limit), so the server
 writes no file.
 
-:func:`create_app` only assembles: the :class:`~.server.Server` (models, limits, batching) in
-``app.state.server``, the routes of :mod:`.routes`, the static files, the refusal handler and the
-:class:`~.guard.Guard` around it all.
+`create_app` only assembles: the `.server.Server` (models, limits, batching) in
+``app.state.server``, the routes of `.routes`, the static files, the refusal handler and the
+`.guard.Guard` around it all.
 """
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def create_app(
     max_response_mb: float = 64.0,
     allowed_hosts: Optional[Sequence[str]] = None,
 ) -> FastAPIOffline:
-    """The app serving ``models`` (name -> model from :func:`camkit.models.load`).
+    """The app serving ``models`` (name -> model from `camkit.models.load`).
 
     ``max_batch`` images per batched call (1: no dynamic batching), gathered for up to
     ``window_ms`` after the first; ``max_queue`` pending jobs (one per method of a request) before
@@ -71,7 +71,7 @@ def create_app(
     threads. ``timeout`` seconds per request, all of it; ``read_timeout`` seconds at most between
     two pieces of its body; uploads up to ``max_image_mb`` MB and ``max_megapixels``; answers up to
     ``max_response_mb``. ``allowed_hosts``: the names the server answers to (None: the loopback
-    names; ``["*"]``: any), see :mod:`.guard`.
+    names; ``["*"]``: any), see `.guard`.
     """
     explainer = models if isinstance(models, Explainer) else Explainer(models, device, methods)
     app = FastAPIOffline(title="camkit serve", version="1", lifespan=lifespan,

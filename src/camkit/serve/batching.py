@@ -3,8 +3,8 @@
 A worker thread takes the oldest pending job, waits until ``window`` seconds after that job
 arrived for more jobs with the same key (up to ``max_batch``), and runs ``run(key, payloads)``
 on all of them at once. Under load the queue fills while the workers are busy, so batches form
-without any wait. The queue is bounded (:class:`QueueFull` when full) and every job has a
-deadline: a job that cannot start before it is answered with :class:`TimeoutError` and skipped,
+without any wait. The queue is bounded (`QueueFull` when full) and every job has a
+deadline: a job that cannot start before it is answered with `TimeoutError` and skipped,
 and a job whose caller gave up (its future cancelled) is skipped too.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Batcher:
             t.start()
 
     def submit(self, items: Sequence[tuple[Hashable, Any]], timeout: float) -> list[Job]:
-        """Queue all ``(key, payload)`` items or none (:class:`QueueFull`)."""
+        """Queue all ``(key, payload)`` items or none (`QueueFull`)."""
         now = time.monotonic()
         jobs = [Job(key, payload, now, now + timeout) for key, payload in items]
         with self._cond:

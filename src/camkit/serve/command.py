@@ -1,8 +1,8 @@
-"""What ``camkit serve`` runs: :func:`run` loads the models, binds 127.0.0.1 (by default), prints
+"""What ``camkit serve`` runs: `run` loads the models, binds 127.0.0.1 (by default), prints
 the address and serves until interrupted (Ctrl-C or SIGTERM). Everything it writes goes to one
 temporary directory, removed on exit (uploads are held in memory).
 
-Bound to an address that is not loopback, it prints a loud warning (:func:`exposure_warning`) and,
+Bound to an address that is not loopback, it prints a loud warning (`exposure_warning`) and,
 unless told the names to answer to (``allowed_hosts``), answers to any ``Host``. Failed requests
 are logged one line each on stderr (``camkit serve: POST /explain -> 413: ...``).
 """
@@ -23,7 +23,7 @@ from typing import Any, Iterator, Optional, Sequence
 def run(model_specs: Sequence[str], host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
         log_level: str = "warning", **options: Any) -> None:
     """Load ``model_specs`` (``name`` or ``name=weights``), then serve them on ``host:port``
-    (port 0: any free port); ``options`` go to :func:`camkit.serve.create_app`."""
+    (port 0: any free port); ``options`` go to `camkit.serve.create_app`."""
     previous = tempfile.tempdir
     with tempfile.TemporaryDirectory(prefix="camkit-serve-") as tmp:
         os.environ.setdefault("MPLCONFIGDIR", os.path.join(tmp, "matplotlib"))  # its cache, not in $HOME
@@ -83,7 +83,7 @@ def exposure_warning(host: str) -> Optional[str]:
 
 
 def _log_to_stderr(level: str) -> None:
-    """One line per failed request on stderr (the ``camkit.serve`` logger, from :mod:`.guard`)."""
+    """One line per failed request on stderr (the ``camkit.serve`` logger, from `.guard`)."""
     log = logging.getLogger("camkit.serve")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)

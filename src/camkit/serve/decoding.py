@@ -1,9 +1,9 @@
 """An upload decoded within bounds: five formats only, a pixel cap, and a bounded decoded size.
 
-Only PNG, JPEG, WebP, BMP and TIFF are opened (:data:`FORMATS`; Pillow's other readers, EPS
+Only PNG, JPEG, WebP, BMP and TIFF are opened (`FORMATS`; Pillow's other readers, EPS
 through Ghostscript among them, are never tried): anything else is a 415. An image of more than
 the server's megapixels is a 413, read from the header before any pixel is decoded; so is one
-that Pillow itself refuses as a decompression bomb. An image larger than :data:`MAX_SIDE` pixels
+that Pillow itself refuses as a decompression bomb. An image larger than `MAX_SIDE` pixels
 per side is decoded smaller: a JPEG in draft mode (its decoder scales by 1/2, 1/4 or 1/8 on the
 fly, never below the bound), then any format resized (antialiased) to fit ``MAX_SIDE``, so only
 the 8-bit pixels of the file pass through memory at full size and the float tensor holds at most
@@ -47,8 +47,8 @@ def _too_many_pixels(w: int, h: int, max_pixels: int) -> BadRequest:
 
 
 def decode_image(data: bytes, max_pixels: int) -> Decoded:
-    """An uploaded file decoded to at most :data:`MAX_SIDE` pixels per side, or :class:`BadRequest`
-    (413 past ``max_pixels`` or a decompression bomb, 415 not one of :data:`FORMATS` or unreadable)."""
+    """An uploaded file decoded to at most `MAX_SIDE` pixels per side, or `BadRequest`
+    (413 past ``max_pixels`` or a decompression bomb, 415 not one of `FORMATS` or unreadable)."""
     from PIL import Image, UnidentifiedImageError
 
     try:

@@ -2,11 +2,11 @@
 (all base64), the model's top classes, and the JSON body of ``POST /explain`` built from them.
 
 Overlays are drawn at the decoded image's size (the upload's own size, reduced past
-:data:`~.decoding.MAX_SIDE` pixels per side); the ``.npy`` is the map at the model's input size,
+`.decoding.MAX_SIDE` pixels per side); the ``.npy`` is the map at the model's input size,
 as the library returns it. A method whose ``output`` is ``"attribution"`` is drawn as an RGB image
-(:func:`camkit.methods.to_image`), a ``"cam"`` map as a colour-mapped heat map.
+(`camkit.methods.to_image`), a ``"cam"`` map as a colour-mapped heat map.
 
-The request's ``format`` picks the parts of each map (:data:`MAP_FORMATS`): ``all`` (the default:
+The request's ``format`` picks the parts of each map (`MAP_FORMATS`): ``all`` (the default:
 overlay, heat map and float32 ``.npy``), ``png`` (the two PNGs) or ``float16`` (a float16 ``.npy``
 alone, the smallest). The body is built map by map; past the server's answer cap it is refused
 (413, with the size ``float16`` would take), and the request's deadline is checked between maps.
@@ -49,8 +49,8 @@ def png_bytes(picture: Any) -> bytes:
 
 
 def encode_map(image: torch.Tensor, map_: torch.Tensor, attribution: bool, fmt: str) -> dict[str, str]:
-    """One map's parts for ``fmt`` (:data:`MAP_FORMATS`), base64: ``png`` the overlay (the coloured map
-    blended at alpha 0.5 over the image, at the image's size, as :func:`camkit.viz.overlay` draws
+    """One map's parts for ``fmt`` (`MAP_FORMATS`), base64: ``png`` the overlay (the coloured map
+    blended at alpha 0.5 over the image, at the image's size, as `camkit.viz.overlay` draws
     it), ``heatmap`` the coloured map alone (for the page's opacity slider), ``npy`` the map's
     ``.npy`` (float32, or float16 for ``fmt="float16"``)."""
     from PIL import Image

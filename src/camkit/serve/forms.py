@@ -5,7 +5,7 @@ and pace (408 when nothing arrives for the read timeout, 504 past the request's 
 multipart syntax (400), the ``image`` file part (400), then the text fields ``model`` (422
 unknown), ``methods`` (422 unknown, empty or not served), ``target`` (422) and ``format`` (422);
 a field sent as a file is a 400. The image itself is decoded later
-(:meth:`camkit.serve.server.Server.prepare`).
+(`camkit.serve.server.Server.prepare`).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class _InMemoryParser(MultiPartParser):
 @dataclass
 class ExplainForm:
     """A checked request: the uploaded file, a served ``model``, canonical method names, the target
-    and the maps' ``format`` (one of :data:`~.encoding.MAP_FORMATS`)."""
+    and the maps' ``format`` (one of `.encoding.MAP_FORMATS`)."""
 
     upload: UploadFile
     model: str

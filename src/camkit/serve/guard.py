@@ -1,8 +1,8 @@
-"""The guard around every request of ``camkit serve`` (an ASGI middleware, :class:`Guard`).
+"""The guard around every request of ``camkit serve`` (an ASGI middleware, `Guard`).
 
 - **Host**: a request whose ``Host`` header is not a name of this server is refused (403), so a
   web page cannot reach a loopback server through DNS rebinding (its own name resolved to
-  127.0.0.1). The names are the loopback ones (:data:`LOOPBACK`) unless the server is told others
+  127.0.0.1). The names are the loopback ones (`LOOPBACK`) unless the server is told others
   (``camkit serve --allowed-hosts``; ``*`` lets any name in).
 - **Origin**: a request a browser sends from another page (an ``Origin`` that is not the
   ``Host`` itself) is refused (403): no other site can make the server work for it. Behind a
@@ -46,7 +46,7 @@ def hostname(host: str) -> str:
 
 class Guard:
     """Host and Origin checks, security headers and one-line logs around ``app`` (see the module).
-    ``allowed_hosts``: the names the server answers to (None: :data:`LOOPBACK`; ``"*"``: any);
+    ``allowed_hosts``: the names the server answers to (None: `LOOPBACK`; ``"*"``: any);
     ``docs_paths``: the paths of the API docs (their pages need an inline script)."""
 
     def __init__(self, app: ASGIApp, allowed_hosts: Optional[Iterable[str]] = None,

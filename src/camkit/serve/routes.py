@@ -1,11 +1,11 @@
-"""The routes of ``camkit serve``, on one :data:`router`; each handler finds the app's
-:class:`~.server.Server` in ``app.state.server`` (the :func:`current` dependency).
+"""The routes of ``camkit serve``, on one `router`; each handler finds the app's
+`.server.Server` in ``app.state.server`` (the `current` dependency).
 
 ``GET /`` the page, ``GET /favicon.ico``, ``GET /health``, ``GET /models``,
 ``GET /models/{name}/classes``, ``GET /methods`` (the served ones), ``GET /samples``
-(+ ``/samples/{id}``), ``POST /explain``. Refusals raised as :class:`~.service.BadRequest` are
-answered by :func:`bad_request`; anything else by the guard (:mod:`.guard`: 500, one log line).
-``POST /explain`` runs within one :class:`~.server.Deadline`: reading, decoding, explaining and
+(+ ``/samples/{id}``), ``POST /explain``. Refusals raised as `.service.BadRequest` are
+answered by `bad_request`; anything else by the guard (`.guard`: 500, one log line).
+``POST /explain`` runs within one `.server.Deadline`: reading, decoding, explaining and
 encoding together take at most the server's timeout.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ router = APIRouter()
 
 
 def current(request: Request) -> Server:
-    """The app's :class:`Server` (set by :func:`camkit.serve.app.create_app`)."""
+    """The app's `Server` (set by `camkit.serve.app.create_app`)."""
     return request.app.state.server
 
 

@@ -1,8 +1,8 @@
 """The JSON shapes of ``camkit serve``'s API (pydantic models, for the OpenAPI docs and checks).
 
 The method listing's ``output`` is the API's word, not the library's: a method whose class says
-``output = "cam"`` is listed as ``"map"`` (see :func:`api_output`); its ``summary`` is the first
-paragraph of the class's docstring as plain text (:func:`plain_text`: no reStructuredText markup).
+``output = "cam"`` is listed as ``"map"`` (see `api_output`); its ``summary`` is the first
+paragraph of the class's docstring as plain text (`plain_text`: no reStructuredText markup).
 """
 from __future__ import annotations
 
@@ -60,12 +60,12 @@ def api_output(output: str) -> str:
 
 
 _SEE = re.compile(r"\s*\(see :[\w:]+:`[^`]*`\)|;\s*see :[\w:]+:`[^`]*`")  # pointers into the library's docs
-_ROLE = re.compile(r":[\w:]+:`(~?)([^`<]*?)\s*(?:<[^>]*>)?`")  # :class:`~a.B` -> B, :func:`f` -> f
+_ROLE = re.compile(r":[\w:]+:`(~?)([^`<]*?)\s*(?:<[^>]*>)?`")  # `a.B` -> B, `f` -> f
 
 
 def plain_text(docstring: str) -> str:
     """The first paragraph of ``docstring`` on one line, without reStructuredText markup (roles,
-    ````literals````, pointers such as ``(see :func:`f`)``)."""
+    ````literals````, pointers such as ``(see `f`)``)."""
     text = " ".join(inspect.cleandoc(docstring).split("\n\n")[0].split())
     text = _ROLE.sub(lambda m: m.group(2).split(".")[-1] if m.group(1) else m.group(2), _SEE.sub("", text))
     return text.replace("`", "")

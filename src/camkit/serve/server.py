@@ -1,14 +1,14 @@
-"""One app's serving state, shared by its routes: the :class:`~.service.Explainer` (the models),
-two :class:`~.batching.Batcher` queues (while the app runs), the limits and the request timeout.
+"""One app's serving state, shared by its routes: the `.service.Explainer` (the models),
+two `.batching.Batcher` queues (while the app runs), the limits and the request timeout.
 
-:class:`Server` turns a parsed request into an answer's parts: :meth:`Server.prepare` decodes the
-upload within the limits, :meth:`Server.explain` queues one job per method and waits for them
-within the request's :class:`Deadline`. Jobs of methods whose class declares ``expensive`` (Score-CAM:
+`Server` turns a parsed request into an answer's parts: `Server.prepare` decodes the
+upload within the limits, `Server.explain` queues one job per method and waits for them
+within the request's `Deadline`. Jobs of methods whose class declares ``expensive`` (Score-CAM:
 one forward per channel) wait in a queue of their own with its own workers, so one of them never
-holds the others' requests until they time out. Refusals are :class:`~.service.BadRequest` with
+holds the others' requests until they time out. Refusals are `.service.BadRequest` with
 the HTTP status to answer: 413 / 415 for the upload, 503 (with ``Retry-After``) when a queue is
 full, 504 past the deadline, 422 when the method cannot explain with the model. Decoding an
-upload and encoding an answer hold an image's pixels: at most :data:`PIXEL_STAGES` of them run at
+upload and encoding an answer hold an image's pixels: at most `PIXEL_STAGES` of them run at
 once, so memory stays bounded however many requests arrive together.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Deadline:
                                "(camkit serve --timeout)")
 
     def check(self) -> None:
-        """Raise :meth:`error` once the deadline has passed."""
+        """Raise `error` once the deadline has passed."""
         if self.remaining() <= 0:
             raise self.error()
 
@@ -93,7 +93,7 @@ class Batching:
 
 class Server:
     """The explainer, limits and batching of one app; the two queues (cheap and expensive methods)
-    run between :meth:`start` and :meth:`close` (the app's lifespan)."""
+    run between `start` and `close` (the app's lifespan)."""
 
     def __init__(self, explainer: Explainer, limits: Limits = Limits(), batching: Batching = Batching()) -> None:
         self.explainer, self.limits, self.batching = explainer, limits, batching
@@ -119,7 +119,7 @@ class Server:
         return sum(q.pending() for q in self.queues.values())
 
     async def prepare(self, model: str, data: bytes, target: Target) -> tuple[Decoded, Item]:
-        """The uploaded file ``data`` decoded (at most :data:`~.decoding.MAX_SIDE` pixels per side)
+        """The uploaded file ``data`` decoded (at most `.decoding.MAX_SIDE` pixels per side)
         and as ``model``'s input."""
         limits = self.limits
         if len(data) > limits.max_bytes:
@@ -151,7 +151,7 @@ class Server:
 
     async def encode(self, model: str, decoded: Decoded, names: list[str], results: list[MapResult], fmt: str,
                      deadline: Deadline) -> dict[str, Any]:
-        """The answer's JSON body (:func:`~.encoding.response_body`) within the answer cap and the ``deadline``."""
+        """The answer's JSON body (`.encoding.response_body`) within the answer cap and the ``deadline``."""
         assert self._pixels is not None, "the app is not running (use it within its lifespan)"
         async with self._pixels:
             return await run_in_threadpool(response_body, model, self.explainer.categories(model), decoded.image,

@@ -1,12 +1,12 @@
 """What the server computes, apart from HTTP: targets, the served methods, batched explanations.
 
 A request asks one model for maps of one image by several methods; it becomes one job per method.
-Jobs of the same model, method and kind of target are batched (:mod:`camkit.serve.batching`):
+Jobs of the same model, method and kind of target are batched (`camkit.serve.batching`):
 their images, resized to the model's input size as ``camkit explain`` does, go through one
 ``explain`` call, so several requests share one forward. An image's maps do not depend on the
 other images of its batch (eval mode), so each answer equals the library's call on that image
-alone, up to float rounding. Decoding the upload is :mod:`.decoding`'s, turning the answers
-into PNG and ``.npy`` :mod:`.encoding`'s.
+alone, up to float rounding. Decoding the upload is `.decoding`'s, turning the answers
+into PNG and ``.npy`` `.encoding`'s.
 
 A target is ``top1`` / ``topK``, a class index in ASCII digits, or a class name (case-insensitive,
 close names suggested on a miss). A server may serve some methods only (an allow-list); which
@@ -59,7 +59,7 @@ INDEX_DIGITS = 9  # a class index has at most this many digits (no int() of a 5,
 
 def parse_target(text: str, num_classes: Optional[int], categories: Optional[Sequence[str]] = None) -> Target:
     """``top1`` / ``topK`` / a class index (ASCII digits, 0 <= index < num_classes) / a class name
-    of ``categories`` (see :func:`class_index`)."""
+    of ``categories`` (see `class_index`)."""
     s = text.strip().lower()
     if m := re.fullmatch(r"top([0-9]+)", s):
         k = int(m.group(1)) if len(m.group(1)) <= 3 else MAX_K + 1
@@ -82,7 +82,7 @@ def parse_target(text: str, num_classes: Optional[int], categories: Optional[Seq
 def class_index(text: str, categories: Sequence[str]) -> int:
     """The class named ``text`` (case and repeated spaces ignored): a class's full name, else one of
     its comma-separated synonyms (``"tabby cat"`` of ``"tabby, tabby cat"``); a name of several
-    classes or of none is a :class:`BadRequest` naming the candidates or the closest names."""
+    classes or of none is a `BadRequest` naming the candidates or the closest names."""
     want = " ".join(text.split()).lower()
     synonyms = [[p.strip().lower() for p in c.split(",")] for c in categories]
     found = [i for i, c in enumerate(categories) if c.lower() == want] or [
@@ -146,7 +146,7 @@ class Explainer:
         return len(cats) if cats else getattr(self.model(name), "num_classes", None)
 
     def methods(self, text: str) -> list[str]:
-        """Comma-separated method names -> canonical names (unknown ones -> :class:`BadRequest`)."""
+        """Comma-separated method names -> canonical names (unknown ones -> `BadRequest`)."""
         names = [t.strip() for t in text.split(",") if t.strip()]
         if not names:
             raise BadRequest(422, f"methods is empty; give one or more of: {', '.join(self.served)}")
@@ -182,7 +182,7 @@ class Explainer:
         return (model, method) + target.key
 
     def run(self, key: Hashable, items: list[Item]) -> list[MapResult]:
-        """One batched ``explain`` for jobs of one key (see :meth:`job_key`)."""
+        """One batched ``explain`` for jobs of one key (see `job_key`)."""
         model, method, kind, k = key  # type: ignore[misc]
         start = time.perf_counter()
         x = torch.stack([it.x for it in items]).to(self.device)

@@ -1,5 +1,5 @@
 """Which scores to explain: ``None`` (top-1), an int, a list of ints, ``TopK``, ``BottomK``, a callable,
-a list of one callable per image, or a :class:`RowTarget` (per-image targets of other tasks:
+a list of one callable per image, or a `RowTarget` (per-image targets of other tasks:
 ``camkit.targets.Segmentation``, ``Detection``)."""
 from __future__ import annotations
 
@@ -58,6 +58,10 @@ class RowTarget:
 
 
 TargetSpec = Union[None, int, Sequence[int], torch.Tensor, TopK, BottomK, RowTarget, ScoreFn, Sequence[ScoreFn]]
+"""What `targets=` accepts: None (each image's top-1 class), an int (that class for every image), B ints
+(one per image), a `(B,)` / `(B, K)` tensor of classes, `TopK(k)` / `BottomK(k)`, a `RowTarget`
+(`Segmentation`, `Detection`, `ReST`, `Contrast`), a callable `output -> (B,) scores`, or B callables
+(one per image, each given that image's row of the output)."""
 
 
 @dataclass
@@ -119,7 +123,7 @@ def resolve_targets(
 ) -> Targets:
     """Resolve a target spec against the model's logits ``(B, N)``; a ``(B, K)`` int tensor or nested
     list gives K given classes per image (kept as a K dimension, like TopK). ``why``: the reason
-    ``logits`` is None, for the error message. A :class:`RowTarget` is resolved against the model's
+    ``logits`` is None, for the error message. A `RowTarget` is resolved against the model's
     whole ``output``."""
     if isinstance(spec, RowTarget):
         resolved = spec.resolve(output, batch)

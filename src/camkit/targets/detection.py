@@ -107,7 +107,7 @@ class Detection(RowTarget):
     @classmethod
     def each(cls, min_score: float = 0.5, iou: float = 0.5) -> RowTarget:
         """Every detection of the explained forward with score >= ``min_score``, one map each, from that
-        one forward; ``Explanation.target`` is the resolved :class:`Detection` (its ``boxes``, ``labels``)."""
+        one forward; ``Explanation.target`` is the resolved `Detection` (its ``boxes``, ``labels``)."""
         return _Detections(float(min_score), float(iou))
 
     @classmethod

@@ -11,6 +11,8 @@ import torch
 from ..errors import TargetError
 
 ScoreFn = Callable[[Any], torch.Tensor]
+"""A target callable: the model output (or, in a list of B callables, one image's slice of it) ->
+the scores to explain, `(B,)` (a scalar per image for the per-image form), differentiable."""
 
 
 def _row(output: Any, i: int, batch: int) -> Any:

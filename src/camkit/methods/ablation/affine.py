@@ -1,6 +1,6 @@
 """Is a computation affine in one of its tensors? Decided op by op, at the aten level, while it runs.
 
-:class:`AffineWatch` is a ``TorchDispatchMode`` around a computation that reads a ``source``
+`AffineWatch` is a ``TorchDispatchMode`` around a computation that reads a ``source``
 tensor ``A``. Tensors computed from ``A`` are *derived*; each carries a kind:
 
 - ``HOMOGENEOUS``: every element is a constant or ``phi(c * a)`` for one element ``a`` of ``A``, a
@@ -16,7 +16,7 @@ changes ``T`` by exactly what one backward pass predicts. Any other op on a deri
 non-linearity, a product of two derived tensors, a comparison, a data-dependent index, reading a
 value into Python (``.item()``, ``bool()``, so a data-dependent branch), a train-mode BatchNorm or
 dropout, writing derived values into a tensor made before -- stops the computation with
-:class:`NotAffine` naming the op (and ``reason`` keeps it, should the computation catch the error).
+`NotAffine` naming the op (and ``reason`` keeps it, should the computation catch the error).
 
 Not seen: values taken out of torch (``.numpy()``) and brought back; a caller that needs certainty
 also compares a few results with what the affine model predicts.
@@ -143,7 +143,7 @@ class AffineWatch(TorchDispatchMode):
         return out
 
     def _classify(self, name: str, args: tuple, kwargs: dict, func: Any) -> int:
-        """The kind of the op's result; :class:`NotAffine` if the op is not affine in the source."""
+        """The kind of the op's result; `NotAffine` if the op is not affine in the source."""
         rule = _RULES.get(name)
         if rule is None:
             self._fail(f"{func} is not affine in the layer's output")

@@ -14,7 +14,7 @@ of ``C`` ablated copies of the activation run through the tail.
 It is used only when shown to hold for the call at hand, else the caller replays the ablations:
 on every image, one replay -- the unablated copy, probe channels zeroed one at a time (those with the
 largest activation mass, and random others) and, for ``(B, C, h, w)`` layers, all channels zeroed at
-once -- runs under the op-by-op check of :class:`~camkit.core.affine.AffineWatch` (any op that is
+once -- runs under the op-by-op check of `camkit.core.affine.AffineWatch` (any op that is
 not affine in the layer output, a data-dependent branch or a random draw rejects, at that op), and
 must score what the closed form predicts within a tolerance set by the arithmetic's precision:
 ``64 eps (|y| + sum_k |y - y_k|)``.
@@ -99,7 +99,7 @@ class ClosedForm:
         return ks, torch.cat(parts)
 
     def _scores(self, b: int, ablated: torch.Tensor, n: int, replay: Replay) -> torch.Tensor:
-        """``(n, K)`` scores of a replay under the op-by-op check; :class:`_Rejected` if they are not
+        """``(n, K)`` scores of a replay under the op-by-op check; `_Rejected` if they are not
         affine in the layer output."""
         watch = AffineWatch(ablated)
         try:
@@ -117,7 +117,7 @@ class ClosedForm:
     def _compare(self, b: int, d: torch.Tensor, ks: torch.Tensor, s: torch.Tensor, plain: bool,
                  raw: torch.Tensor) -> None:
         """The replayed scores ``s`` of image ``b`` against the closed form's ``y - y_k`` ``d`` ``(K, C)``;
-        :class:`_Rejected` if one differs by more than the tolerance."""
+        `_Rejected` if one differs by more than the tolerance."""
         y = s[0]
         checks = [(y, self.ctx.scores[b].detach().double()), ((y - s[1:1 + ks.numel()]).t(), d[:, ks])]
         if plain:

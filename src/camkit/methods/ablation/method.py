@@ -1,8 +1,8 @@
 """Ablation-CAM: ``w_k = (y - y_k) / |y|``, ``y_k`` the score with channel ``k`` of the layer zeroed.
 
 Only the network *after* the layer depends on the ablation, so the layer's output is computed once
-and only the tail runs on batches of ablated copies (:mod:`.replay`); where the tail is affine in
-the layer, one backward pass gives every channel (:mod:`.closed_form`).
+and only the tail runs on batches of ablated copies (`.replay`); where the tail is affine in
+the layer, one backward pass gives every channel (`.closed_form`).
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ class AblationCAM(BaseCAM):
     linear layers: the heads of ResNet, DenseNet, EfficientNet, RegNet) ``y - y_k`` is channel ``k``'s
     contribution ``sum_ij (dy/dA)_kij A_kij`` and all channels come from one backward pass through the
     tail, shown to hold op by op and on replayed probe channels per image; otherwise the ablations are
-    replayed (see :mod:`camkit.methods.ablation.closed_form`). ``closed_form=False`` always replays.
+    replayed (see `camkit.methods.ablation.closed_form`). ``closed_form=False`` always replays.
     """
 
     uses_gradients = False

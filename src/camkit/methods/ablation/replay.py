@@ -1,12 +1,12 @@
 """Re-running only the part of a model after a layer: Ablation-CAM's tail replay.
 
-One normal forward is traced (:class:`Tracer`): the tree of module calls, with the outputs of the
-calls that end before the layer starts. A replay (:meth:`Plan.run`) then calls the model again
+One normal forward is traced (`Tracer`): the tree of module calls, with the outputs of the
+calls that end before the layer starts. A replay (`Plan.run`) then calls the model again
 with those modules returning their cached outputs (image ``b``'s, expanded along the batch with no
 copy), the layer returning a given batch (e.g. ablated copies of its output), and everything else
 running -- so only the glue before the layer and the network after it compute.
 
-The tracer's hooks and the replay's replaced forwards go through :mod:`camkit.core.hooks`: they act
+The tracer's hooks and the replay's replaced forwards go through `camkit.core.hooks`: they act
 only for the call that installed them, so other threads can use the same model meanwhile.
 """
 from __future__ import annotations
@@ -113,7 +113,7 @@ class Tracer:
 
 @dataclass
 class TracedPass(Pass):
-    """An engine pass with the :class:`Tracer` that watched it."""
+    """An engine pass with the `Tracer` that watched it."""
 
     tracer: Optional[Tracer] = None
 
