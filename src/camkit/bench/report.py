@@ -180,7 +180,8 @@ class Summary:
 
 IDENTICAL_REASON = ("equal per-image values on every metric (within 1e-4), so the maps coincide. Known causes: on a "
                     "global-average-pooling head Grad-CAM, XGrad-CAM, HiResCAM and CAM weight every channel alike up "
-                    "to one factor, which the normalisation removes; on a ReLU network with a linear head ShapleyCAM's "
+                    "to one factor, which the normalisation removes, and the gradients there do not depend on the "
+                    "input, so Smooth Grad-CAM++ (gradients averaged over noisy copies) equals Grad-CAM++; on a ReLU network with a linear head ShapleyCAM's "
                     "Hessian term is 0 (= Grad-CAM); after a ReLU the activations are >= 0, so LayerCAM "
                     "(ReLU(gradient) x A) equals Grad-CAM element-wise (ReLU(gradient x A))")
 SAME_TOL = 1e-4  # identical maps still differ by float noise (1e-5 in deletion AUC: near-tied pixels swap order)
