@@ -11,7 +11,8 @@ region carries no shape cue:
 
 Clips and volumes ``(B, C, D, H, W)``: the same rule over the 26 neighbours of a voxel, each weighted
 ``1 / |offset|²`` and normalised (edge 1, face diagonal 1/2, corner 1/3, over 44/3) -- the rule that
-gives the authors' 2-D weights (1 and 1/2 over 6 = 1/6 and 1/12); percentiles count voxels.
+gives the authors' 2-D weights (1 and 1/2 over 6 = 1/6 and 1/12); percentiles count voxels; the
+systems are solved by conjugate gradients (an LU of a 3-D system fills in too much).
 
 — one sparse linear system per (image, removal mask), the same matrix for every channel: it is
 built vectorised for a whole batch of masks (a block-diagonal matrix), factorised once (SuperLU)
@@ -33,12 +34,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
 from scipy.sparse import csc_matrix
-from scipy.sparse.linalg import splu
+from scipy.sparse.linalg import cg, splu
 from torch import nn
 
 from ..errors import InputError
@@ -78,6 +79,7 @@ def stencil(spatial_dims: int) -> tuple[tuple[tuple[int, ...], float], ...]:
     offsets = [o for o in itertools.product((-1, 0, 1), repeat=spatial_dims) if any(o)]
     raw = [1.0 / sum(v * v for v in o) for o in offsets]
     return tuple((o, r / sum(raw)) for o, r in zip(offsets, raw))
+_LU_CELLS_3D = 16_384  # 3-D grids up to this many cells are factorised (a clip of 8 x 32 x 32), larger ones iterate
 _MAX_UNKNOWNS = 400_000  # removed pixels per factorisation (bounds SuperLU's memory)
 
 
@@ -203,6 +205,32 @@ def _system(removed: np.ndarray) -> tuple[csc_matrix, np.ndarray, list[tuple[np.
     return csc_matrix((v, (r, c)), shape=(n, n)), unknown, known
 
 
+def _solve(a: csc_matrix, rhs: np.ndarray, spatial_dims: int, cells: int) -> np.ndarray:
+    """``A⁻¹ rhs`` for every column; ``cells`` per mask. 2-D (and 3-D grids up to :data:`_LU_CELLS_3D` cells):
+    SuperLU (2-D in the nested-dissection order). Larger 3-D grids: conjugate gradients
+    with a Jacobi preconditioner (A is symmetric positive definite: symmetric weights, strictly dominant
+    diagonal where a neighbour is kept), to a relative residual of 1e-12 -- an LU of a 26-neighbour
+    system fills in far more (a 32³ volume: minutes per mask instead of a fraction of a second)."""
+    if spatial_dims == 2 or cells <= _LU_CELLS_3D:
+        return splu(a, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True}).solve(rhs)
+    a = a.tocsr()
+    inv = 1.0 / a.diagonal()
+    out = np.empty_like(rhs)
+    for k in range(rhs.shape[1]):
+        x, info = cg(a, rhs[:, k], x0=rhs[:, k] * inv, rtol=1e-12, atol=0.0, maxiter=10 * a.shape[0],
+                     M=_jacobi(inv))
+        if info != 0:
+            raise InputError(f"ROAD's imputation did not converge (conjugate gradients, status {info})")
+        out[:, k] = x
+    return out
+
+
+def _jacobi(inv: np.ndarray) -> Any:
+    from scipy.sparse import diags
+
+    return diags(inv)
+
+
 def noisy_linear_imputation(
     images: torch.Tensor,
     removed: torch.Tensor,
@@ -247,8 +275,7 @@ def noisy_linear_imputation(
             rhs = np.zeros((unknown.size, c))
             for rows, nbr, weight in known:
                 rhs[rows] += weight * src[nbr + offset]  # one neighbour per direction: rows unique
-            solved = splu(a, permc_spec="NATURAL" if len(grid) == 2 else "MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                          options={"SymmetricMode": True}).solve(rhs)
+            solved = _solve(a, rhs, len(grid), cells)
             out[unknown + offset] = solved
         start = stop
     result = torch.from_numpy(out).view(b, *grid, c).movedim(-1, 1)
