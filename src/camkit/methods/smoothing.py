@@ -130,7 +130,7 @@ def principal_projection(
     ~0, its largest-magnitude entry is made positive. The default references are unchanged when ``A``
     is negated, so a layer whose output differs only in sign gives the same map.
     """
-    b, c, grid = a.shape[0], a.shape[1], a.shape[2:]  # grid: (h, w), or (t, h, w) on clips and volumes
+    b, grid = a.shape[0], a.shape[2:]  # grid: (h, w), or (t, h, w) on clips and volumes
     m = a.detach().double().flatten(2).transpose(1, 2)  # (B, hw, C)
     if center:
         m = m - m.mean(dim=1, keepdim=True)

@@ -17,7 +17,6 @@ from ...core.hooks import Hooks
 from ...core.outputs import to_logits
 from ...core.precision import autocast_dtype, score_tolerance
 from ...errors import InputError, UnsupportedModelError
-from ...targets import Targets
 from ..base import BaseCAM, chunks, per_pass, positive_int
 from ..explanation import Context, Maps
 from ..gradient import weighted_sum
