@@ -308,7 +308,7 @@ def test_methods_are_listed_in_plain_text(client):
         assert "`" not in m["summary"] and not re.search(r":\w+:", m["summary"]), m
     by_name = {m["name"]: m for m in listed}
     assert by_name["gradcam"]["summary"] == "Grad-CAM (Selvaraju et al. 2017): w_c = 1/(hw) sum_ij dS/dA_cij."
-    assert by_name["guided-backprop"]["summary"].endswith("with the guided rule at every ReLU.")
+    assert by_name["guided-backprop"]["summary"].endswith("with the guided rule at every ReLU (see GuidedReLUMode).")
     assert by_name["scorecam"]["expensive"] is True and by_name["gradcam"]["expensive"] is False
 
 
